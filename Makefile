@@ -1,0 +1,45 @@
+# The front door: thin targets; the scripts they call say why they do what they do.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Debian packages the services need: ffmpeg/ffprobe, Redis, and Chromium for the browser tests.
+APT_PACKAGES := ffmpeg redis-server chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: install system run test test-fast bench lint clean
+
+install: system $(STAMP)
+
+system:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	$(PYTHON) -c 'import ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		$(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
+	fi
+
+$(STAMP): pyproject.toml
+	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+run: install
+	bash deploy/run-local.sh
+
+test: install
+	$(BIN)/python -m pytest
+
+# Unit tests only: no stack, no browser.
+test-fast: install
+	$(BIN)/python -m pytest -m "not e2e and not browser"
+
+bench: install
+	bash bench/run-all.sh
+
+lint: install
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf var/storage tests/artifacts

@@ -1,0 +1,118 @@
+"""Probing uploaded videos with ffprobe, locked down: every uploaded file is hostile.
+
+Every ffmpeg/ffprobe call on an upload reads that one file only: the `file` protocol alone, and only
+container formats that cannot point at other files (no HLS, no concat lists, no image sequences).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+
+from common.errors import VideoError
+
+# Demuxer names as ffmpeg spells them; "mov" covers mp4/m4v/3gp, "matroska" covers webm.
+ALLOWED_INPUT_FORMATS = ("mov", "mp4", "matroska", "webm", "avi", "mpegts", "flv", "mpeg", "ogg", "asf")
+PROBE_TIMEOUT_S = 60
+
+
+def safe_input_args(path: Path, input_format: str | None = None) -> list[str]:
+    """ffmpeg/ffprobe input options that confine the read to `path` (and, once probed, to its format)."""
+    args = ["-protocol_whitelist", "file", "-format_whitelist", ",".join(ALLOWED_INPUT_FORMATS)]
+    if input_format:
+        args += ["-f", input_format.split(",")[0]]
+    # "file:" stops a name like "pipe:0" or "http://…" from being read as another protocol.
+    return args + ["-i", f"file:{Path(path).resolve()}"]
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the pipeline needs to know about a video, with width and height as displayed (rotation applied)."""
+
+    width: int
+    height: int
+    fps: float
+    frames: int
+    duration_s: float
+    has_audio: bool
+    audio_codec: str | None
+    video_codec: str
+    format_name: str
+    rotation: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> VideoInfo:
+        return cls(**data)
+
+
+def _run_ffprobe(path: Path, *extra: str) -> dict:
+    args = ["ffprobe", "-v", "error", "-of", "json", *extra]
+    # ffprobe takes its input without -i too, but -i keeps the same locked-down form as ffmpeg.
+    cmd = args + safe_input_args(path)
+    try:
+        result = subprocess.run(cmd, capture_output=True, timeout=PROBE_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise VideoError("the file took too long to read; it may be damaged") from exc
+    if result.returncode != 0:
+        detail = result.stderr.decode(errors="replace").strip().splitlines()
+        raise VideoError(
+            "the file is not a video we can read (supported: MP4, MOV, MKV, WebM, AVI, MPEG-TS, FLV)"
+            + (f": {detail[-1][:200]}" if detail else "")
+        )
+    return json.loads(result.stdout or b"{}")
+
+
+def _rotation(stream: dict) -> int:
+    for side in stream.get("side_data_list", []):
+        if "rotation" in side:
+            return int(round(float(side["rotation"]))) % 360
+    return int(stream.get("tags", {}).get("rotate", 0)) % 360
+
+
+def probe(path: Path) -> VideoInfo:
+    """Read the container and the first video stream; raise VideoError if it is not a usable video."""
+    data = _run_ffprobe(
+        path, "-count_packets", "-show_format", "-show_streams"
+    )
+    streams = data.get("streams", [])
+    video = next((s for s in streams if s.get("codec_type") == "video"
+                  and not s.get("disposition", {}).get("attached_pic")), None)
+    if video is None:
+        raise VideoError("the file has no video stream; upload a video file")
+    audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
+    frames = int(video.get("nb_read_packets") or 0)
+    duration = float(video.get("duration") or data.get("format", {}).get("duration") or 0.0)
+    if frames <= 0 or duration <= 0:
+        raise VideoError("the video has no frames; upload a video that plays")
+    rate = video.get("avg_frame_rate") or video.get("r_frame_rate") or "0/1"
+    fps = float(Fraction(rate)) if rate not in ("0/0", "0/1") else frames / duration
+    width, height = int(video["width"]), int(video["height"])
+    rotation = _rotation(video)
+    if rotation in (90, 270):
+        width, height = height, width
+    return VideoInfo(
+        width=width,
+        height=height,
+        fps=fps,
+        frames=frames,
+        duration_s=duration,
+        has_audio=audio is not None,
+        audio_codec=audio.get("codec_name") if audio else None,
+        video_codec=video.get("codec_name", "unknown"),
+        format_name=data.get("format", {}).get("format_name", ""),
+        rotation=rotation,
+    )
+
+
+def frame_timestamps_ms(path: Path) -> list[float]:
+    """Presentation time of every video frame, in ms from the stream's start, in display order."""
+    data = _run_ffprobe(path, "-select_streams", "v:0", "-show_entries", "packet=pts_time:stream=start_time")
+    start = float((data.get("streams") or [{}])[0].get("start_time") or 0.0)
+    times = sorted(float(p["pts_time"]) for p in data.get("packets", []) if p.get("pts_time") not in (None, "N/A"))
+    return [round((t - start) * 1000.0, 3) for t in times]

@@ -1,0 +1,34 @@
+"""Settings shared by every service; each service's own settings class extends `CommonSettings`.
+
+Every value has a safe local default and an environment variable (prefix EMOJI_, e.g. EMOJI_REDIS_URL).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EMOJI_", extra="ignore")
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    storage_dir: Path = REPO_ROOT / "var" / "storage"
+
+    # The model server: TF Serving or `python -m model_server`, the client cannot tell which.
+    model_server_address: str = "127.0.0.1:8500"
+    model_name: str = "emotion"
+    model_signature: str = "serving_default"
+    model_input_key: str = "faces"
+    model_output_key: str = "probabilities"
+    model_timeout_s: float = 10.0
+    # gRPC's default receive limit is 4 MiB; requests are split to stay under it.
+    grpc_max_message_bytes: int = 4 * 1024 * 1024
+
+    # Redis re-delivers a task whose worker died after this many seconds: keep it above the longest task.
+    visibility_timeout_s: int = 600
+    # How long a finished job and its files are kept before Redis forgets it (files stay until DELETE).
+    job_ttl_s: int = 7 * 24 * 3600

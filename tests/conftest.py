@@ -1,0 +1,228 @@
+"""Session fixtures that start the real stack: Redis, the model server, a Celery worker and the gateway.
+
+Every service runs as its own process with the same commands `make run` uses, each on a free port of
+127.0.0.1 and a private Redis, so tests never touch a developer's running stack. Logs go to files under
+the session's temporary folder; a service that does not come up fails the test with the tail of its log.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_MEDIA = REPO_ROOT.parent / "shared" / "data" / "media"
+MODEL_BASE_PATH = REPO_ROOT / "model_server" / "models" / "emotion"
+PYTHON = sys.executable
+CELERY = str(Path(sys.executable).with_name("celery"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((host, port)) == 0
+
+
+class ServiceProcess:
+    """One service started as a subprocess, with its log in a file; start, SIGKILL, stop, start again."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path, ready) -> None:
+        self.name, self.args, self.env, self.ready = name, args, env, ready
+        self.log_path = log_dir / f"{name}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 120.0) -> ServiceProcess:
+        log = open(self.log_path, "ab")
+        # A new session so that stop() can end the service together with its children (Celery's pool).
+        self.proc = subprocess.Popen(
+            self.args, cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
+            if self.ready(self):
+                return self
+            time.sleep(0.25)
+        self.stop()
+        raise RuntimeError(f"{self.name} not ready after {timeout_s:.0f} s:\n{self.log_tail()}")
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group at once, as a crash or an OOM kill would."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+
+
+def _log_contains(text: str):
+    def ready(service: ServiceProcess) -> bool:
+        return text in service.log_text()
+
+    return ready
+
+
+def _port_ready(port: int):
+    return lambda service: port_open(port)
+
+
+@pytest.fixture(scope="session")
+def service_logs(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="session")
+def redis_url(service_logs):
+    """A private Redis on a free port (Debian's redis-server, which `make test` installs)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed; run `make test`, which installs it")
+    port = free_port()
+    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    redis = ServiceProcess("redis", args, dict(os.environ), service_logs, _port_ready(port)).start(30)
+    yield f"redis://127.0.0.1:{port}/0"
+    redis.stop()
+
+
+@pytest.fixture(scope="session")
+def storage_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("storage")
+
+
+@pytest.fixture(scope="session")
+def model_server(service_logs) -> str:
+    """`python -m model_server` on the shipped model, as "host:port"."""
+    if not any(p.name.isdigit() for p in MODEL_BASE_PATH.glob("*")):
+        pytest.fail(f"no exported model under {MODEL_BASE_PATH}; run `python -m training export`")
+    port = free_port()
+    args = [PYTHON, "-m", "model_server", "--port", str(port), "--rest_api_port", "0",
+            "--model_name", "emotion", "--model_base_path", str(MODEL_BASE_PATH)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    server = ServiceProcess("model_server", args, env, service_logs, _model_available(port)).start(180)
+    yield f"127.0.0.1:{port}"
+    server.stop()
+
+
+def _model_available(port: int):
+    """Ready when GetModelStatus says the model is AVAILABLE, the same check the worker makes."""
+
+    def ready(service: ServiceProcess) -> bool:
+        if not port_open(port):
+            return False
+        import grpc
+        from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
+
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            request = get_model_status_pb2.GetModelStatusRequest()
+            request.model_spec.name = "emotion"
+            try:
+                reply = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, timeout=2)
+            except grpc.RpcError:
+                return False
+        return any(v.state == 30 for v in reply.model_version_status)  # 30 = AVAILABLE
+
+    return ready
+
+
+@pytest.fixture(scope="session")
+def stack_env(redis_url, storage_dir, model_server) -> dict[str, str]:
+    """The environment every service of the test stack gets."""
+    return {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "EMOJI_REDIS_URL": redis_url,
+        "EMOJI_STORAGE_DIR": str(storage_dir),
+        "EMOJI_MODEL_SERVER_ADDRESS": model_server,
+        # Short, so that a task of a SIGKILLed worker comes back within the test (tasks here take seconds).
+        "EMOJI_VISIBILITY_TIMEOUT_S": "20",
+    }
+
+
+def start_worker(env: dict[str, str], log_dir: Path, name: str = "worker", queues: str = "video,live",
+                 concurrency: int = 2) -> ServiceProcess:
+    args = [CELERY, "-A", "worker.app", "worker", "-Q", queues, "--concurrency", str(concurrency),
+            "--loglevel", "INFO", "--hostname", f"{name}-{os.getpid()}-{time.monotonic_ns()}@%h",
+            "--without-gossip", "--without-mingle"]
+    return ServiceProcess(name, args, env, log_dir, _log_contains(" ready.")).start(180)
+
+
+def start_gateway(env: dict[str, str], log_dir: Path, name: str = "gateway") -> tuple[ServiceProcess, str]:
+    port = free_port()
+    args = [PYTHON, "-m", "uvicorn", "gateway.app:app", "--host", "127.0.0.1", "--port", str(port)]
+    service = ServiceProcess(name, args, env, log_dir, _port_ready(port)).start(60)
+    return service, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="session")
+def worker(stack_env, service_logs):
+    """A running Celery worker (both queues); `.kill()` SIGKILLs it and `.start()` brings a new one."""
+    service = start_worker(stack_env, service_logs)
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(stack_env, service_logs, worker) -> str:
+    """Base URL of a running gateway wired to the test stack."""
+    service, url = start_gateway(stack_env, service_logs)
+    yield url
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_media() -> Path:
+    if not SHARED_MEDIA.is_dir():
+        pytest.skip(f"{SHARED_MEDIA} is missing (the shared clips live beside the repository)")
+    return SHARED_MEDIA
+
+
+def make_astronaut_video(path: Path, seconds: float = 3.0, fps: int = 25, audio: bool = True) -> Path:
+    """A clip of the astronaut photo drifting slowly (a real face), with a 440 Hz tone as audio."""
+    from PIL import Image
+    from skimage import data
+
+    still = path.with_suffix(".png")
+    Image.fromarray(data.astronaut()).save(still)
+    args = ["ffmpeg", "-v", "error", "-y", "-loop", "1", "-framerate", str(fps), "-i", str(still)]
+    if audio:
+        args += ["-f", "lavfi", "-i", f"sine=frequency=440:duration={seconds}"]
+    # The crop drifts so the face moves a little, like a hand-held camera.
+    args += ["-t", str(seconds), "-vf", "crop=448:448:'32+24*sin(2*PI*t/3)':32,scale=640:640,format=yuv420p",
+             "-c:v", "libx264", "-preset", "veryfast", "-r", str(fps)]
+    args += ["-c:a", "aac", "-shortest"] if audio else []
+    subprocess.run([*args, str(path)], check=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def astronaut_video(tmp_path_factory) -> Path:
+    return make_astronaut_video(tmp_path_factory.mktemp("media") / "astronaut.mp4")
