@@ -33,7 +33,13 @@ def make_celery(settings: CommonSettings | None = None) -> Celery:
         accept_content=["json"],
         result_serializer="json",
         result_expires=3600,
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout_s,
+            # Look for tasks of dead workers often (kombu's default is every ~100 s), so they come back
+            # about one visibility timeout after the death, not minutes later.
+            "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 4)),
+            "unacked_restore_throttle": 1,
+        },
         result_backend_transport_options={"visibility_timeout": settings.visibility_timeout_s},
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
