@@ -1,0 +1,201 @@
+"""Issue 6's measurements on the shared clips: emoji flicker raw vs smoothed, person ids, and analysis speed
+with detection on every frame vs every k-th.
+
+    .venv/bin/python bench/bench_tracking.py [--model-server HOST:PORT] [--media ../shared/data/media]
+
+Without --model-server it starts `python -m model_server` on a free port with the shipped model (the agreed
+command) and stops it at the end. Prints a Markdown report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from common.storage import LocalStorage  # noqa: E402
+from worker import pipeline  # noqa: E402
+from worker.detection import HaarFaceDetector  # noqa: E402
+from worker.settings import WorkerSettings  # noqa: E402
+
+logger = logging.getLogger("bench_tracking")
+
+WOMAN = "pyfeat_WolfgangLanger_Pexels.mp4"
+TWO = "face-swap_ss_test_video_03-2_faces.mp4"
+CROWD = "facenet-pytorch_video.mp4"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def model_server(address: str | None):
+    """The given address, or a `python -m model_server` started here for the run."""
+    if address:
+        yield address
+        return
+    port = free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "model_server",
+        "--port",
+        str(port),
+        "--rest_api_port",
+        "0",
+        "--model_name",
+        "emotion",
+        "--model_base_path",
+        str(REPO / "model_server" / "models" / "emotion"),
+    ]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def analyse(clip: Path, settings: WorkerSettings, classifier, root: Path) -> tuple[dict, float, int]:
+    """(timeline, seconds spent decoding+detecting+classifying, frames) for one clip, run batch by batch."""
+    storage = LocalStorage(root)
+    job = f"{clip.stem}-k{settings.detect_every}-f{settings.full_scan_every}"
+    storage.delete_job(job)
+    shutil.copy(clip, storage.path(job, pipeline.INPUT))
+    plan = pipeline.plan_job(storage, job, settings)
+    detector = HaarFaceDetector.from_settings(settings)
+    t0 = time.perf_counter()
+    for index in range(len(plan.batches)):
+        pipeline.analyze_batch(storage, job, index, plan, detector, classifier, settings)
+    seconds = time.perf_counter() - t0
+    timeline = pipeline.make_timeline(storage, job, plan, settings, {"name": "emotion", "version": "bench"})
+    return timeline, seconds, plan.frames
+
+
+def per_person(timeline: dict) -> dict[int, list[tuple[float, dict]]]:
+    people: dict[int, list[tuple[float, dict]]] = {}
+    for frame in timeline["frames"]:
+        for face in frame["faces"]:
+            people.setdefault(face["person_id"], []).append((frame["t_ms"], face))
+    return people
+
+
+def flicker(timeline: dict) -> tuple[float, float, float]:
+    """(person-seconds, raw emoji changes per person-second, shown emoji changes per person-second)."""
+    seconds, raw, shown = 0.0, 0, 0
+    for track in per_person(timeline).values():
+        seconds += (track[-1][0] - track[0][0]) / 1000.0
+        raw += sum(a["emotion"] != b["emotion"] for (_, a), (_, b) in zip(track, track[1:], strict=False))
+        shown += sum(
+            a["shown_emotion"] != b["shown_emotion"] for (_, a), (_, b) in zip(track, track[1:], strict=False)
+        )
+    return seconds, raw / max(seconds, 1e-9), shown / max(seconds, 1e-9)
+
+
+def jumps(timeline: dict) -> int:
+    """Frame-to-frame moves of one person's box by more than its own size: the mark of an id jumping people."""
+    count = 0
+    for track in per_person(timeline).values():
+        for (_, a), (_, b) in zip(track, track[1:], strict=False):
+            ba, bb = np.asarray(a["box_xyxy"]), np.asarray(b["box_xyxy"])
+            side = max(ba[2] - ba[0], ba[3] - ba[1])
+            if np.linalg.norm((ba[:2] + ba[2:]) / 2 - (bb[:2] + bb[2:]) / 2) > side:
+                count += 1
+    return count
+
+
+def faces_per_frame(timeline: dict) -> str:
+    counts = np.bincount([len(f["faces"]) for f in timeline["frames"]])
+    return ", ".join(f"{n} faces: {c}" for n, c in enumerate(counts) if c)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-server", help="host:port of a running model server (default: start one)")
+    parser.add_argument("--media", type=Path, default=REPO.parent / "shared" / "data" / "media")
+    parser.add_argument("--k", type=int, default=3, help="detect every k-th frame (compared with k=1)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    clips = {name: args.media / name for name in (WOMAN, TWO, CROWD)}
+    missing = [str(p) for p in clips.values() if not p.exists()]
+    if missing:
+        sys.exit(f"missing shared clips: {missing}")
+    from worker.model_client import EmotionClient
+
+    with model_server(args.model_server) as address, tempfile.TemporaryDirectory() as tmp:
+        base = WorkerSettings(
+            model_server_address=address, batch_frames=120 // args.k * args.k, detect_every=args.k
+        )
+        classifier = EmotionClient.from_settings(base)
+        version = classifier.wait_until_available(120)
+        print(f"# Tracking and smoothing on the shared clips (model version {version}, server {address})\n")
+        every_frame = WorkerSettings(
+            **{**base.model_dump(), "detect_every": 1, "full_scan_every": 1, "batch_frames": 120}
+        )
+        results = {}
+        speed_rows = []
+        for name, clip in clips.items():
+            timeline, seconds, frames = analyse(clip, base, classifier, Path(tmp))
+            results[name] = timeline
+            slow_timeline, slow_seconds, _ = analyse(clip, every_frame, classifier, Path(tmp))
+            speed_rows.append(
+                (
+                    name,
+                    frames,
+                    frames / slow_seconds,
+                    frames / seconds,
+                    len(slow_timeline["people"]),
+                    len(timeline["people"]),
+                )
+            )
+
+        seconds, raw, shown = flicker(results[WOMAN])
+        print(
+            "## Emoji changes per person-second (pyfeat_WolfgangLanger_Pexels.mp4, one woman, sad to laughing)\n"
+        )
+        print("| person-seconds | raw argmax | smoothed + hysteresis (shown) |\n| ---: | ---: | ---: |")
+        print(f"| {seconds:.1f} | {raw:.2f} | {shown:.2f} |\n")
+        for person in results[WOMAN]["people"]:
+            segments = ", ".join(
+                f"{s['emotion']} {s['start_ms'] / 1000:.1f}-{s['end_ms'] / 1000:.1f} s"
+                for s in person["segments"]
+            )
+            print(f"- person {person['person_id']}: {segments}")
+        print("\n## Person ids\n")
+        print("| clip | people in the video | person ids | box jumps > 1 face size | frames by face count |")
+        print("| --- | ---: | ---: | ---: | --- |")
+        for name, truth in ((TWO, "2"), (CROWD, "many, entering and leaving")):
+            timeline = results[name]
+            print(
+                f"| {name} | {truth} | {len(timeline['people'])} | {jumps(timeline)} | {faces_per_frame(timeline)} |"
+            )
+        print(
+            f"\n## Analysis speed (decode + detect + classify), detection on every frame vs every {args.k}th\n"
+        )
+        print(
+            f"| clip | frames | frames/s, every frame | frames/s, every {args.k}th | ids (every frame) | "
+            f"ids (every {args.k}th) |"
+        )
+        print("| --- | ---: | ---: | ---: | ---: | ---: |")
+        for name, frames, slow, fast, ids_slow, ids_fast in speed_rows:
+            print(f"| {name} | {frames} | {slow:.1f} | {fast:.1f} | {ids_slow} | {ids_fast} |")
+        classifier.close()
+
+
+if __name__ == "__main__":
+    main()

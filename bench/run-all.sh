@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# `make bench`: every benchmark in one go, against a local stack (started here when none answers).
+# Figures print as markdown tables; docs/benchmarks.md records them with this command.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+URL=${URL:-http://127.0.0.1:8000}
+started=""
+if ! curl -fs "$URL/healthz" >/dev/null 2>&1; then
+    bash deploy/run-local.sh >var/bench-stack.log 2>&1 &
+    started=$!
+    trap 'kill -TERM $started 2>/dev/null; wait $started 2>/dev/null || true' EXIT
+    for _ in $(seq 180); do curl -fs "$URL/healthz" >/dev/null 2>&1 && break; sleep 1; done
+fi
+echo "## model server"; $PY -m bench.bench_model_server
+echo "## whole pipeline"; $PY -m bench.bench_pipeline --url "$URL"
+echo "## live latency"; $PY -m bench.bench_live --url "$URL"
+echo "## tracking and smoothing"; $PY -m bench.bench_tracking

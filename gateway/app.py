@@ -1,0 +1,62 @@
+"""The gateway's ASGI app: `uvicorn gateway.app:app`. It sends tasks by name and never imports the worker."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from common.jobs import JobStore
+from common.queue import make_celery
+from common.storage import LocalStorage
+from gateway.api import jobs, live, system
+from gateway.errors import install_error_handlers
+from gateway.live_hub import LiveHub
+from gateway.pages import STATIC_DIR
+from gateway.pages import router as pages_router
+from gateway.settings import GatewaySettings
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """Upload a video and get it back with an emoji on every face, plus a timeline of emotions.
+
+Every error answers `{"error": {"code": "...", "message": "..."}}`; the message says what to do."""
+
+
+def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+    """Build the app with its Redis, storage and Celery clients (all connect lazily)."""
+    settings = settings or GatewaySettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        logger.info(
+            "gateway up: redis %s, storage %s, max upload %d bytes",
+            settings.redis_url,
+            settings.storage_dir,
+            settings.max_upload_bytes,
+        )
+        yield
+        app.state.live_hub.close()
+
+    app = FastAPI(title="Emoji video", version="1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.store = JobStore.from_url(settings.redis_url, ttl_s=settings.job_ttl_s)
+    app.state.storage = LocalStorage(settings.storage_dir)
+    app.state.celery = make_celery(settings)
+    app.state.live_hub = LiveHub(app.state.celery, settings.live_max_clients, settings.live_timeout_s)
+
+    install_error_handlers(app)
+    app.include_router(jobs.router)
+    app.include_router(live.router)
+    app.include_router(system.router)
+    app.include_router(pages_router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    # The worker draws the same PNGs; check_dir=False so the gateway starts even before they exist.
+    app.mount("/emojis", StaticFiles(directory=settings.emojis_dir, check_dir=False), name="emojis")
+    return app
+
+
+app = create_app()

@@ -1,0 +1,31 @@
+"""The gateway's settings: the common ones plus where it listens, upload limits and the live stream."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from common.settings import REPO_ROOT, CommonSettings
+
+
+class GatewaySettings(CommonSettings):
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    # Bigger uploads are refused while streaming (and before, when Content-Length says so).
+    max_upload_bytes: int = Field(default=2 * 1024**3, gt=0)
+    # Bytes read from the socket per chunk while streaming an upload to storage.
+    upload_chunk_bytes: int = Field(default=1024 * 1024, gt=0)
+    recent_jobs_limit: int = Field(default=20, gt=0)
+    # How often the job page's event stream looks at Redis.
+    events_interval_s: float = Field(default=0.5, gt=0)
+
+    # One webcam frame, as the browser sends it (a 640x480 JPEG is ~30-60 kB).
+    live_max_frame_bytes: int = Field(default=2 * 1024 * 1024, gt=0)
+    # How long one live frame may take through the queue, the worker and back before the socket says so.
+    live_timeout_s: float = Field(default=5.0, gt=0)
+    # Each connected viewer holds one waiting thread; more viewers than this are told to come back later.
+    live_max_clients: int = Field(default=32, gt=0)
+
+    emojis_dir: Path = REPO_ROOT / "emojis"

@@ -1,0 +1,202 @@
+"""Streaming a multipart upload straight to storage: the file never sits whole in memory.
+
+Starlette's own form parser spools files to a temporary file first and cannot stop at a size limit while
+reading; this one writes the `file` field to its final place as it arrives and stops at the limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from python_multipart import MultipartParser
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import parse_options_header
+from starlette.requests import ClientDisconnect
+
+from common.errors import UploadTooLarge
+from gateway.errors import BadUpload
+
+logger = logging.getLogger(__name__)
+
+FILE_FIELD = "file"
+# Content-Length counts the multipart framing too (boundaries, part headers, other small fields).
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+HOW_TO_SEND = "send the video as multipart/form-data in a field named 'file' (curl -F file=@video.mp4 URL)"
+
+
+def human_bytes(size: int) -> str:
+    """1536 -> '1.5 KiB'; for messages people read."""
+    value = float(size)
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{int(value)} {unit}" if unit == "bytes" else f"{value:.3g} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def too_large(max_bytes: int) -> UploadTooLarge:
+    return UploadTooLarge(
+        f"the file is larger than the {human_bytes(max_bytes)} upload limit; "
+        "upload a shorter clip or compress it first (e.g. a lower resolution)"
+    )
+
+
+def check_content_length(header: str | None, max_bytes: int) -> None:
+    """Refuse before reading a byte when the declared body cannot fit under the limit."""
+    if header is None or not header.isdigit():
+        return
+    if int(header) > max_bytes + MULTIPART_OVERHEAD_BYTES:
+        raise too_large(max_bytes)
+
+
+def boundary_of(content_type: str | None) -> bytes:
+    kind, options = parse_options_header(content_type)
+    if kind != b"multipart/form-data" or not options.get(b"boundary"):
+        raise BadUpload(f"the request is not a multipart form; {HOW_TO_SEND}")
+    return options[b"boundary"]
+
+
+def clean_filename(raw: bytes | None) -> str:
+    """The uploaded file's base name, for display only (storage never uses it)."""
+    if not raw:
+        return "upload"
+    name = raw.decode("utf-8", errors="replace").replace("\\", "/")
+    name = PurePosixPath(name).name.strip().replace("\x00", "")
+    return name[:200] or "upload"
+
+
+@dataclass
+class UploadResult:
+    filename: str
+    size: int
+
+
+class _FileFieldWriter:
+    """Parser callbacks that keep only the `file` field's bytes, in a buffer flushed by the caller."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.size = 0
+        self.filename: str | None = None
+        self.found = False
+        self.over_limit = False
+        self.pending: list[bytes] = []
+        self.pending_bytes = 0
+        self._in_file = False
+        self._header_name = b""
+        self._header_value = b""
+        self._disposition = b""
+
+    def callbacks(self) -> dict:
+        return {
+            "on_part_begin": self._part_begin,
+            "on_header_field": self._header_field,
+            "on_header_value": self._header_value_cb,
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": self._part_data,
+            "on_part_end": self._part_end,
+        }
+
+    def _part_begin(self) -> None:
+        self._disposition = b""
+        self._in_file = False
+
+    def _header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_name += data[start:end]
+
+    def _header_value_cb(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def _header_end(self) -> None:
+        if self._header_name.lower() == b"content-disposition":
+            self._disposition = self._header_value
+        self._header_name = self._header_value = b""
+
+    def _headers_finished(self) -> None:
+        _, options = parse_options_header(self._disposition)
+        # Only the first `file` field counts; other fields and repeats are read past and dropped.
+        if options.get(b"name") == FILE_FIELD.encode() and not self.found:
+            self.found = True
+            self._in_file = True
+            self.filename = clean_filename(options.get(b"filename"))
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if not self._in_file or self.over_limit:
+            return
+        self.size += end - start
+        if self.size > self.max_bytes:
+            self.over_limit = True
+            self.pending.clear()
+            return
+        self.pending.append(data[start:end])
+        self.pending_bytes += end - start
+
+    def _part_end(self) -> None:
+        self._in_file = False
+
+    def take(self) -> bytes:
+        data = b"".join(self.pending)
+        self.pending.clear()
+        self.pending_bytes = 0
+        return data
+
+
+async def _until_disconnect(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in chunks:
+            yield chunk
+    except ClientDisconnect as exc:
+        # Nobody reads the answer; the error is for the log and for the caller's clean-up.
+        raise BadUpload("the upload broke off before the end; upload the file again") from exc
+
+
+async def stream_upload(
+    chunks: AsyncIterator[bytes], content_type: str | None, dest: Path, max_bytes: int, flush_bytes: int
+) -> UploadResult:
+    """Write the form's `file` field to `dest` as it arrives; raise UploadTooLarge or BadUpload.
+
+    The caller removes `dest` when this raises.
+    """
+    started = time.perf_counter()
+    writer = _FileFieldWriter(max_bytes)
+    parser = MultipartParser(boundary_of(content_type), writer.callbacks())
+    # Disk writes run in a thread so a slow disk never stalls the event loop (and other requests).
+    out = await asyncio.to_thread(open, dest, "wb")
+    try:
+        async for chunk in _until_disconnect(chunks):
+            try:
+                parser.write(chunk)
+            except MultipartParseError as exc:
+                raise BadUpload(
+                    f"the upload is not a well-formed multipart form ({exc}); {HOW_TO_SEND}"
+                ) from exc
+            if writer.over_limit:
+                raise too_large(max_bytes)
+            if writer.pending_bytes >= flush_bytes:
+                await asyncio.to_thread(out.write, writer.take())
+        try:
+            parser.finalize()
+        except MultipartParseError as exc:
+            raise BadUpload(f"the upload ended early or is malformed ({exc}); {HOW_TO_SEND}") from exc
+        if writer.pending_bytes:
+            await asyncio.to_thread(out.write, writer.take())
+    finally:
+        await asyncio.to_thread(out.close)
+    if not writer.found:
+        raise BadUpload(f"the form has no field named 'file'; {HOW_TO_SEND}")
+    if writer.size == 0:
+        raise BadUpload("the uploaded file is empty; pick a video file and upload it again")
+    logger.info(
+        "received upload %r (%d bytes) into %s in %.2f s",
+        writer.filename,
+        writer.size,
+        dest,
+        time.perf_counter() - started,
+    )
+    return UploadResult(filename=writer.filename or "upload", size=writer.size)

@@ -1,0 +1,189 @@
+"""The training package: data mapping, augmentation, checkpoint and resume, export, and the shipped model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from common.classes import EMOTION_INDEX, EMOTIONS, NUM_CLASSES
+from training.data import (
+    DEFAULT_DATA_ROOT,
+    AugmentConfig,
+    augment_batch,
+    list_split,
+    load_images,
+    make_dataset,
+)
+from training.evaluate import load_frames, metrics, shipped_model_dir
+from training.export import (
+    DEFAULT_MODEL_BASE,
+    INPUT_KEY,
+    OUTPUT_KEY,
+    SIGNATURE_NAME,
+    check_contract,
+    export_model,
+)
+from training.train import BEST_CHECKPOINT, HISTORY_FILE, LAST_CHECKPOINT, STATE_FILE, TrainConfig, train
+
+SHARED_DATA = DEFAULT_DATA_ROOT
+needs_shared_data = pytest.mark.skipif(
+    not (SHARED_DATA / "val").is_dir(), reason=f"FER2013 not found at {SHARED_DATA} (the shared data folder)"
+)
+
+
+def _write_jpeg(path: Path, image: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(tf.io.encode_jpeg(tf.constant(image)).numpy())
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """A Kaggle-layout folder of synthetic 48x48 faces: 4 train and 2 val images per class."""
+    root = tmp_path_factory.mktemp("fer")
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 4), ("val", 2)):
+        for name in sorted(EMOTIONS):  # alphabetical, like the real folders
+            for i in range(count):
+                # Each class a different brightness, so the folder's label is recoverable from the pixels.
+                level = 30 * EMOTION_INDEX[name] + 20
+                image = np.clip(rng.normal(level, 10, (48, 48, 1)), 0, 255).astype(np.uint8)
+                _write_jpeg(root / split / name / f"{split}_{i}.jpg", image)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_dataset, tmp_path_factory) -> Path:
+    """Two epochs of two steps on the tiny dataset, then resumed for a third."""
+    out = tmp_path_factory.mktemp("run")
+    config = TrainConfig(
+        data=str(tiny_dataset), out=str(out), epochs=2, batch_size=8, steps_per_epoch=2, patience=5
+    )
+    train(config)
+    train(TrainConfig(**{**config.__dict__, "epochs": 3}), resume=True)
+    return out
+
+
+def test_folders_map_to_the_fixed_class_order_not_alphabetical(tiny_dataset):
+    split = list_split(tiny_dataset, "train")
+    for path, label in zip(split.paths, split.labels, strict=True):
+        assert EMOTIONS[label] == Path(path).parent.name
+    assert sorted(set(split.labels.tolist())) == list(range(NUM_CLASSES))
+    # Alphabetically "neutral" is the fifth folder; in the project's order it is the last class.
+    assert EMOTION_INDEX["neutral"] == 6
+
+
+def test_limit_keeps_every_class(tiny_dataset):
+    split = list_split(tiny_dataset, "train", limit=10)
+    assert len(split) <= 10 + NUM_CLASSES
+    assert set(split.labels.tolist()) == set(range(NUM_CLASSES))
+
+
+def test_unknown_class_folder_is_refused(tmp_path):
+    _write_jpeg(tmp_path / "train" / "contempt" / "a.jpg", np.zeros((48, 48, 1), np.uint8))
+    with pytest.raises(ValueError, match="contempt"):
+        list_split(tmp_path, "train")
+
+
+def test_pipeline_and_augmentation_shapes(tiny_dataset):
+    split = list_split(tiny_dataset, "train")
+    images, labels = next(iter(make_dataset(split, 8, training=True)))
+    assert images.shape == (8, 48, 48, 1) and images.dtype == tf.float32
+    assert labels.shape == (8, NUM_CLASSES)
+    assert 0.0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 255.0
+    np.testing.assert_allclose(labels.numpy().sum(axis=1), 1.0)
+    mixed, mixed_labels = augment_batch(images, labels, AugmentConfig(mixup_alpha=0.4))
+    assert mixed.shape == images.shape
+    np.testing.assert_allclose(mixed_labels.numpy().sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_validation_pipeline_is_not_augmented(tiny_dataset):
+    split = list_split(tiny_dataset, "val")
+    first = np.concatenate([x.numpy() for x, _ in make_dataset(split, 4, training=False)])
+    np.testing.assert_array_equal(first, load_images(split).astype(np.float32))
+
+
+def test_training_writes_checkpoints_log_and_resumes(trained_run):
+    for name in (BEST_CHECKPOINT, LAST_CHECKPOINT, STATE_FILE, HISTORY_FILE):
+        assert (trained_run / name).is_file(), name
+    assert json.loads((trained_run / STATE_FILE).read_text())["epochs_done"] == 3
+    rows = (trained_run / HISTORY_FILE).read_text().strip().splitlines()
+    assert rows[0].startswith("epoch") and [row.split(",")[0] for row in rows[1:]] == ["0", "1", "2"]
+
+
+@pytest.mark.parametrize("flip_average", [False, True])
+def test_export_follows_the_serving_contract(trained_run, tmp_path, flip_average):
+    import keras
+
+    model = keras.models.load_model(trained_run / BEST_CHECKPOINT)
+    target = export_model(model, model_base=tmp_path, flip_average=flip_average)
+    assert target == tmp_path / "1"
+    check_contract(target)
+    signature = tf.saved_model.load(str(target)).signatures[SIGNATURE_NAME]
+    faces = np.random.default_rng(1).integers(0, 256, (5, 48, 48, 1), dtype=np.uint8)
+    probabilities = signature(**{INPUT_KEY: tf.constant(faces)})[OUTPUT_KEY].numpy()
+    assert probabilities.shape == (5, NUM_CLASSES) and probabilities.dtype == np.float32
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    # A second export replaces the first: exactly one version is served.
+    assert export_model(model, model_base=tmp_path).name == "2"
+    assert [p.name for p in tmp_path.iterdir() if p.name.isdigit()] == ["2"]
+
+
+SHARED_PHOTO = SHARED_DATA.parent / "media" / "pyfeat_multi_face.jpg"
+
+
+@pytest.mark.skipif(not SHARED_PHOTO.is_file(), reason=f"shared photo {SHARED_PHOTO} not found")
+def test_photos_are_cropped_as_at_serving_time(tmp_path):
+    (tmp_path / "happy").mkdir()
+    (tmp_path / "happy" / SHARED_PHOTO.name).symlink_to(SHARED_PHOTO)
+    faces, labels = load_frames(tmp_path)
+    assert faces.shape == (1, 48, 48, 1) and faces.dtype == np.uint8
+    assert labels.tolist() == [EMOTION_INDEX["happy"]]
+
+
+def test_metrics_and_confusion_matrix():
+    labels = np.array([0, 0, 3, 3, 6])
+    predictions = np.array([0, 3, 3, 3, 6])
+    report = metrics(labels, predictions)
+    assert report["accuracy"] == pytest.approx(0.8)
+    assert report["per_class"]["angry"]["recall"] == 0.5
+    assert report["per_class"]["happy"]["precision"] == pytest.approx(2 / 3, abs=1e-4)
+    assert report["confusion_matrix"]["rows_true_cols_predicted"][0][3] == 1
+
+
+@pytest.fixture(scope="module")
+def shipped_signature():
+    return tf.saved_model.load(str(shipped_model_dir(DEFAULT_MODEL_BASE))).signatures[SIGNATURE_NAME]
+
+
+def test_exactly_one_shipped_version_that_follows_the_contract():
+    versions = [p for p in DEFAULT_MODEL_BASE.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    assert len(versions) == 1 and versions[0].name.isdigit()
+    check_contract(versions[0])
+
+
+def test_shipped_model_is_small(shipped_signature):
+    size = sum(f.stat().st_size for f in shipped_model_dir(DEFAULT_MODEL_BASE).rglob("*") if f.is_file())
+    assert size < 25 * 2**20
+
+
+def test_shipped_model_probabilities_sum_to_one(shipped_signature):
+    faces = np.random.default_rng(2).integers(0, 256, (3, 48, 48, 1), dtype=np.uint8)
+    probabilities = shipped_signature(faces=tf.constant(faces))["probabilities"].numpy()
+    assert probabilities.shape == (3, NUM_CLASSES)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+
+
+@needs_shared_data
+@pytest.mark.parametrize("folder", ["happy", "surprise"])
+def test_shipped_model_uses_the_fixed_class_order(shipped_signature, folder):
+    # happy is index 3 in the alphabetical order too; surprise (5, alphabetically 6) tells the orders apart.
+    files = sorted((SHARED_DATA / "val" / folder).glob("*.jpg"))[:24]
+    faces = np.stack([tf.io.decode_jpeg(f.read_bytes(), channels=1).numpy() for f in files])
+    predicted = shipped_signature(faces=tf.constant(faces))["probabilities"].numpy().argmax(axis=1)
+    assert np.bincount(predicted, minlength=NUM_CLASSES).argmax() == EMOTION_INDEX[folder]
+    if folder == "happy":
+        assert predicted[0] == 3

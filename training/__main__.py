@@ -1,0 +1,136 @@
+"""Command line: `python -m training {train,evaluate,export}`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter hides our own log
+
+from training.data import DEFAULT_DATA_ROOT  # noqa: E402
+from training.export import DEFAULT_MODEL_BASE  # noqa: E402
+from training.models import ARCHITECTURES  # noqa: E402
+from training.train import BEST_CHECKPOINT, TrainConfig  # noqa: E402
+
+DEFAULT_RUN = "var/training/run"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    defaults = TrainConfig()
+    train = commands.add_parser("train", help="train a model on <data>/train, validating on <data>/val")
+    train.add_argument("--data", type=Path, default=DEFAULT_DATA_ROOT, help="root of <split>/<class>/*.jpg")
+    train.add_argument("--out", type=Path, default=Path(DEFAULT_RUN), help="checkpoints, state and CSV log")
+    train.add_argument("--arch", choices=sorted(ARCHITECTURES), default=defaults.arch)
+    train.add_argument("--epochs", type=int, default=defaults.epochs)
+    train.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    train.add_argument("--lr", type=float, default=defaults.learning_rate, help="peak learning rate")
+    train.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    train.add_argument("--warmup-epochs", type=float, default=defaults.warmup_epochs)
+    train.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing)
+    train.add_argument(
+        "--patience", type=int, default=defaults.patience, help="early stopping on val accuracy"
+    )
+    train.add_argument("--mixup", type=float, default=defaults.mixup_alpha, help="mixup alpha (0: off)")
+    train.add_argument(
+        "--limit", type=int, help="use about this many train images (stratified), for quick runs"
+    )
+    train.add_argument("--val-limit", type=int, help="use about this many val images")
+    train.add_argument("--steps-per-epoch", type=int, help="cap the steps per epoch, for smoke tests")
+    train.add_argument("--seed", type=int, default=defaults.seed)
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
+
+    evaluate = commands.add_parser("evaluate", help="metrics, confusion matrix and duplicate-free accuracy")
+    evaluate.add_argument("--data", type=Path, default=DEFAULT_DATA_ROOT)
+    evaluate.add_argument("--split", default="val")
+    evaluate.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="a SavedModel folder or a .keras checkpoint (default: the shipped model)",
+    )
+    evaluate.add_argument("--out", type=Path, default=Path("var/training/eval"), help="where reports go")
+    evaluate.add_argument("--limit", type=int)
+    evaluate.add_argument("--no-dedup", action="store_true", help="skip the search for train duplicates")
+    evaluate.add_argument(
+        "--frames",
+        type=Path,
+        help="also evaluate on photos labelled by folder "
+        "(<frames>/<class>/*.jpg), cropped with common.face_crop",
+    )
+    evaluate.add_argument(
+        "--flip-average",
+        action="store_true",
+        help="for a .keras checkpoint: average with "
+        "the mirrored face, as an export with --flip-average would",
+    )
+    evaluate.add_argument("--no-throughput", action="store_true", help="skip the faces/s measurement")
+
+    export = commands.add_parser("export", help="write model_server/models/emotion/<version>/ (SavedModel)")
+    export.add_argument("--checkpoint", type=Path, default=Path(DEFAULT_RUN) / BEST_CHECKPOINT)
+    export.add_argument("--model-base", type=Path, default=DEFAULT_MODEL_BASE)
+    export.add_argument("--version", type=int, help="integer version folder (default: next free)")
+    export.add_argument("--flip-average", action="store_true", help="average with the mirrored face inside")
+    export.add_argument("--keep-other-versions", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "train":
+        from training.train import train
+
+        config = TrainConfig(
+            data=str(args.data),
+            out=str(args.out),
+            arch=args.arch,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            learning_rate=args.lr,
+            weight_decay=args.weight_decay,
+            warmup_epochs=args.warmup_epochs,
+            label_smoothing=args.label_smoothing,
+            patience=args.patience,
+            limit=args.limit,
+            val_limit=args.val_limit,
+            steps_per_epoch=args.steps_per_epoch,
+            mixup_alpha=args.mixup,
+            seed=args.seed,
+        )
+        train(config, resume=args.resume)
+    elif args.command == "evaluate":
+        from training.evaluate import evaluate
+
+        evaluate(
+            data=args.data,
+            split=args.split,
+            model_path=args.model,
+            out=args.out,
+            limit=args.limit,
+            dedup=not args.no_dedup,
+            frames=args.frames,
+            flip_average=args.flip_average,
+            throughput=not args.no_throughput,
+        )
+    elif args.command == "export":
+        import keras
+
+        from training.export import export_model
+
+        model = keras.models.load_model(args.checkpoint)
+        export_model(
+            model,
+            model_base=args.model_base,
+            version=args.version,
+            flip_average=args.flip_average,
+            keep_other_versions=args.keep_other_versions,
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""Export a trained model as a SavedModel that TF Serving loads unchanged (the serving contract)."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from common.classes import NUM_CLASSES
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL_BASE = REPO_ROOT / "model_server" / "models" / "emotion"
+SIGNATURE_NAME = "serving_default"
+INPUT_KEY = "faces"
+OUTPUT_KEY = "probabilities"
+FACE_SHAPE = (48, 48, 1)
+
+
+def serving_function(model: keras.Model, flip_average: bool):
+    """uint8 faces [N, 48, 48, 1] -> {"probabilities": float32 [N, 7]}; scaling and flip averaging inside."""
+
+    def serve(faces: tf.Tensor) -> dict[str, tf.Tensor]:
+        pixels = tf.cast(faces, tf.float32)  # the model itself scales 0..255 to its own range
+        probabilities = model(pixels, training=False)
+        if flip_average:
+            flipped = model(tf.reverse(pixels, axis=[2]), training=False)
+            probabilities = (probabilities + flipped) / 2.0
+        return {OUTPUT_KEY: tf.cast(probabilities, tf.float32)}
+
+    return serve
+
+
+def next_version(model_base: Path) -> int:
+    """One more than the highest integer version folder (1 when there is none)."""
+    versions = [int(p.name) for p in model_base.glob("*") if p.is_dir() and p.name.isdigit()]
+    return max(versions, default=0) + 1
+
+
+def export_model(
+    model: keras.Model,
+    model_base: Path = DEFAULT_MODEL_BASE,
+    version: int | None = None,
+    flip_average: bool = False,
+    keep_other_versions: bool = False,
+) -> Path:
+    """Write `<model_base>/<version>/` (saved_model.pb, variables/); by default the only version left."""
+    model_base = Path(model_base)
+    version = version or next_version(model_base)
+    target = model_base / str(version)
+    staging = model_base / f".{version}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    model_base.mkdir(parents=True, exist_ok=True)
+
+    # No archive.track(model): the endpoint tracks the variables it uses, and tracking the model as well
+    # would store every weight twice.
+    archive = keras.export.ExportArchive()
+    archive.add_endpoint(
+        name=SIGNATURE_NAME,
+        fn=serving_function(model, flip_average),
+        input_signature=[tf.TensorSpec([None, *FACE_SHAPE], tf.uint8, name=INPUT_KEY)],
+    )
+    archive.write_out(str(staging), verbose=False)
+    # TF Serving polls the folder: a version must appear complete, so write aside and rename.
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    if not keep_other_versions:
+        for other in model_base.iterdir():
+            if other.is_dir() and other.name.isdigit() and other != target:
+                shutil.rmtree(other)
+    check_contract(target)
+    log.info("exported %s (flip averaging %s) to %s", model.name, "on" if flip_average else "off", target)
+    return target
+
+
+def check_contract(saved_model_dir: Path) -> None:
+    """Load the SavedModel as TF Serving would and check the signature's names, dtypes and shapes."""
+    loaded = tf.saved_model.load(str(saved_model_dir))
+    if SIGNATURE_NAME not in loaded.signatures:
+        raise ValueError(
+            f"{saved_model_dir}: no signature {SIGNATURE_NAME!r}, found {list(loaded.signatures)}"
+        )
+    signature = loaded.signatures[SIGNATURE_NAME]
+    inputs = signature.structured_input_signature[1]
+    outputs = signature.structured_outputs
+    spec_in, spec_out = inputs.get(INPUT_KEY), outputs.get(OUTPUT_KEY)
+    if (
+        list(inputs) != [INPUT_KEY]
+        or spec_in.dtype != tf.uint8
+        or spec_in.shape.as_list() != [None, *FACE_SHAPE]
+    ):
+        raise ValueError(
+            f"{saved_model_dir}: expected input {INPUT_KEY!r} uint8 [None, 48, 48, 1], got {inputs}"
+        )
+    expected_out = [None, NUM_CLASSES]
+    if (
+        list(outputs) != [OUTPUT_KEY]
+        or spec_out.dtype != tf.float32
+        or spec_out.shape.as_list() != expected_out
+    ):
+        raise ValueError(
+            f"{saved_model_dir}: expected output {OUTPUT_KEY!r} float32 [None, 7], got {outputs}"
+        )

@@ -1,0 +1,114 @@
+"""One webcam frame: decode, detect, classify, track and smooth per client (state in Redis, so any live
+worker can serve any frame of any client)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import time
+
+import cv2
+import numpy as np
+import redis
+
+from common.classes import EMOTIONS
+from common.errors import VideoError
+from common.face_crop import crop_faces
+from worker.detection import FaceDetector
+from worker.pipeline import EmotionClassifier, classify
+from worker.settings import WorkerSettings
+from worker.smoothing import EmotionSmoother
+from worker.tracking import IouTracker
+
+STATE_PREFIX = "emoji:live:"
+CLIENT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+
+
+def decode_jpeg(jpeg_b64: str, max_bytes: int) -> np.ndarray:
+    """The frame as grayscale (the model and the detector need no colour); VideoError if it is not a JPEG."""
+    if not isinstance(jpeg_b64, str) or not jpeg_b64:
+        raise VideoError("send the frame as a base64-encoded JPEG string")
+    if jpeg_b64.startswith("data:"):
+        jpeg_b64 = jpeg_b64.partition(",")[2]
+    if len(jpeg_b64) > max_bytes * 4 // 3 + 4:
+        raise VideoError(f"the frame is larger than {max_bytes} bytes; send a smaller JPEG")
+    try:
+        data = base64.b64decode(jpeg_b64, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise VideoError("the frame is not valid base64; send a base64-encoded JPEG") from exc
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+    if image is None:
+        raise VideoError("the frame is not an image OpenCV can read; send a JPEG")
+    return image
+
+
+def process_frame(
+    client_id: str,
+    jpeg_b64: str,
+    client: redis.Redis,
+    detector: FaceDetector,
+    classifier: EmotionClassifier,
+    settings: WorkerSettings,
+    now_ms: float | None = None,
+) -> dict:
+    """The live-frame result contract: size, faces with person ids and shown emotion, timings."""
+    if not isinstance(client_id, str) or not CLIENT_ID.match(client_id):
+        raise VideoError("client_id must be 1-128 letters, digits or _.:-")
+    t0 = time.perf_counter()
+    gray = decode_jpeg(jpeg_b64, settings.live_max_jpeg_bytes)
+    t1 = time.perf_counter()
+    now_ms = time.time() * 1000.0 if now_ms is None else now_ms
+    key = STATE_PREFIX + client_id
+    tracker = IouTracker(min_iou=settings.track_min_iou, max_miss_ms=settings.track_max_miss_ms)
+    smoother = EmotionSmoother(settings.smoothing_ms, settings.hysteresis_margin, settings.hysteresis_hold_ms)
+    count = 0
+    raw_state = client.get(key)
+    if raw_state:
+        state = json.loads(raw_state)
+        tracker.load_state(state.get("tracker", {}))
+        smoother.load_state(state.get("smoother", {}))
+        count = int(state.get("count", 0))
+    t1b = time.perf_counter()
+    known = [t.predict(now_ms) for t in tracker.tracks if now_ms - t.last_ms <= tracker.max_miss_ms]
+    # As for videos: a whole-frame scan now and then finds new faces, a cheap search near known faces in between.
+    if not known or count % settings.full_scan_every == 0:
+        found = detector.detect(gray)
+    else:
+        found = detector.detect_near(gray, np.asarray(known).reshape(-1, 4))
+    t2 = time.perf_counter()
+    probabilities = classify(classifier, crop_faces(gray, found.xyxy), settings.predict_batch)
+    t3 = time.perf_counter()
+    ids = tracker.update(found.xyxy, now_ms)
+    faces = []
+    for person_id, box, score, probs in zip(ids, found.xyxy, found.scores, probabilities):
+        _, shown = smoother.update(person_id, probs, now_ms)
+        faces.append(
+            {
+                "person_id": int(person_id),
+                "box_xyxy": [round(float(v), 1) for v in box],
+                "score": round(float(score), 4),
+                "emotion": EMOTIONS[int(np.argmax(probs))],
+                "probabilities": {e: round(float(p), 4) for e, p in zip(EMOTIONS, probs)},
+                "shown_emotion": EMOTIONS[shown],
+            }
+        )
+    smoother.forget_older_than(now_ms - settings.track_max_miss_ms)
+    client.set(
+        key,
+        json.dumps({"tracker": tracker.to_dict(), "smoother": smoother.to_dict(), "count": count + 1}),
+        ex=settings.live_state_ttl_s,
+    )
+    t4 = time.perf_counter()
+    return {
+        "width": int(gray.shape[1]),
+        "height": int(gray.shape[0]),
+        "faces": faces,
+        "timings_ms": {
+            "decode": round((t1 - t0) * 1000, 2),
+            "detect": round((t2 - t1b) * 1000, 2),
+            "classify": round((t3 - t2) * 1000, 2),
+            "total": round((t4 - t0) * 1000, 2),
+        },
+    }

@@ -1,0 +1,163 @@
+"""Drawing the emoji on faces: PNGs loaded once, scaled to the face, alpha-blended on the emoji's region only,
+clipped at the frame edges. Works on BGR frames and, without any whole-frame colour conversion, directly on
+the planes of a yuv420p frame as ffmpeg decodes it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from common.classes import EMOTIONS
+from common.settings import REPO_ROOT
+
+DEFAULT_EMOJI_DIR = REPO_ROOT / "emojis"
+# Emoji sizes are rounded to this many pixels, so the sprite cache stays small and chroma stays aligned.
+SIZE_STEP = 4
+MAX_SIZE = 4096
+
+# (Kr, Kb) of the two matrices H.264 video uses in practice.
+MATRICES = {"bt601": (0.299, 0.114), "bt709": (0.2126, 0.0722)}
+
+
+@lru_cache(maxsize=32)
+def load_emoji(emotion: str, emoji_dir: str = str(DEFAULT_EMOJI_DIR)) -> np.ndarray:
+    """The emotion's emoji as RGBA uint8 [H, W, 4], read once."""
+    if emotion not in EMOTIONS:
+        raise ValueError(f"unknown emotion {emotion!r}; expected one of {EMOTIONS}")
+    path = Path(emoji_dir) / f"{emotion}.png"
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None or image.ndim != 3 or image.shape[2] != 4:
+        raise FileNotFoundError(f"expected an RGBA PNG at {path}; render them with `python -m emojis.render`")
+    return cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA)
+
+
+@dataclass(frozen=True)
+class Sprite:
+    """One emoji at one size, ready to blend: colour planes as float32 and alpha in 0..1."""
+
+    colour: np.ndarray  # [s, s, 3] BGR, or [s, s, 1] Y
+    alpha: np.ndarray  # [s, s, 1]
+    chroma: np.ndarray | None = None  # [s/2, s/2, 2] U, V (yuv only)
+    chroma_alpha: np.ndarray | None = None  # [s/2, s/2, 1]
+
+
+@lru_cache(maxsize=512)
+def sprite(emotion: str, size: int, space: str = "bgr", emoji_dir: str = str(DEFAULT_EMOJI_DIR)) -> Sprite:
+    """The emoji scaled to `size` px in colour space "bgr", "bt601" or "bt709" (limited-range YUV 4:2:0)."""
+    rgba = cv2.resize(
+        load_emoji(emotion, emoji_dir),
+        (size, size),
+        interpolation=cv2.INTER_AREA if size < 117 else cv2.INTER_LINEAR,
+    ).astype(np.float32)
+    alpha = rgba[:, :, 3:4] / 255.0
+    rgb = rgba[:, :, :3] / 255.0
+    if space == "bgr":
+        return Sprite(np.ascontiguousarray(rgba[:, :, 2::-1]), alpha)
+    kr, kb = MATRICES[space]
+    r, g, b = rgb[:, :, 0], rgb[:, :, 1], rgb[:, :, 2]
+    luma = kr * r + (1 - kr - kb) * g + kb * b
+    y = 16 + 219 * luma
+    u = 128 + 224 * (b - luma) / (2 * (1 - kb))
+    v = 128 + 224 * (r - luma) / (2 * (1 - kr))
+    # Chroma is subsampled 2x2, weighted by alpha so transparent pixels do not bleed their colour in.
+    half = size // 2
+    a = alpha[: half * 2, : half * 2, 0]
+    a_sum = a.reshape(half, 2, half, 2).sum(axis=(1, 3))
+    uv = np.stack([u, v], axis=2)[: half * 2, : half * 2] * a[:, :, None]
+    uv = uv.reshape(half, 2, half, 2, 2).sum(axis=(1, 3)) / np.maximum(a_sum, 1e-6)[:, :, None]
+    return Sprite(y[:, :, None], alpha, uv.astype(np.float32), (a_sum / 4.0)[:, :, None])
+
+
+def overlay_image(scene: np.ndarray, colour: np.ndarray, alpha: np.ndarray, x: int, y: int) -> np.ndarray:
+    """Blend `colour` [h,w,C] with `alpha` [h,w,1] into `scene` [H,W,C] at top-left (x, y), in place.
+
+    Parts outside the scene are clipped; an icon wholly outside changes nothing.
+    """
+    height, width = scene.shape[:2]
+    h, w = colour.shape[:2]
+    x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, width), min(y + h, height)
+    if x1 <= x0 or y1 <= y0:
+        return scene
+    region = scene[y0:y1, x0:x1]
+    icon = colour[y0 - y : y1 - y, x0 - x : x1 - x]
+    a = alpha[y0 - y : y1 - y, x0 - x : x1 - x]
+    if region.ndim == 2:
+        icon, a = icon[:, :, 0], a[:, :, 0]
+    blended = region + a * (icon - region)
+    scene[y0:y1, x0:x1] = np.clip(blended + 0.5, 0, 255).astype(scene.dtype)
+    return scene
+
+
+def yuv420p_planes(frame: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """Views of a flat yuv420p frame: Y [H, W] and UV [2, H/2, W/2] (writes go to the frame)."""
+    y_size = width * height
+    luma = frame[:y_size].reshape(height, width)
+    chroma = frame[y_size : y_size + y_size // 2].reshape(2, height // 2, width // 2)
+    return luma, chroma
+
+
+class EmojiOverlay:
+    """Draws each face's emoji; configured once, then `draw_bgr` / `draw_yuv420p` per frame.
+
+    `scale` is the badge's size as a fraction of the face; "cover" hides the whole face.
+    """
+
+    def __init__(
+        self, mode: str = "badge", scale: float = 0.6, emoji_dir: str | Path = DEFAULT_EMOJI_DIR
+    ) -> None:
+        if mode not in ("badge", "cover"):
+            raise ValueError(f"mode must be 'badge' or 'cover', got {mode!r}")
+        if not 0 < scale <= 3:
+            raise ValueError(f"scale must be in (0, 3], got {scale}")
+        self.mode = mode
+        self.scale = scale
+        self.emoji_dir = str(emoji_dir)
+        for emotion in EMOTIONS:  # fail at start-up, not on the first face
+            load_emoji(emotion, self.emoji_dir)
+
+    def placement(self, box_xyxy) -> tuple[int, int, int]:
+        """(x, y, size) of the emoji for a face box; x and y even so 4:2:0 chroma lines up."""
+        x1, y1, x2, y2 = (float(v) for v in box_xyxy)
+        side = max(x2 - x1, y2 - y1)
+        if self.mode == "cover":
+            size = side * 1.15
+            cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+        else:
+            # A badge centred on the face's upper-right corner: the face itself stays visible.
+            size = side * self.scale
+            cx, cy = x2 - size * 0.15, y1 + size * 0.15
+        size = int(min(max(SIZE_STEP, round(size / SIZE_STEP) * SIZE_STEP), MAX_SIZE))
+        x = int(round(cx - size / 2)) & ~1
+        y = int(round(cy - size / 2)) & ~1
+        return x, y, size
+
+    def draw_bgr(self, frame: np.ndarray, faces) -> np.ndarray:
+        """Draw on a BGR frame [H, W, 3] in place; `faces` are (box_xyxy, emotion) pairs."""
+        for box, emotion in faces:
+            x, y, size = self.placement(box)
+            s = sprite(emotion, size, "bgr", self.emoji_dir)
+            overlay_image(frame, s.colour, s.alpha, x, y)
+        return frame
+
+    def draw_yuv420p(
+        self, frame: np.ndarray, width: int, height: int, faces, matrix: str = "bt709"
+    ) -> np.ndarray:
+        """Draw on a flat yuv420p frame (uint8 [W*H*3/2]) in place, touching only the emoji's pixels."""
+        luma, chroma = yuv420p_planes(frame, width, height)
+        for box, emotion in faces:
+            x, y, size = self.placement(box)
+            s = sprite(emotion, size, matrix, self.emoji_dir)
+            overlay_image(luma[:, :, None], s.colour, s.alpha, x, y)
+            for plane in (0, 1):
+                overlay_image(
+                    chroma[plane][:, :, None],
+                    s.chroma[:, :, plane : plane + 1],
+                    s.chroma_alpha,
+                    x // 2,
+                    y // 2,
+                )
+        return frame

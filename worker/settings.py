@@ -1,0 +1,77 @@
+"""The worker's settings: every value has a local default and an EMOJI_* environment variable."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from common.settings import REPO_ROOT, CommonSettings
+
+
+class WorkerSettings(CommonSettings):
+    # Frames per analyze/render task; a multiple of detect_every so detection frames line up across batches.
+    batch_frames: int = Field(120, ge=1)
+    # Detect faces on every k-th frame and follow them in between (1 = detect on every frame).
+    detect_every: int = Field(3, ge=1)
+    # Faces are searched on a grayscale copy this wide (never upscaled); smaller is faster, misses small faces.
+    detect_width: int = Field(640, ge=64)
+    # Frames are kept for cropping at most this wide; faces stay far above the model's 48 px.
+    analysis_max_width: int = Field(1280, ge=64)
+    # Smallest face to find: a fraction of the detection frame's shorter side, and at least min_face_px there.
+    min_face_fraction: float = Field(0.04, gt=0, lt=1)
+    min_face_px: int = Field(20, ge=12)
+    # A followed face the upright search misses is searched again turned by these angles (tilted heads).
+    tilt_angles: tuple[float, ...] = (25.0,)
+    # Every n-th detection frame scans the whole frame for new faces; the others look only near known faces.
+    full_scan_every: int = Field(5, ge=1)
+    # OpenCV's own threads per worker process; the pool's processes already share the cores.
+    opencv_threads: int = Field(1, ge=0)
+    detect_scale_factor: float = Field(1.1, gt=1.0, lt=2.0)
+    detect_min_neighbors: int = Field(5, ge=1)
+    # OpenCV's frontal cascade file; alt2 found more of the tilted and half-visible faces than "default".
+    frontal_cascade: str = "haarcascade_frontalface_alt2.xml"
+    # Also run the profile cascade (and its mirror): finds turned heads, costs about 3x.
+    detect_profiles: bool = False
+
+    # Tracking: a person keeps their id through this long without a matching face.
+    track_max_miss_ms: float = Field(700.0, ge=0)
+    track_min_iou: float = Field(0.2, ge=0, le=1)
+    # A track with fewer detector hits than this is dropped as a false detection.
+    track_min_detections: int = Field(2, ge=1)
+
+    # Smoothing: time constant of the per-person exponential average of the probabilities.
+    smoothing_ms: float = Field(500.0, ge=0)
+    # Hysteresis: another emotion must lead the shown one by this much, for this long, to replace it.
+    hysteresis_margin: float = Field(0.10, ge=0, le=1)
+    hysteresis_hold_ms: float = Field(300.0, ge=0)
+
+    # Crops per Predict call (2.3 KB each): far below gRPC's 4 MiB default message limit.
+    predict_batch: int = Field(512, ge=1)
+    # Model server down: retries with exponential backoff, then the job fails.
+    model_retries: int = Field(5, ge=0)
+    model_retry_backoff_s: float = Field(2.0, ge=0)
+    model_retry_backoff_max_s: float = Field(60.0, ge=0)
+
+    # Emoji placement: "badge" at the face's upper-right corner (the face stays visible) or "cover".
+    overlay_mode: Literal["badge", "cover"] = "badge"
+    overlay_scale: float = Field(0.6, gt=0, le=3)
+    emoji_dir: str = str(REPO_ROOT / "emojis")
+
+    x264_preset: str = "veryfast"
+    x264_crf: int = Field(20, ge=0, le=51)
+    # Audio codecs that go into MP4 unchanged; anything else is re-encoded to AAC.
+    mp4_audio_codecs: tuple[str, ...] = ("aac", "mp3", "ac3", "eac3", "alac")
+    ffmpeg_timeout_s: float = Field(540.0, gt=0)
+
+    # Live webcam frames: per-client tracking state lives in Redis this long after the last frame.
+    live_state_ttl_s: int = Field(60, ge=1)
+    live_max_jpeg_bytes: int = Field(2 * 1024 * 1024, ge=1024)
+
+    @model_validator(mode="after")
+    def _batch_multiple_of_k(self) -> WorkerSettings:
+        if self.batch_frames % self.detect_every:
+            raise ValueError(
+                f"batch_frames ({self.batch_frames}) must be a multiple of detect_every ({self.detect_every})"
+            )
+        return self

@@ -1,0 +1,210 @@
+"""The timeline (schema_version 2): people from tracking, smoothed emotions, per-person and overall shares.
+
+Built from the per-batch analysis files; see docs/timeline.md for the schema.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from common.classes import EMOTIONS
+from worker.smoothing import EmotionSmoother
+from worker.tracking import IouTracker
+from worker.video_io import atomic_target
+
+SCHEMA_VERSION = 2
+CSV_COLUMNS = (
+    ["frame", "t_ms", "person_id", "x1", "y1", "x2", "y2", "score", "emotion", "shown_emotion"]
+    + [f"p_{e}" for e in EMOTIONS]
+    + [f"s_{e}" for e in EMOTIONS]
+)
+
+
+def _probs(values) -> dict[str, float]:
+    return {name: round(float(p), 4) for name, p in zip(EMOTIONS, values)}
+
+
+def _share(durations: dict[str, float]) -> dict[str, float]:
+    total = sum(durations.values())
+    return {e: round(durations.get(e, 0.0) / total, 4) if total else 0.0 for e in EMOTIONS}
+
+
+def _dominant(durations: dict[str, float]) -> str | None:
+    # Ties go to the earlier emotion in EMOTIONS order, so the result is stable.
+    best = max(EMOTIONS, key=lambda e: durations.get(e, 0.0))
+    return best if durations.get(best, 0.0) > 0 else None
+
+
+def frame_durations_ms(times_ms: list[float], fps: float) -> list[float]:
+    """How long each frame is on screen: up to the next frame; the last one lasts 1/fps."""
+    default = 1000.0 / fps if fps > 0 else 0.0
+    out = [max(b - a, 0.0) for a, b in zip(times_ms, times_ms[1:])]
+    return out + [default] if times_ms else []
+
+
+def assign_people(frames: list[dict], tracker: IouTracker, min_detections: int = 1) -> None:
+    """Give every face a `person_id` (1, 2, … by first appearance), dropping people the detector saw too rarely."""
+    raw_ids: list[list[int]] = []
+    hits: dict[int, int] = {}
+    for frame in frames:
+        boxes = [face["box_xyxy"] for face in frame["faces"]]
+        ids = tracker.update(np.asarray(boxes, np.float64).reshape(-1, 4), frame["t_ms"])
+        raw_ids.append(ids)
+        for face, pid in zip(frame["faces"], ids):
+            hits[pid] = hits.get(pid, 0) + int(bool(face.get("detected", True)))
+    renumber: dict[int, int] = {}
+    for frame, ids in zip(frames, raw_ids):
+        kept = []
+        for face, pid in zip(frame["faces"], ids):
+            # A track the detector confirmed only once or twice is most likely a false detection.
+            if hits[pid] < min_detections:
+                continue
+            face["person_id"] = renumber.setdefault(pid, len(renumber) + 1)
+            kept.append(face)
+        frame["faces"] = kept
+
+
+def smooth_people(frames: list[dict], smoother: EmotionSmoother) -> None:
+    """Add raw `emotion`, `smoothed_probabilities` and `shown_emotion` to every face (in time order)."""
+    for frame in frames:
+        for face in frame["faces"]:
+            raw = np.asarray(face["probabilities"], np.float64)
+            smoothed, shown = smoother.update(face["person_id"], raw, frame["t_ms"])
+            face["emotion"] = EMOTIONS[int(np.argmax(raw))]
+            face["smoothed_probabilities"] = _probs(smoothed)
+            face["shown_emotion"] = EMOTIONS[shown]
+            face["probabilities"] = _probs(raw)
+
+
+def summarize_people(
+    frames: list[dict], durations: list[float], max_gap_ms: float
+) -> tuple[list[dict], dict]:
+    """Per person: first/last time, share of their face-time per shown emotion, dominant, segments; and overall."""
+    people: dict[int, dict] = {}
+    overall: dict[str, float] = {}
+    for frame, duration in zip(frames, durations):
+        t = frame["t_ms"]
+        for face in frame["faces"]:
+            pid, emotion = face["person_id"], face["shown_emotion"]
+            person = people.setdefault(
+                pid, {"person_id": pid, "first_ms": t, "last_ms": t, "_time": {}, "segments": []}
+            )
+            segments = person["segments"]
+            gap = t - person["last_ms"]
+            if segments and segments[-1]["emotion"] == emotion and gap <= max_gap_ms:
+                segments[-1]["end_ms"] = round(t + duration, 3)
+            else:
+                if segments and gap <= max_gap_ms:
+                    segments[-1]["end_ms"] = t  # the next emotion starts where the last one ends
+                segments.append({"start_ms": t, "end_ms": round(t + duration, 3), "emotion": emotion})
+            person["last_ms"] = t
+            person["_time"][emotion] = person["_time"].get(emotion, 0.0) + duration
+            overall[emotion] = overall.get(emotion, 0.0) + duration
+    out = []
+    for pid in sorted(people):
+        person = people[pid]
+        time_by_emotion = person.pop("_time")
+        out.append(
+            {
+                "person_id": pid,
+                "first_ms": person["first_ms"],
+                "last_ms": person["last_ms"],
+                "dominant_emotion": _dominant(time_by_emotion),
+                "share": _share(time_by_emotion),
+                "segments": person["segments"],
+            }
+        )
+    summary = {
+        "face_time_ms": round(sum(overall.values()), 3),
+        "share": _share(overall),
+        "dominant_emotion": _dominant(overall),
+    }
+    return out, summary
+
+
+def build_timeline(
+    job_id: str,
+    video: dict,
+    frames: list[dict],
+    model: dict,
+    settings: dict,
+    tracker: IouTracker,
+    smoother: EmotionSmoother,
+    min_detections: int = 1,
+) -> dict:
+    """The whole timeline from the analysed frames (`index`, `t_ms`, faces with box, score, detected, probabilities)."""
+    # Copies: the caller's frames stay as they were (the same analysis may be built into several timelines).
+    frames = sorted(
+        ({**f, "faces": [dict(face) for face in f["faces"]]} for f in frames), key=lambda f: f["index"]
+    )
+    assign_people(frames, tracker, min_detections)
+    smooth_people(frames, smoother)
+    durations = frame_durations_ms([f["t_ms"] for f in frames], float(video.get("fps") or 0))
+    people, summary = summarize_people(frames, durations, tracker.max_miss_ms)
+    out_frames = [
+        {
+            "index": frame["index"],
+            "t_ms": frame["t_ms"],
+            "faces": [
+                {
+                    "person_id": face["person_id"],
+                    "box_xyxy": [round(float(v), 1) for v in face["box_xyxy"]],
+                    "score": round(float(face["score"]), 4),
+                    "detected": bool(face.get("detected", True)),
+                    "emotion": face["emotion"],
+                    "probabilities": face["probabilities"],
+                    "smoothed_probabilities": face["smoothed_probabilities"],
+                    "shown_emotion": face["shown_emotion"],
+                }
+                for face in frame["faces"]
+            ],
+        }
+        for frame in frames
+    ]
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "job_id": job_id,
+        "emotions": list(EMOTIONS),
+        "video": video,
+        "model": model,
+        "settings": settings,
+        "frames": out_frames,
+        "people": people,
+        "summary": summary,
+    }
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write JSON atomically: readers see the old file or the new one, never half of one."""
+    tmp = atomic_target(Path(path))
+    tmp.write_text(json.dumps(data, separators=(",", ":")))
+    os.replace(tmp, path)
+
+
+def write_csv(path: Path, timeline: dict) -> None:
+    """One row per frame per person, raw (p_*) and smoothed (s_*) probabilities; written atomically."""
+    tmp = atomic_target(Path(path))
+    with tmp.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(CSV_COLUMNS)
+        for frame in timeline["frames"]:
+            for face in frame["faces"]:
+                writer.writerow(
+                    [
+                        frame["index"],
+                        frame["t_ms"],
+                        face["person_id"],
+                        *face["box_xyxy"],
+                        face["score"],
+                        face["emotion"],
+                        face["shown_emotion"],
+                    ]
+                    + [face["probabilities"][e] for e in EMOTIONS]
+                    + [face["smoothed_probabilities"][e] for e in EMOTIONS]
+                )
+    os.replace(tmp, path)
