@@ -123,6 +123,7 @@ model_config_list {{
         f"--model_config_file={config}",
         "--file_system_poll_wait_seconds=1",
         f"--rest_api_port={rest_port}",
+        f"--monitoring_config_file={REPO_ROOT / 'model_server' / 'monitoring.config'}",
     ]
     server, port = _start_server("model_server_config", flags, tmp)
     yield {
@@ -297,6 +298,44 @@ def test_client_against_real_errors(batching_server):
     with pytest.raises(ModelServerUnavailable, match="not AVAILABLE"):
         EmotionClient(nobody, timeout_s=0.5).wait_until_available(timeout_s=1.5, poll_s=0.2)
     assert time.monotonic() - started < 30, "waiting must end at its timeout, not hang"
+
+
+FORK_SCRIPT = """
+import multiprocessing, sys
+import numpy as np
+from worker.model_client import EmotionClient
+
+def child(client, queue):
+    queue.put(client.predict(np.zeros((2, 48, 48, 1), np.uint8)).shape)
+
+client = EmotionClient(sys.argv[1], timeout_s=20)
+client.wait_until_available(timeout_s=20)  # the parent uses its channel before forking, as a readiness check
+context = multiprocessing.get_context("fork")
+queue = context.Queue()
+for _ in range(2):
+    process = context.Process(target=child, args=(client, queue), daemon=True)
+    process.start()
+    print("child", queue.get(timeout=60))
+    process.join(timeout=30)
+print("parent", client.predict(np.zeros((1, 48, 48, 1), np.uint8)).shape)
+"""
+
+
+def test_client_used_before_fork_works_in_forked_children(batching_server):
+    """Celery's prefork pool: children forked after the parent talked to the server must still predict."""
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "GRPC_ENABLE_FORK_SUPPORT"}
+    result = subprocess.run(
+        [sys.executable, "-c", FORK_SCRIPT, batching_server],
+        cwd=REPO_ROOT,
+        env={**env, "PYTHONPATH": str(REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split("\n")[:3] == ["child (2, 7)", "child (2, 7)", "parent (1, 7)"]
 
 
 # --- raw requests as TF Serving's example clients send them ---------------------------------------
@@ -502,6 +541,8 @@ def test_rest_status_and_predict(config_server, in_process, faces):
     np.testing.assert_allclose(reply.json()["predictions"], in_process(faces[:2]), rtol=1e-5, atol=1e-6)
     missing = httpx.get(f"{config_server['rest']}/v1/models/nope", timeout=10)
     assert missing.status_code == 404
+    metrics = httpx.get(f"{config_server['rest']}/monitoring/prometheus/metrics", timeout=10)
+    assert metrics.status_code == 200 and 'model_server_available_versions{model="pinned"} 2' in metrics.text
 
 
 # --- dynamic batching ----------------------------------------------------------------------------

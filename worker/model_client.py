@@ -12,8 +12,13 @@ import os
 import threading
 import time
 
-import grpc
-import numpy as np
+# Celery forks its pool after importing this module: without gRPC's fork support, a channel used in the
+# parent (e.g. a readiness check) leaves every child's gRPC broken ("Wrong file descriptor generation").
+# Read by grpc at import, so it must be set before the first `import grpc` in the process.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "1")
+
+import grpc  # noqa: E402
+import numpy as np  # noqa: E402
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import (
     get_model_status_pb2,
