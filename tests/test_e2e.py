@@ -147,7 +147,7 @@ def test_astronaut_video_comes_back_annotated(gateway, astronaut_video, tmp_path
     near = np.zeros(before.shape[:2], bool)
     near[max(0, y1 - h): y2 + h, max(0, x1 - w): x2 + w] = True
     changed = np.abs(after - before).max(axis=2) > 40
-    assert changed[near].mean() > 0.05, "no emoji drawn near the face"
+    assert changed[near].sum() > 0.1 * w * h, "no emoji drawn near the face"
     assert changed[~near].mean() < 0.01, "pixels changed far from any face"
 
     csv = httpx.get(f"{gateway}/api/v1/jobs/{job['id']}/timeline.csv", timeout=30)
