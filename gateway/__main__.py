@@ -7,6 +7,6 @@ import uvicorn
 from gateway.settings import GatewaySettings
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = GatewaySettings()
     uvicorn.run("gateway.app:app", host=settings.host, port=settings.port, proxy_headers=True)

@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import redis.asyncio as aioredis
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
@@ -29,6 +30,10 @@ Every error answers `{"error": {"code": "...", "message": "..."}}`; the message 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     """Build the app with its Redis, storage and Celery clients (all connect lazily)."""
     settings = settings or GatewaySettings()
+    # Under `uvicorn gateway.app:app` nothing configures the root logger; without this our lines vanish.
+    if not logging.getLogger().handlers:
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("gateway").setLevel(settings.log_level.upper())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -39,14 +44,26 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             settings.max_upload_bytes,
         )
         yield
-        app.state.live_hub.close()
+        await app.state.live_hub.close()
 
     app = FastAPI(title="Emoji video", version="1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.store = JobStore.from_url(settings.redis_url, ttl_s=settings.job_ttl_s)
     app.state.storage = LocalStorage(settings.storage_dir)
+    # The gateway only sends tasks: without a result backend, sending never subscribes to results it will
+    # not read. Live answers are read from Redis directly (see live_hub.py), named and decoded as the
+    # workers' result backend writes them.
     app.state.celery = make_celery(settings)
-    app.state.live_hub = LiveHub(app.state.celery, settings.live_max_clients, settings.live_timeout_s)
+    app.state.celery.conf.result_backend = "disabled"
+    worker_results = make_celery(settings).backend
+    app.state.live_hub = LiveHub(
+        app.state.celery,
+        aioredis.Redis.from_url(settings.redis_url),
+        worker_results.get_key_for_task,
+        worker_results.decode_result,
+        settings.live_max_clients,
+        settings.live_timeout_s,
+    )
 
     install_error_handlers(app)
     app.include_router(jobs.router)

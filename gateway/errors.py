@@ -88,8 +88,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(EmojiServiceError)
     async def _service_error(request: Request, exc: EmojiServiceError) -> JSONResponse:
         status = status_for(exc)
-        if status >= 500:
-            logger.warning("%s %s -> %s %s: %s", request.method, request.url.path, status, exc.code, exc)
+        level = logging.WARNING if status >= 500 else logging.INFO
+        logger.log(level, "%s %s -> %s %s: %s", request.method, request.url.path, status, exc.code, exc)
         return JSONResponse(error_body(exc.code, str(exc)), status_code=status)
 
     @app.exception_handler(redis.RedisError)

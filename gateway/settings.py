@@ -12,6 +12,8 @@ from common.settings import REPO_ROOT, CommonSettings
 class GatewaySettings(CommonSettings):
     host: str = "127.0.0.1"
     port: int = 8000
+    # Level of the gateway's own log lines (uvicorn configures only its own loggers).
+    log_level: str = "INFO"
 
     # Bigger uploads are refused while streaming (and before, when Content-Length says so).
     max_upload_bytes: int = Field(default=2 * 1024**3, gt=0)
@@ -25,7 +27,7 @@ class GatewaySettings(CommonSettings):
     live_max_frame_bytes: int = Field(default=2 * 1024 * 1024, gt=0)
     # How long one live frame may take through the queue, the worker and back before the socket says so.
     live_timeout_s: float = Field(default=5.0, gt=0)
-    # Each connected viewer holds one waiting thread; more viewers than this are told to come back later.
+    # Each connected viewer holds a Redis connection; more viewers than this are told to come back later.
     live_max_clients: int = Field(default=32, gt=0)
 
     emojis_dir: Path = REPO_ROOT / "emojis"

@@ -187,7 +187,7 @@ async def stream_upload(
         if writer.pending_bytes:
             await asyncio.to_thread(out.write, writer.take())
     finally:
-        await asyncio.to_thread(out.close)
+        out.close()  # directly: an await here would not run in a cancelled request
     if not writer.found:
         raise BadUpload(f"the form has no field named 'file'; {HOW_TO_SEND}")
     if writer.size == 0:

@@ -35,7 +35,7 @@ JOB_TIMEOUT_S = 420
 def test_gateway_imports_neither_tensorflow_nor_opencv_nor_the_worker():
     code = (
         "import sys, gateway.app\n"
-        "heavy = ('tensorflow', 'cv2', 'worker', 'common.face_crop', 'numpy')\n"
+        "heavy = ('tensorflow', 'cv2', 'worker', 'common.face_crop')\n"
         "bad = [m for m in heavy if m in sys.modules]\n"
         "print(','.join(bad))\n"
     )
@@ -173,6 +173,62 @@ def test_redis_down_is_a_503_with_a_message(tiny_app):
     assert health.status_code == 503 and health.json()["redis"] is False
     assert jobs.status_code == 503
     assert "Redis" in jobs.json()["error"]["message"]
+
+
+@pytest.fixture
+def one_viewer_gateway(tmp_path):
+    """The app served by uvicorn in a thread, with a single live slot (live refusals need no Redis)."""
+    import uvicorn
+
+    from gateway.app import create_app
+    from gateway.settings import GatewaySettings
+    from tests.conftest import free_port
+
+    settings = GatewaySettings(live_max_clients=1, storage_dir=tmp_path, redis_url="redis://127.0.0.1:1/0")
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+def test_live_says_so_when_the_queue_is_down_and_keeps_the_socket(one_viewer_gateway):
+    from websockets.sync.client import connect
+
+    with connect(one_viewer_gateway.replace("http://", "ws://") + "/api/v1/live", open_timeout=10) as ws:
+        ws.recv(timeout=10)
+        for seq in (1, 2):
+            ws.send(_face_jpeg((160, 120)))
+            answer = json.loads(ws.recv(timeout=60))
+            assert answer["error"]["code"] == "queue_unavailable" and answer["seq"] == seq
+
+
+def test_live_refuses_viewers_beyond_the_limit_with_a_reason(one_viewer_gateway):
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    url = one_viewer_gateway.replace("http://", "ws://") + "/api/v1/live"
+    with connect(url, open_timeout=10) as first:
+        assert "client_id" in json.loads(first.recv(timeout=10))["hello"]
+        with connect(url, open_timeout=10) as second:
+            assert json.loads(second.recv(timeout=10))["error"]["code"] == "too_many_viewers"
+            with pytest.raises(ConnectionClosed) as closed:
+                second.recv(timeout=10)
+            assert closed.value.rcvd.code == 1013
+    # The slot is free again once the server has seen the first viewer leave.
+    for _ in range(100):
+        with connect(url, open_timeout=10) as third:
+            if "hello" in json.loads(third.recv(timeout=10)):
+                break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the first viewer's slot was never given back")
 
 
 # --- the real stack ------------------------------------------------------------------------------------

@@ -83,6 +83,16 @@ def page(browser):
     assert not errors, f"JavaScript errors on the page: {errors}"
 
 
+@pytest.fixture(scope="module")
+def live_gateway(stack_env, service_logs, worker):
+    """A gateway that waits long for live answers: a loaded test machine must not turn into a failed test."""
+    service, url = start_gateway(
+        {**stack_env, "EMOJI_LIVE_TIMEOUT_S": "120"}, service_logs, "gateway-live-pages"
+    )
+    yield url
+    service.stop()
+
+
 def shot(page, name: str, full_page: bool = True) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=full_page)
@@ -148,6 +158,24 @@ def test_upload_form_to_results_with_video_chart_and_downloads(page, gateway, as
     page.goto(f"{gateway}/")
     page.wait_for_selector(f"a[href='/jobs/{job_id}']")
     shot(page, "upload-with-recent")
+
+
+def test_a_file_dropped_on_the_page_is_chosen(page, gateway):
+    page.goto(f"{gateway}/")
+    dropped = page.evaluate_handle(
+        """() => {
+            const data = new DataTransfer();
+            data.items.add(new File([new Uint8Array(2048)], "dropped.mp4", { type: "video/mp4" }));
+            return data;
+        }"""
+    )
+    page.dispatch_event("#dropzone", "dragover", {"dataTransfer": dropped})
+    assert "dragover" in page.get_attribute("#dropzone", "class")
+    page.dispatch_event("#dropzone", "drop", {"dataTransfer": dropped})
+    page.wait_for_selector("#file-row:not(.hidden)")
+    assert page.text_content("#file-name") == "dropped.mp4"
+    assert page.text_content("#file-size") == "2 KB"
+    assert page.is_enabled("#upload-button")
 
 
 def test_upload_page_shows_the_servers_refusal_in_plain_words(page, gateway, tmp_path):
@@ -236,8 +264,8 @@ def test_pages_fit_a_phone(browser, gateway):
         context.close()
 
 
-def test_live_page_draws_an_emoji_on_the_fake_cameras_face(page, gateway, worker):
-    page.goto(f"{gateway}/live")
+def test_live_page_draws_an_emoji_on_the_fake_cameras_face(page, live_gateway):
+    page.goto(f"{live_gateway}/live")
     page.click("#start-button")
     page.wait_for_function(
         "window.liveState.answers >= 5 && window.liveState.facesSeen > 0 && window.liveState.emojiDrawn > 0",

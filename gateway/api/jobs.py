@@ -116,20 +116,26 @@ async def create_job(
         except VideoError as exc:
             # ffprobe's detail names the stored path; the user knows the file by its own name.
             message = str(exc).replace(f"file:{dest.resolve()}", repr(upload.filename))
-            raise type(exc)(message.replace(str(dest.resolve()), repr(upload.filename))) from exc
+            message = message.replace(str(dest.resolve()), repr(upload.filename))
+            if "upload" not in message:
+                message += (
+                    ". Check that the file plays on your computer, or convert it to MP4, and upload it again"
+                )
+            raise type(exc)(message) from exc
         await asyncio.to_thread(store.create, job_id, upload.filename, info.to_dict())
     except BaseException:
-        # Refused, broken off or unreadable: nothing of it stays on disk.
-        await asyncio.to_thread(storage.delete_job, job_id)
+        # Refused, broken off or unreadable: nothing of it stays on disk. Called directly, not in a thread:
+        # a cancelled request (client gone) would cancel that await too and leave the file behind.
+        storage.delete_job(job_id)
         raise
     try:
-        # The gateway never reads start_job's result; ignoring it keeps Redis from holding one per job.
+        # Nobody reads start_job's result; ignoring it keeps Redis from holding one per job.
         await asyncio.to_thread(
             celery.send_task, TASK_START_JOB, args=[job_id], queue=VIDEO_QUEUE, ignore_result=True
         )
     except BaseException:
-        await asyncio.to_thread(store.delete, job_id)
-        await asyncio.to_thread(storage.delete_job, job_id)
+        store.delete(job_id)
+        storage.delete_job(job_id)
         raise
     logger.info(
         "job %s queued: %r, %dx%d, %d frames", job_id, upload.filename, info.width, info.height, info.frames

@@ -32,9 +32,10 @@ function estimateLeft(job) {
   const now = Date.now() / 1000;
   samples.push([now, job.progress]);
   while (samples.length > 30) samples.shift();
-  // From the start of the run when known (steadier); else from the first sample this page saw.
-  const start = job.started_at ? [new Date(job.started_at).getTime() / 1000, 0] : samples[0];
-  const [t0, p0] = start;
+  // From the start of the run when known (steadier); else, or when the clocks of browser and server
+  // disagree, from the first sample this page saw.
+  const since = job.started_at ? now - new Date(job.started_at).getTime() / 1000 : -1;
+  const [t0, p0] = since > 0 && since < 86400 ? [now - since, 0] : samples[0];
   if (job.progress <= p0 || now - t0 < 1) return null;
   const rate = (job.progress - p0) / (now - t0);
   return (1 - job.progress) / rate;
