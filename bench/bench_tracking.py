@@ -108,7 +108,7 @@ def flicker(timeline: dict) -> tuple[float, float, float]:
 
 
 def jumps(timeline: dict) -> int:
-    """Frame-to-frame moves of one person's box by more than its own size: the mark of an id jumping people."""
+    """Moves of a person's box by more than its size from one frame to the next: an id jumping people."""
     count = 0
     for track in per_person(timeline).values():
         for (_, a), (_, b) in zip(track, track[1:], strict=False):
@@ -165,9 +165,7 @@ def main() -> None:
             )
 
         seconds, raw, shown = flicker(results[WOMAN])
-        print(
-            "## Emoji changes per person-second (pyfeat_WolfgangLanger_Pexels.mp4, one woman, sad to laughing)\n"
-        )
+        print(f"## Emoji changes per person-second ({WOMAN}, one woman, sad to laughing)\n")
         print("| person-seconds | raw argmax | smoothed + hysteresis (shown) |\n| ---: | ---: | ---: |")
         print(f"| {seconds:.1f} | {raw:.2f} | {shown:.2f} |\n")
         for person in results[WOMAN]["people"]:
@@ -182,11 +180,10 @@ def main() -> None:
         for name, truth in ((TWO, "2"), (CROWD, "many, entering and leaving")):
             timeline = results[name]
             print(
-                f"| {name} | {truth} | {len(timeline['people'])} | {jumps(timeline)} | {faces_per_frame(timeline)} |"
+                f"| {name} | {truth} | {len(timeline['people'])} | {jumps(timeline)} "
+                f"| {faces_per_frame(timeline)} |"
             )
-        print(
-            f"\n## Analysis speed (decode + detect + classify), detection on every frame vs every {args.k}th\n"
-        )
+        print(f"\n## Analysis speed (decode + detect + classify), every frame vs every {args.k}th\n")
         print(
             f"| clip | frames | frames/s, every frame | frames/s, every {args.k}th | ids (every frame) | "
             f"ids (every {args.k}th) |"

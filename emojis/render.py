@@ -1,4 +1,4 @@
-"""Renders the seven emotion emojis as RGBA PNGs from the Noto Color Emoji font (run once; the PNGs are committed).
+"""Renders the seven emotion emojis as RGBA PNGs from Noto Color Emoji (run once; the PNGs are committed).
 
 .venv/bin/python -m emojis.render [--font PATH] [--size PX]
 """

@@ -20,7 +20,7 @@ def shown_sequence(smoother, sequence, person_id=1):
 
 
 def changes(sequence):
-    return sum(a != b for a, b in zip(sequence, sequence[1:]))
+    return sum(a != b for a, b in zip(sequence, sequence[1:], strict=False))
 
 
 def test_a_step_change_shows_exactly_once_and_not_instantly():

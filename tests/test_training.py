@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from common.classes import EMOTION_INDEX, EMOTIONS, NUM_CLASSES
+from training.checkpoints import last_snapshots, load_checkpoints
 from training.data import (
     DEFAULT_DATA_ROOT,
     AugmentConfig,
@@ -112,6 +113,20 @@ def test_training_writes_checkpoints_log_and_resumes(trained_run):
     assert json.loads((trained_run / STATE_FILE).read_text())["epochs_done"] == 3
     rows = (trained_run / HISTORY_FILE).read_text().strip().splitlines()
     assert rows[0].startswith("epoch") and [row.split(",")[0] for row in rows[1:]] == ["0", "1", "2"]
+    assert [p.name for p in last_snapshots(trained_run, 2)] == ["epoch_02.keras", "epoch_03.keras"]
+
+
+def test_averaging_checkpoints_averages_the_weights(trained_run):
+    first, last = last_snapshots(trained_run, 2)
+    averaged = load_checkpoints([first, last]).get_weights()
+    expected = [
+        (a + b) / 2
+        for a, b in zip(
+            load_checkpoints([first]).get_weights(), load_checkpoints([last]).get_weights(), strict=True
+        )
+    ]
+    for got, want in zip(averaged, expected, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("flip_average", [False, True])

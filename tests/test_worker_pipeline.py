@@ -201,7 +201,7 @@ def test_batches_decoded_with_seeking_equal_one_full_decode(video, storage, sett
             read_frames(video, plan.info.format_name, WIDTH, HEIGHT, "gray", end - start, seek_s, skip)
         )
     assert len(parts) == len(full) == FRAMES
-    assert all(np.array_equal(a.reshape(HEIGHT, WIDTH), b) for a, b in zip(parts, full))
+    assert all(np.array_equal(a.reshape(HEIGHT, WIDTH), b) for a, b in zip(parts, full, strict=False))
 
 
 def test_whole_job_keeps_frames_duration_audio_and_draws_emojis(video, storage, settings):
@@ -271,8 +271,8 @@ def test_steps_are_idempotent_pieces_and_results_are_overwritten(video, storage,
     pipeline.make_timeline(storage, job, plan, settings, {"name": "emotion", "version": "7"})
     pipeline.render_batch(storage, job, 1, plan, EmojiOverlay(), settings)
     pipeline.finish_job(storage, job, plan, settings)
-    assert all(np.array_equal(a, b) for a, b in zip(decode_gray(piece), first_piece))
-    assert all(np.array_equal(a, b) for a, b in zip(decode_gray(result), first_result))
+    assert all(np.array_equal(a, b) for a, b in zip(decode_gray(piece), first_piece, strict=False))
+    assert all(np.array_equal(a, b) for a, b in zip(decode_gray(result), first_result, strict=False))
     leftovers = [p.name for p in storage.job_dir(job).rglob(".*")]
     assert leftovers == []  # no temporary files left behind
 

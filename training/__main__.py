@@ -50,8 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--model",
         type=Path,
-        default=None,
-        help="a SavedModel folder or a .keras checkpoint (default: the shipped model)",
+        nargs="+",
+        default=[],
+        help="a SavedModel folder, or .keras checkpoints (weights averaged); default: the shipped model",
     )
     evaluate.add_argument("--out", type=Path, default=Path("var/training/eval"), help="where reports go")
     evaluate.add_argument("--limit", type=int)
@@ -71,7 +72,17 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--no-throughput", action="store_true", help="skip the faces/s measurement")
 
     export = commands.add_parser("export", help="write model_server/models/emotion/<version>/ (SavedModel)")
-    export.add_argument("--checkpoint", type=Path, default=Path(DEFAULT_RUN) / BEST_CHECKPOINT)
+    export.add_argument(
+        "--checkpoint",
+        type=Path,
+        nargs="+",
+        default=[Path(DEFAULT_RUN) / BEST_CHECKPOINT],
+        help=".keras checkpoints; with several, their weights are averaged",
+    )
+    export.add_argument(
+        "--average-last", type=int, metavar="N", help="average the last N epoch snapshots of --run instead"
+    )
+    export.add_argument("--run", type=Path, default=Path(DEFAULT_RUN), help="the run for --average-last")
     export.add_argument("--model-base", type=Path, default=DEFAULT_MODEL_BASE)
     export.add_argument("--version", type=int, help="integer version folder (default: next free)")
     export.add_argument("--flip-average", action="store_true", help="average with the mirrored face inside")
@@ -109,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
         evaluate(
             data=args.data,
             split=args.split,
-            model_path=args.model,
+            model_paths=args.model,
             out=args.out,
             limit=args.limit,
             dedup=not args.no_dedup,
@@ -118,11 +129,11 @@ def main(argv: list[str] | None = None) -> None:
             throughput=not args.no_throughput,
         )
     elif args.command == "export":
-        import keras
-
+        from training.checkpoints import last_snapshots, load_checkpoints
         from training.export import export_model
 
-        model = keras.models.load_model(args.checkpoint)
+        paths = last_snapshots(args.run, args.average_last) if args.average_last else args.checkpoint
+        model = load_checkpoints(paths)
         export_model(
             model,
             model_base=args.model_base,

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
 from common.classes import EMOTION_INDEX, EMOTIONS, NUM_CLASSES
+from training.checkpoints import load_checkpoints
 from training.data import DEFAULT_DATA_ROOT, IMAGE_SUFFIXES, list_split, load_images, pixel_hashes
 from training.export import DEFAULT_MODEL_BASE, INPUT_KEY, OUTPUT_KEY, SIGNATURE_NAME, serving_function
 
@@ -30,13 +31,12 @@ def shipped_model_dir(model_base: Path = DEFAULT_MODEL_BASE) -> Path:
     return versions[-1]
 
 
-def load_predictor(model_path: Path | None = None, flip_average: bool = False) -> Predict:
-    """A SavedModel folder (through its serving signature) or a .keras checkpoint, as a batch predictor."""
-    path = Path(model_path) if model_path else shipped_model_dir()
+def load_predictor(model_paths: Sequence[Path] = (), flip_average: bool = False) -> Predict:
+    """A SavedModel folder (its serving signature) or .keras checkpoints (weights averaged) as a predictor."""
+    paths = [Path(p) for p in model_paths] or [shipped_model_dir()]
+    path = paths[0]
     if path.suffix == ".keras":
-        import keras
-
-        function = tf.function(serving_function(keras.models.load_model(path), flip_average))
+        function = tf.function(serving_function(load_checkpoints(paths), flip_average))
     else:
         function = tf.saved_model.load(str(path)).signatures[SIGNATURE_NAME]
 
@@ -47,7 +47,7 @@ def load_predictor(model_path: Path | None = None, flip_average: bool = False) -
         ]
         return np.concatenate(outputs) if outputs else np.zeros((0, NUM_CLASSES), np.float32)
 
-    log.info("evaluating %s", path)
+    log.info("evaluating %s", ", ".join(str(p) for p in paths))
     return predict
 
 
@@ -162,7 +162,7 @@ def load_frames(frames: Path) -> tuple[np.ndarray, np.ndarray]:
 def evaluate(
     data: Path = DEFAULT_DATA_ROOT,
     split: str = "val",
-    model_path: Path | None = None,
+    model_paths: Sequence[Path] = (),
     out: Path = Path("var/training/eval"),
     limit: int | None = None,
     dedup: bool = True,
@@ -173,11 +173,12 @@ def evaluate(
     """Evaluate a model on `<data>/<split>`; writes report.json, confusion.json and confusion.png to `out`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    predict = load_predictor(model_path, flip_average)
+    predict = load_predictor(model_paths, flip_average)
     split_files = list_split(data, split, limit)
     images = load_images(split_files)
     predictions = predict(images).argmax(axis=1)
-    report: dict = {"model": str(model_path or shipped_model_dir()), "data": str(data), "split": split}
+    models = [str(p) for p in model_paths] or [str(shipped_model_dir())]
+    report: dict = {"models": models, "flip_average": flip_average, "data": str(data), "split": split}
     report["as_is"] = metrics(split_files.labels, predictions)
     if dedup:
         duplicate = train_duplicates(data, images)

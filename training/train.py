@@ -11,6 +11,7 @@ from pathlib import Path
 
 import keras
 
+from training.checkpoints import SNAPSHOT_DIR, SNAPSHOT_PATTERN
 from training.data import DEFAULT_DATA_ROOT, AugmentConfig, list_split, make_dataset
 from training.models import build_model
 
@@ -104,7 +105,7 @@ def _compile(model: keras.Model, config: TrainConfig, steps_per_epoch: int) -> N
 def train(config: TrainConfig, resume: bool = False) -> Path:
     """Train (or continue training) a model; returns the folder holding `best.keras` and `last.keras`."""
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    (out / SNAPSHOT_DIR).mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
     state_path = out / STATE_FILE
     previous_epochs = None
@@ -159,6 +160,8 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
         keras.callbacks.CSVLogger(str(out / HISTORY_FILE), append=initial_epoch > 0),
         best_checkpoint,
         keras.callbacks.ModelCheckpoint(out / LAST_CHECKPOINT),
+        # Every epoch kept, for averaging the last few at export (`export --average-last`).
+        keras.callbacks.ModelCheckpoint(str(out / SNAPSHOT_DIR / SNAPSHOT_PATTERN)),
         _RunState(state_path, best),
         keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=config.patience),
     ]

@@ -1,1 +1,1 @@
-"""The Celery worker: face detection, the emotion model over gRPC, tracking, smoothing, emoji overlay, ffmpeg."""
+"""The Celery worker: face detection, the emotion model over gRPC, tracking, smoothing, emoji, ffmpeg."""

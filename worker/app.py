@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import logging
-
 from common.queue import make_celery
 from worker.settings import WorkerSettings
 
-logging.getLogger(__name__).addHandler(logging.NullHandler())
-
 app = make_celery(WorkerSettings())
 
-# Registers the tasks on `app`; imported last because tasks.py imports `app` from here.
+# Registers the tasks on `app`; imported last because worker.tasks imports `app` from here.
 import worker.tasks  # noqa: E402, F401

@@ -14,7 +14,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class FaceBoxes:
-    """Faces found in one image: boxes as float32 [N, 4] xyxy in that image's pixels, scores float32 [N] in 0..1."""
+    """Faces in one image: boxes float32 [N, 4] xyxy in that image's pixels, scores float32 [N] in 0..1."""
 
     xyxy: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
     scores: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.float32))
@@ -43,31 +43,6 @@ class FaceBoxes:
 class FaceDetector(Protocol):
     def detect(self, gray: np.ndarray) -> FaceBoxes:
         """Faces in a grayscale image (H, W) uint8, boxes in its pixels."""
-
-    def _detect_tilted(self, roi: np.ndarray, min_side: int, max_side: int) -> FaceBoxes:
-        """Faces in a small window, upright first, then with the window turned (heads tilt; Haar does not)."""
-        for angle in self.tilt_angles:
-            if angle == 0:
-                found = self._detect_all(roi, min_side, max_side)
-            else:
-                centre = (roi.shape[1] / 2, roi.shape[0] / 2)
-                matrix = cv2.getRotationMatrix2D(centre, angle, 1.0)
-                turned = cv2.warpAffine(
-                    roi, matrix, (roi.shape[1], roi.shape[0]), borderMode=cv2.BORDER_REPLICATE
-                )
-                found = self._detect_all(turned, min_side, max_side)
-                if len(found):
-                    # Back to the upright window: turn each box's centre back, keep its size.
-                    inverse = cv2.invertAffineTransform(matrix)
-                    centres = (found.xyxy[:, :2] + found.xyxy[:, 2:]) / 2
-                    centres = centres @ inverse[:, :2].T + inverse[:, 2]
-                    half = (found.xyxy[:, 2:] - found.xyxy[:, :2]) / 2
-                    found = FaceBoxes(
-                        np.concatenate([centres - half, centres + half], axis=1), found.scores * 0.95
-                    )
-            if len(found):
-                return found
-        return FaceBoxes()
 
     def detect_near(self, gray: np.ndarray, boxes_xyxy: np.ndarray) -> FaceBoxes:
         """Faces close to known boxes (a cheap search near where faces were); may miss new faces."""
@@ -99,12 +74,17 @@ def non_max_suppression(boxes: np.ndarray, scores: np.ndarray, iou_threshold: fl
     return np.asarray(keep, np.int64)
 
 
-# Faces searched near a known box are scaled to about this size: big enough for the cascade, small to be cheap.
+# Faces searched near a known box are scaled to about this size: big enough for the cascade, and cheap.
 NEAR_FACE_PX = 48
 
 
 class HaarFaceDetector:
-    """OpenCV Haar cascades on a downscaled, equalized copy of the frame (frontal, optionally profiles)."""
+    """OpenCV Haar cascades on a downscaled, equalized copy of the frame.
+
+    Whole-frame scans use the frontal cascade (and the profile cascades if `profiles`); searches near a known
+    face also try the face turned by `tilt_angles` and, if `near_profiles`, the profile cascades, so a person
+    who tilts or turns their head keeps being found at little cost.
+    """
 
     def __init__(
         self,
@@ -113,6 +93,7 @@ class HaarFaceDetector:
         scale_factor: float = 1.1,
         min_neighbors: int = 5,
         profiles: bool = False,
+        near_profiles: bool = True,
         min_face_px: int = 20,
         tilt_angles: tuple[float, ...] = (0.0, 25.0, -25.0),
         frontal_cascade: str = "haarcascade_frontalface_alt2.xml",
@@ -130,7 +111,9 @@ class HaarFaceDetector:
         self.scale_factor = scale_factor
         self.min_neighbors = min_neighbors
         self.frontal = self._load(frontal_cascade)
-        self.profile = self._load("haarcascade_profileface.xml") if profiles else None
+        self.profiles = profiles
+        self.near_profiles = near_profiles
+        self.profile = self._load("haarcascade_profileface.xml")
 
     @classmethod
     def from_settings(cls, settings) -> HaarFaceDetector:
@@ -140,6 +123,7 @@ class HaarFaceDetector:
             scale_factor=settings.detect_scale_factor,
             min_neighbors=settings.detect_min_neighbors,
             profiles=settings.detect_profiles,
+            near_profiles=settings.detect_near_profiles,
             min_face_px=settings.min_face_px,
             tilt_angles=(0.0, *[a for t in settings.tilt_angles for a in (t, -t)]),
             frontal_cascade=settings.frontal_cascade,
@@ -182,11 +166,13 @@ class HaarFaceDetector:
         )
         small = cv2.equalizeHist(small)
         min_side = max(self.min_face_px, round(min(small.shape) * self.min_face_fraction))
-        return self._detect_all(small, min_side).scaled(1.0 / scale)
+        return self._detect_all(small, min_side, 0, self.profiles).scaled(1.0 / scale)
 
-    def _detect_all(self, small: np.ndarray, min_side: int, max_side: int = 0) -> FaceBoxes:
+    def _detect_all(
+        self, small: np.ndarray, min_side: int, max_side: int = 0, profiles: bool = False
+    ) -> FaceBoxes:
         boxes, scores = self._run(self.frontal, small, min_side, max_side)
-        if self.profile is not None:
+        if profiles:
             # The profile cascade only knows left-looking faces; the mirror finds right-looking ones.
             left, left_scores = self._run(self.profile, small, min_side, max_side)
             right, right_scores = self._run(self.profile, small[:, ::-1].copy(), min_side, max_side)
@@ -226,6 +212,8 @@ class HaarFaceDetector:
                     )
             if len(found):
                 return found
+        if self.near_profiles:
+            return self._detect_all(roi, min_side, max_side, profiles=True)
         return FaceBoxes()
 
     def detect_near(self, gray: np.ndarray, boxes_xyxy: np.ndarray) -> FaceBoxes:

@@ -72,7 +72,7 @@ def process_frame(
         count = int(state.get("count", 0))
     t1b = time.perf_counter()
     known = [t.predict(now_ms) for t in tracker.tracks if now_ms - t.last_ms <= tracker.max_miss_ms]
-    # As for videos: a whole-frame scan now and then finds new faces, a cheap search near known faces in between.
+    # As for videos: a whole-frame scan now and then finds new faces, a cheap search near known ones between.
     if not known or count % settings.full_scan_every == 0:
         found = detector.detect(gray)
     else:
@@ -82,7 +82,7 @@ def process_frame(
     t3 = time.perf_counter()
     ids = tracker.update(found.xyxy, now_ms)
     faces = []
-    for person_id, box, score, probs in zip(ids, found.xyxy, found.scores, probabilities):
+    for person_id, box, score, probs in zip(ids, found.xyxy, found.scores, probabilities, strict=False):
         _, shown = smoother.update(person_id, probs, now_ms)
         faces.append(
             {
@@ -90,7 +90,7 @@ def process_frame(
                 "box_xyxy": [round(float(v), 1) for v in box],
                 "score": round(float(score), 4),
                 "emotion": EMOTIONS[int(np.argmax(probs))],
-                "probabilities": {e: round(float(p), 4) for e, p in zip(EMOTIONS, probs)},
+                "probabilities": {e: round(float(p), 4) for e, p in zip(EMOTIONS, probs, strict=False)},
                 "shown_emotion": EMOTIONS[shown],
             }
         )

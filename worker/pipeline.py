@@ -21,7 +21,7 @@ from common.errors import EmojiServiceError, ModelServerError, VideoError
 from common.face_crop import FACE_SIZE, crop_faces
 from common.media import VideoInfo, _run_ffprobe, frame_timestamps_ms, probe
 from common.storage import LocalStorage
-from worker.detection import FaceDetector
+from worker.detection import FaceBoxes, FaceDetector, iou_matrix, non_max_suppression
 from worker.overlay import EmojiOverlay
 from worker.settings import WorkerSettings
 from worker.smoothing import EmotionSmoother
@@ -98,7 +98,7 @@ class Plan:
         )
 
     def seek(self, start: int) -> tuple[float, int]:
-        """(seconds for ffmpeg's input -ss, frames to drop after it) to start decoding exactly at frame `start`."""
+        """(seconds for ffmpeg's input -ss, frames to drop after it) to start decoding exactly at `start`."""
         if start <= 0:
             return 0.0, 0
         # Seek half-way between two distinct timestamps so rounding cannot land on the wrong frame.
@@ -193,7 +193,7 @@ def model_version_of(storage: LocalStorage, job_id: str, plan: Plan) -> str | No
 
 
 def detection_frames(start: int, count: int, every: int) -> list[int]:
-    """Local indices to run the detector on: every k-th frame of the video, plus the batch's first and last."""
+    """Local indices to detect on: every k-th frame of the video, plus the batch's first and last."""
     chosen = {i for i in range(count) if (start + i) % every == 0}
     return sorted(chosen | ({0, count - 1} if count else set()))
 
@@ -208,22 +208,30 @@ def detect_faces(
     settings: WorkerSettings,
 ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Detections {local index: (boxes, scores)} on the batch's detection frames: a whole-frame scan on every
-    `full_scan_every`-th of them (and the batch's first), a search near the faces being followed on the rest."""
+    `full_scan_every`-th of them (and the batch's first), a search near the followed faces on the rest."""
     tracker = IouTracker(min_iou=settings.track_min_iou, max_miss_ms=settings.track_max_miss_ms)
     detections = {}
     for i in detection_frames(start, len(frames), every):
+        known = np.asarray(
+            [t.predict(times_ms[i]) for t in tracker.tracks if times_ms[i] - t.last_ms <= tracker.max_miss_ms]
+        ).reshape(-1, 4)
         if i == 0 or (start + i) % (every * full_scan_every) == 0:
             found = detector.detect(frames[i])
+            # Followed faces the whole-frame scan missed (turned, tilted) get the closer search too.
+            missed = (
+                known[iou_matrix(known, found.xyxy).max(axis=1, initial=0.0) < 0.3] if len(known) else known
+            )
+            if len(missed):
+                near = detector.detect_near(frames[i], missed)
+                if len(near):
+                    boxes = np.concatenate([found.xyxy, near.xyxy])
+                    scores = np.concatenate([found.scores, near.scores])
+                    keep = non_max_suppression(boxes, scores)
+                    found = FaceBoxes(boxes[keep], scores[keep])
+        elif len(known):
+            found = detector.detect_near(frames[i], known)
         else:
-            known = [
-                t.predict(times_ms[i])
-                for t in tracker.tracks
-                if times_ms[i] - t.last_ms <= tracker.max_miss_ms
-            ]
-            found = detector.detect_near(frames[i], np.asarray(known).reshape(-1, 4)) if known else None
-            if found is None:
-                detections[i] = (np.zeros((0, 4), np.float32), np.zeros((0,), np.float32))
-                continue
+            found = FaceBoxes()
         tracker.update(found.xyxy, times_ms[i])
         detections[i] = (found.xyxy, found.scores)
     return detections
@@ -242,11 +250,11 @@ def follow_faces(
     observations: dict[int, list[tuple[int, np.ndarray, float]]] = {}
     for i in sorted(detections):
         boxes, scores = detections[i]
-        for track_id, box, score in zip(tracker.update(boxes, times_ms[i]), boxes, scores):
+        for track_id, box, score in zip(tracker.update(boxes, times_ms[i]), boxes, scores, strict=False):
             observations.setdefault(track_id, []).append((i, np.asarray(box, np.float64), float(score)))
     faces: list[list[tuple[np.ndarray, float, bool]]] = [[] for _ in range(count)]
     for obs in observations.values():
-        for (i0, b0, s0), (i1, b1, s1) in zip(obs, obs[1:]):
+        for (i0, b0, s0), (i1, b1, s1) in zip(obs, obs[1:], strict=False):
             faces[i0].append((b0, s0, True))
             span = times_ms[i1] - times_ms[i0]
             for i in range(i0 + 1, i1):
@@ -287,6 +295,7 @@ def analyze_batch(
             skip,
             source_size=(plan.info.width, plan.info.height),
             timeout_s=settings.ffmpeg_timeout_s,
+            fast=settings.fast_analysis_decode,
         )
     ]
     count = len(frames)
@@ -374,6 +383,7 @@ def make_timeline(
     used = {
         "detect_every": settings.detect_every,
         "detect_width": settings.detect_width,
+        "full_scan_every": settings.full_scan_every,
         "smoothing_ms": settings.smoothing_ms,
         "hysteresis_margin": settings.hysteresis_margin,
         "hysteresis_hold_ms": settings.hysteresis_hold_ms,

@@ -14,8 +14,10 @@ class WorkerSettings(CommonSettings):
     batch_frames: int = Field(120, ge=1)
     # Detect faces on every k-th frame and follow them in between (1 = detect on every frame).
     detect_every: int = Field(3, ge=1)
-    # Faces are searched on a grayscale copy this wide (never upscaled); smaller is faster, misses small faces.
+    # Faces are searched on a grayscale copy this wide (never upscaled): smaller is faster, misses tiny faces.
     detect_width: int = Field(640, ge=64)
+    # Decode for analysis without the deblocking filter (faster; the pixels differ slightly, faces do not).
+    fast_analysis_decode: bool = True
     # Frames are kept for cropping at most this wide; faces stay far above the model's 48 px.
     analysis_max_width: int = Field(1280, ge=64)
     # Smallest face to find: a fraction of the detection frame's shorter side, and at least min_face_px there.
@@ -24,18 +26,20 @@ class WorkerSettings(CommonSettings):
     # A followed face the upright search misses is searched again turned by these angles (tilted heads).
     tilt_angles: tuple[float, ...] = (25.0,)
     # Every n-th detection frame scans the whole frame for new faces; the others look only near known faces.
-    full_scan_every: int = Field(5, ge=1)
+    full_scan_every: int = Field(6, ge=1)
     # OpenCV's own threads per worker process; the pool's processes already share the cores.
     opencv_threads: int = Field(1, ge=0)
     detect_scale_factor: float = Field(1.1, gt=1.0, lt=2.0)
     detect_min_neighbors: int = Field(5, ge=1)
     # OpenCV's frontal cascade file; alt2 found more of the tilted and half-visible faces than "default".
     frontal_cascade: str = "haarcascade_frontalface_alt2.xml"
-    # Also run the profile cascade (and its mirror): finds turned heads, costs about 3x.
+    # Also run the profile cascade (and its mirror) on whole-frame scans: finds turned heads, costs about 3x.
     detect_profiles: bool = False
+    # Near a followed face, try the profile cascades when the frontal one (upright, tilted) misses; cheap.
+    detect_near_profiles: bool = True
 
     # Tracking: a person keeps their id through this long without a matching face.
-    track_max_miss_ms: float = Field(700.0, ge=0)
+    track_max_miss_ms: float = Field(1000.0, ge=0)
     track_min_iou: float = Field(0.2, ge=0, le=1)
     # A track with fewer detector hits than this is dropped as a false detection.
     track_min_detections: int = Field(2, ge=1)

@@ -26,7 +26,7 @@ CSV_COLUMNS = (
 
 
 def _probs(values) -> dict[str, float]:
-    return {name: round(float(p), 4) for name, p in zip(EMOTIONS, values)}
+    return {name: round(float(p), 4) for name, p in zip(EMOTIONS, values, strict=False)}
 
 
 def _share(durations: dict[str, float]) -> dict[str, float]:
@@ -43,24 +43,24 @@ def _dominant(durations: dict[str, float]) -> str | None:
 def frame_durations_ms(times_ms: list[float], fps: float) -> list[float]:
     """How long each frame is on screen: up to the next frame; the last one lasts 1/fps."""
     default = 1000.0 / fps if fps > 0 else 0.0
-    out = [max(b - a, 0.0) for a, b in zip(times_ms, times_ms[1:])]
+    out = [max(b - a, 0.0) for a, b in zip(times_ms, times_ms[1:], strict=False)]
     return out + [default] if times_ms else []
 
 
 def assign_people(frames: list[dict], tracker: IouTracker, min_detections: int = 1) -> None:
-    """Give every face a `person_id` (1, 2, … by first appearance), dropping people the detector saw too rarely."""
+    """Give every face a `person_id` (1, 2, … by first appearance); drop people detected too rarely."""
     raw_ids: list[list[int]] = []
     hits: dict[int, int] = {}
     for frame in frames:
         boxes = [face["box_xyxy"] for face in frame["faces"]]
         ids = tracker.update(np.asarray(boxes, np.float64).reshape(-1, 4), frame["t_ms"])
         raw_ids.append(ids)
-        for face, pid in zip(frame["faces"], ids):
+        for face, pid in zip(frame["faces"], ids, strict=False):
             hits[pid] = hits.get(pid, 0) + int(bool(face.get("detected", True)))
     renumber: dict[int, int] = {}
-    for frame, ids in zip(frames, raw_ids):
+    for frame, ids in zip(frames, raw_ids, strict=False):
         kept = []
-        for face, pid in zip(frame["faces"], ids):
+        for face, pid in zip(frame["faces"], ids, strict=False):
             # A track the detector confirmed only once or twice is most likely a false detection.
             if hits[pid] < min_detections:
                 continue
@@ -84,10 +84,10 @@ def smooth_people(frames: list[dict], smoother: EmotionSmoother) -> None:
 def summarize_people(
     frames: list[dict], durations: list[float], max_gap_ms: float
 ) -> tuple[list[dict], dict]:
-    """Per person: first/last time, share of their face-time per shown emotion, dominant, segments; and overall."""
+    """Per person: first/last time, share of face-time per shown emotion, dominant, segments; and overall."""
     people: dict[int, dict] = {}
     overall: dict[str, float] = {}
-    for frame, duration in zip(frames, durations):
+    for frame, duration in zip(frames, durations, strict=False):
         t = frame["t_ms"]
         for face in frame["faces"]:
             pid, emotion = face["person_id"], face["shown_emotion"]
@@ -137,7 +137,7 @@ def build_timeline(
     smoother: EmotionSmoother,
     min_detections: int = 1,
 ) -> dict:
-    """The whole timeline from the analysed frames (`index`, `t_ms`, faces with box, score, detected, probabilities)."""
+    """The timeline from analysed frames (`index`, `t_ms`, faces: box, score, detected, probabilities)."""
     # Copies: the caller's frames stay as they were (the same analysis may be built into several timelines).
     frames = sorted(
         ({**f, "faces": [dict(face) for face in f["faces"]]} for f in frames), key=lambda f: f["index"]
