@@ -183,10 +183,10 @@ def main() -> None:
                 f"| {name} | {truth} | {len(timeline['people'])} | {jumps(timeline)} "
                 f"| {faces_per_frame(timeline)} |"
             )
-        print(f"\n## Analysis speed (decode + detect + classify), every frame vs every {args.k}th\n")
+        print(f"\n## Analysis speed (decode + detect + classify), every frame vs every k-th (k={args.k})\n")
         print(
-            f"| clip | frames | frames/s, every frame | frames/s, every {args.k}th | ids (every frame) | "
-            f"ids (every {args.k}th) |"
+            "| clip | frames | frames/s, every frame | frames/s, every k-th | ids (every frame) | "
+            "ids (every k-th) |"
         )
         print("| --- | ---: | ---: | ---: | ---: | ---: |")
         for name, frames, slow, fast, ids_slow, ids_fast in speed_rows:

@@ -15,20 +15,27 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EMOJI_", extra="ignore")
 
+    # Redis: Celery's broker and results, and the job records.
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # One folder per job (upload, pieces, results); on several machines it must be shared storage.
     storage_dir: Path = REPO_ROOT / "var" / "storage"
 
-    # The model server: TF Serving or `python -m model_server`, the client cannot tell which.
+    # The model server, gRPC: TF Serving or `python -m model_server`, the client cannot tell which.
     model_server_address: str = "127.0.0.1:8500"
+    # The model's name in the server's config.
     model_name: str = "emotion"
+    # The SavedModel signature and its tensors: uint8 faces [N,48,48,1] in, float32 probabilities [N,7] out.
     model_signature: str = "serving_default"
+    # Input tensor of the signature.
     model_input_key: str = "faces"
+    # Output tensor of the signature.
     model_output_key: str = "probabilities"
+    # Deadline of every gRPC call to the model server.
     model_timeout_s: float = 10.0
     # gRPC's default receive limit is 4 MiB; requests are split to stay under it.
     grpc_max_message_bytes: int = 4 * 1024 * 1024
 
     # Redis re-delivers a task whose worker died after this many seconds: keep it above the longest task.
     visibility_timeout_s: int = 600
-    # How long a finished job and its files are kept before Redis forgets it (files stay until DELETE).
+    # How long Redis keeps a finished job's record; its files stay in storage until the job is deleted.
     job_ttl_s: int = 7 * 24 * 3600
