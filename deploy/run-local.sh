@@ -20,6 +20,7 @@ stop_all() {
     echo "stopping..."
     for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
+    exit 0
 }
 trap stop_all INT TERM EXIT
 
@@ -52,4 +53,5 @@ echo
 echo "  http://127.0.0.1:$GATEWAY_PORT    (Ctrl-C stops everything)"
 echo
 wait -n "${pids[@]}" || true
-echo "a service exited; see $LOGS/"
+echo "a service exited; see $LOGS/ (stopping the others)"
+exit 1
