@@ -1,7 +1,8 @@
-"""The whole service against a plain transcode: a 60 s 1280x720 30 fps clip with audio, through the running stack.
+"""The whole service against a plain transcode: a 60 s 720p 30 fps clip with audio, through the running stack.
 
-Prints, in one run: the wall time from upload accepted to result ready, frames per second, and the ratio to
-`ffmpeg -i in.mp4 -c:v libx264 -preset veryfast -c:a copy out.mp4` on the same file (the project's goal: 1.2x).
+Prints, in one run: the wall time from upload accepted to result ready, frames per second, and the ratio
+to `ffmpeg -i in.mp4 -c:v libx264 -preset veryfast -c:a copy out.mp4` on the same file
+(the project's goal: 1.2x).
 
     .venv/bin/python -m bench.bench_pipeline [--url http://127.0.0.1:8000] [--seconds 60]
 """
@@ -112,9 +113,9 @@ def main() -> None:
         service, job = through_service_s(args.url, clip)
     frames = job["frames_total"]
     print(
-        f"| clip | frames | plain transcode | service (upload accepted → result ready) | frames/s | ratio |"
+        "| clip | frames | plain transcode | service (upload accepted → result ready) | frames/s | ratio |"
     )
-    print(f"|---|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|")
     print(
         f"| {args.seconds} s 1280x720 30 fps + AAC | {frames} | {plain:.1f} s | {service:.1f} s "
         f"| {frames / service:.0f} | {service / plain:.2f}x |"

@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,6 +23,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.bench_model_server import start_server  # noqa: E402
 from common.storage import LocalStorage  # noqa: E402
 from worker import pipeline  # noqa: E402
 from worker.detection import HaarFaceDetector  # noqa: E402
@@ -37,35 +36,15 @@ TWO = "face-swap_ss_test_video_03-2_faces.mp4"
 CROWD = "facenet-pytorch_video.mp4"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def model_server(address: str | None):
     """The given address, or a `python -m model_server` started here for the run."""
     if address:
         yield address
         return
-    port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "model_server",
-        "--port",
-        str(port),
-        "--rest_api_port",
-        "0",
-        "--model_name",
-        "emotion",
-        "--model_base_path",
-        str(REPO / "model_server" / "models" / "emotion"),
-    ]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc, started = start_server(REPO / "model_server" / "models" / "emotion", batching_file=None)
     try:
-        yield f"127.0.0.1:{port}"
+        yield started
     finally:
         proc.terminate()
         proc.wait(timeout=30)

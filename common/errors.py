@@ -1,4 +1,4 @@
-"""One short hierarchy of errors, mapped at the edges: to HTTP codes in the gateway, to retry or fail in tasks."""
+"""One short hierarchy of errors, mapped at the edges: to HTTP codes in the gateway, to retries in tasks."""
 
 
 class EmojiServiceError(Exception):

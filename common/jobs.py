@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timezone
-from enum import Enum
+from datetime import UTC, datetime
+from enum import StrEnum
 
 import redis
 from pydantic import BaseModel
@@ -24,7 +24,7 @@ KEY_PREFIX = "emoji:job:"
 JOB_INDEX_KEY = "emoji:jobs"
 
 
-class JobStatus(str, Enum):
+class JobStatus(StrEnum):
     queued = "queued"
     running = "running"
     succeeded = "succeeded"
@@ -52,7 +52,7 @@ class Job(BaseModel):
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat()
+    return datetime.now(UTC).isoformat()
 
 
 def _time(value: str | None) -> datetime | None:
@@ -101,7 +101,8 @@ class JobStore:
         if not raw:
             raise JobNotFound(f"no job with id {job_id}")
         total = int(raw.get("frames_total", 0))
-        done = {stage: sum(int(v) for v in values) for stage, values in zip(STAGES, stage_values)}
+        counts = zip(STAGES, stage_values, strict=True)
+        done = {stage: sum(int(v) for v in values) for stage, values in counts}
         status = JobStatus(raw["status"])
         if status is JobStatus.succeeded:
             progress = 1.0

@@ -30,7 +30,7 @@ def safe_input_args(path: Path, input_format: str | None = None) -> list[str]:
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """What the pipeline needs to know about a video, with width and height as displayed (rotation applied)."""
+    """What the pipeline needs to know of a video; width and height as displayed (rotation applied)."""
 
     width: int
     height: int
@@ -114,5 +114,6 @@ def frame_timestamps_ms(path: Path) -> list[float]:
     """Presentation time of every video frame, in ms from the stream's start, in display order."""
     data = _run_ffprobe(path, "-select_streams", "v:0", "-show_entries", "packet=pts_time:stream=start_time")
     start = float((data.get("streams") or [{}])[0].get("start_time") or 0.0)
-    times = sorted(float(p["pts_time"]) for p in data.get("packets", []) if p.get("pts_time") not in (None, "N/A"))
+    packets = data.get("packets", [])
+    times = sorted(float(p["pts_time"]) for p in packets if p.get("pts_time") not in (None, "N/A"))
     return [round((t - start) * 1000.0, 3) for t in times]

@@ -49,7 +49,8 @@ class ServiceProcess:
         log = open(self.log_path, "ab")
         # A new session so that stop() can end the service together with its children (Celery's pool).
         self.proc = subprocess.Popen(
-            self.args, cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            self.args, cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -203,6 +204,20 @@ def shared_media() -> Path:
     if not SHARED_MEDIA.is_dir():
         pytest.skip(f"{SHARED_MEDIA} is missing (the shared clips live beside the repository)")
     return SHARED_MEDIA
+
+
+def wait_for_job(base_url: str, job_id: str, timeout_s: float = 420) -> dict:
+    """Poll the API until the job has succeeded or failed; the job as the API last showed it."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    job: dict = {}
+    while time.monotonic() < deadline:
+        job = httpx.get(f"{base_url}/api/v1/jobs/{job_id}", timeout=10).json()
+        if job["status"] in ("succeeded", "failed"):
+            return job
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} not done after {timeout_s} s: {job}")
 
 
 def make_astronaut_video(path: Path, seconds: float = 3.0, fps: int = 25, audio: bool = True) -> Path:

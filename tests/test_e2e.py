@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from common.classes import EMOTIONS
-from tests.conftest import free_port, make_astronaut_video, start_gateway, start_worker
+from tests.conftest import free_port, make_astronaut_video, start_gateway, start_worker, wait_for_job
 
 pytestmark = pytest.mark.e2e
 
@@ -28,15 +28,6 @@ def submit(base_url: str, path: Path, filename: str | None = None) -> httpx.Resp
         files = {"file": (filename or path.name, handle, "application/octet-stream")}
         return httpx.post(f"{base_url}/api/v1/jobs", files=files, timeout=120)
 
-
-def wait_for_job(base_url: str, job_id: str, timeout_s: float = JOB_TIMEOUT_S) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        job = httpx.get(f"{base_url}/api/v1/jobs/{job_id}", timeout=10).json()
-        if job["status"] in ("succeeded", "failed"):
-            return job
-        time.sleep(0.5)
-    raise AssertionError(f"job {job_id} not done after {timeout_s} s: {job}")
 
 
 def run_job(base_url: str, path: Path, tmp_path: Path) -> tuple[dict, Path, dict]:
@@ -56,7 +47,8 @@ def run_job(base_url: str, path: Path, tmp_path: Path) -> tuple[dict, Path, dict
 
 def ffprobe(path: Path) -> dict:
     out = subprocess.run(
-        ["ffprobe", "-v", "error", "-count_frames", "-show_streams", "-show_format", "-of", "json", str(path)],
+        ["ffprobe", "-v", "error", "-count_frames", "-show_streams", "-show_format", "-of", "json",
+         str(path)],
         capture_output=True, check=True,
     ).stdout
     return json.loads(out)

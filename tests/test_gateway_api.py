@@ -23,7 +23,7 @@ from common.errors import JobNotFound, ModelServerUnavailable, UploadTooLarge, V
 from common.jobs import JobStore
 from gateway.errors import BadUpload, JobNotReady, status_for
 from gateway.uploads import clean_filename, human_bytes
-from tests.conftest import start_gateway
+from tests.conftest import start_gateway, wait_for_job
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 JOB_TIMEOUT_S = 420
@@ -233,16 +233,6 @@ def test_live_refuses_viewers_beyond_the_limit_with_a_reason(one_viewer_gateway)
 
 # --- the real stack ------------------------------------------------------------------------------------
 
-
-def wait_for_job(base_url: str, job_id: str, timeout_s: float = JOB_TIMEOUT_S) -> dict:
-    deadline = time.monotonic() + timeout_s
-    job: dict = {}
-    while time.monotonic() < deadline:
-        job = httpx.get(f"{base_url}/api/v1/jobs/{job_id}", timeout=10).json()
-        if job["status"] in ("succeeded", "failed"):
-            return job
-        time.sleep(0.5)
-    raise AssertionError(f"job {job_id} not done after {timeout_s} s: {job}")
 
 
 @pytest.fixture(scope="module")

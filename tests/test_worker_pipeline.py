@@ -363,3 +363,143 @@ def test_real_detector_finds_the_astronaut_face():
     assert 150 < (x1 + x2) / 2 < 300 and 60 < (y1 + y2) / 2 < 170
     near = HaarFaceDetector().detect_near(gray, found.xyxy)
     assert len(near) == 1 and near.xyxy[0] == pytest.approx(found.xyxy[0], abs=15)
+
+
+@pytest.mark.parametrize(
+    ("frames", "keyframes", "size", "expected"),
+    [
+        # Keyframes closer than a batch: fixed cuts, as before.
+        (50, [0, 10, 20, 30, 40], 12, [(0, 12), (12, 24), (24, 36), (36, 48), (48, 50)]),
+        # Keyframes further apart than a batch: batches end on them.
+        (600, [0, 250, 500], 120, [(0, 250), (250, 500), (500, 600)]),
+        # A keyframe too far ahead (over 3 batches): fall back to the last one inside the batch, else a cut.
+        (
+            1000,
+            [0, 60, 900],
+            120,
+            [(0, 120), (120, 240), (240, 360), (360, 480), (480, 600), (600, 900), (900, 1000)],
+        ),
+        # One group of pictures: one batch decodes it once, three would decode its start three times.
+        (30, [0], 12, [(0, 30)]),
+    ],
+)
+def test_batches_end_on_keyframes_when_keyframes_are_sparse(frames, keyframes, size, expected):
+    assert pipeline.plan_batches(frames, keyframes, size) == expected
+
+
+def test_sparse_keyframe_batches_decode_exactly_and_from_their_keyframe(tmp_path, storage, settings):
+    source = tmp_path / "long-gop.mp4"
+    write_video(source, ("-g", "25", "-bf", "2"))
+    job = new_job(storage, source)
+    plan = pipeline.plan_job(storage, job, settings)
+    assert plan.batches == [(0, 25), (25, 50)]  # keyframes every 25 frames, batches of 12 asked for
+    full = decode_gray(source)
+    for fast_luma in (False, True):
+        parts = []
+        for start, end in plan.batches:
+            seek_s, cut_s, skip = plan.decode_window(start)
+            parts += read_frames(
+                source,
+                plan.info.format_name,
+                WIDTH,
+                HEIGHT,
+                "gray",
+                end - start,
+                seek_s,
+                skip,
+                cut_s=cut_s,
+                source_pix_fmt=plan.pix_fmt if fast_luma else None,
+                source_full_range=plan.full_range,
+            )
+        assert len(parts) == len(full) == FRAMES
+        # The luma plane as decoded, range-expanded, is byte for byte what ffmpeg's gray conversion gives.
+        assert all(np.array_equal(a.reshape(HEIGHT, WIDTH), b) for a, b in zip(parts, full, strict=False))
+    # Starting on frame 25 (a keyframe) the decoder gets no frame before it: fast, as for the first batch.
+    seek_s, cut_s, skip = plan.decode_window(25)
+    assert (
+        skip == 0
+        and cut_s < plan.timestamps_ms[25] / 1000 + plan.video_start_s < seek_s + plan.container_start_s
+    )
+
+
+def test_cut_inside_a_group_of_pictures_and_mid_batch_seeks_are_exact(video, storage, settings):
+    job = new_job(storage, video)
+    plan = pipeline.plan_job(storage, job, settings)
+    full = decode_gray(video)
+    for start in (1, 9, 10, 11, 37):
+        seek_s, cut_s, skip = plan.decode_window(start)
+        got = list(
+            read_frames(
+                video,
+                plan.info.format_name,
+                WIDTH,
+                HEIGHT,
+                "gray",
+                5,
+                seek_s,
+                skip,
+                cut_s=cut_s,
+                source_pix_fmt=plan.pix_fmt,
+            )
+        )
+        assert all(
+            np.array_equal(a.reshape(HEIGHT, WIDTH), b) for a, b in zip(got, full[start:], strict=False)
+        )
+        assert len(got) == 5
+
+
+def test_live_scan_on_a_smaller_copy_gives_boxes_in_the_frame_pixels():
+    from worker.live import detect_downscaled
+
+    gray = cv2.cvtColor(astronaut()[:, :, ::-1], cv2.COLOR_BGR2GRAY)
+    full = HaarFaceDetector().detect(gray)
+    small = detect_downscaled(HaarFaceDetector(), gray, 256)
+    assert len(full) == len(small) == 1
+    assert small.xyxy[0] == pytest.approx(full.xyxy[0], abs=20)
+
+
+@pytest.mark.parametrize(
+    ("where", "changed"),
+    [
+        (None, False),  # nothing moved
+        ((300, 200), False),  # inside the followed face
+        ((250, 150), False),  # beside it, within half its size: the person moves there
+        ((40, 40), True),  # far from it: something new may have come into view
+    ],
+)
+def test_change_away_from_followed_faces(where, changed):
+    frame = np.full((480, 640), 90, np.uint8)
+    face = np.array([[280.0, 180.0, 360.0, 260.0]])
+    later = frame.copy()
+    if where:
+        x, y = where
+        later[y : y + 30, x : x + 30] = 200
+    got = pipeline.changed_away_from(pipeline.thumbnail(later), pipeline.thumbnail(frame), face, 640)
+    assert got is changed
+
+
+class CountingDetector(SquareDetector):
+    def __init__(self) -> None:
+        self.scans = 0
+
+    def detect(self, gray):
+        self.scans += 1
+        return super().detect(gray)
+
+    def detect_near(self, gray, boxes_xyxy):
+        return SquareDetector.detect(self, gray)
+
+
+def test_whole_frame_scans_skipped_on_a_still_shot_at_most_max_skips_in_a_row(settings):
+    still = np.full((HEIGHT, WIDTH), 30, np.uint8)
+    still[40 : 40 + SQUARE, 20 : 20 + SQUARE] = 230
+    frames = [still] * 120
+    times = [i * 40.0 for i in range(120)]
+    # Full-scan slots at 0, 18, 36, ..., 108 (7); with 3 skips allowed in a row, 0 and 72 are scanned.
+    detector = CountingDetector()
+    found = pipeline.detect_faces(frames, times, 0, 3, 6, detector, settings)
+    assert detector.scans == 2 and all(len(boxes) == 1 for boxes, _ in found.values())
+    never = WorkerSettings(**{**settings.model_dump(), "full_scan_max_skips": 0})
+    detector = CountingDetector()
+    pipeline.detect_faces(frames, times, 0, 3, 6, detector, never)
+    assert detector.scans == 7
