@@ -16,7 +16,7 @@ import redis
 from common.classes import EMOTIONS
 from common.errors import VideoError
 from common.face_crop import crop_faces
-from worker.detection import FaceDetector
+from worker.detection import FaceBoxes, FaceDetector
 from worker.pipeline import EmotionClassifier, classify
 from worker.settings import WorkerSettings
 from worker.smoothing import EmotionSmoother
@@ -42,6 +42,16 @@ def decode_jpeg(jpeg_b64: str, max_bytes: int) -> np.ndarray:
     if image is None:
         raise VideoError("the frame is not an image OpenCV can read; send a JPEG")
     return image
+
+
+def detect_downscaled(detector: FaceDetector, gray: np.ndarray, width: int) -> FaceBoxes:
+    """Whole-frame scan on a copy at most `width` px wide (webcam faces are large), boxes in `gray` pixels."""
+    scale = min(1.0, width / gray.shape[1])
+    if scale == 1.0:
+        return detector.detect(gray)
+    size = (round(gray.shape[1] * scale), round(gray.shape[0] * scale))
+    small = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+    return detector.detect(small).scaled(gray.shape[1] / size[0])
 
 
 def process_frame(
@@ -74,7 +84,7 @@ def process_frame(
     known = [t.predict(now_ms) for t in tracker.tracks if now_ms - t.last_ms <= tracker.max_miss_ms]
     # As for videos: a whole-frame scan now and then finds new faces, a cheap search near known ones between.
     if not known or count % settings.full_scan_every == 0:
-        found = detector.detect(gray)
+        found = detect_downscaled(detector, gray, settings.live_detect_width)
     else:
         found = detector.detect_near(gray, np.asarray(known).reshape(-1, 4))
     t2 = time.perf_counter()

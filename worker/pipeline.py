@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+import cv2
 import numpy as np
 
 from common.classes import NUM_CLASSES
@@ -66,6 +67,9 @@ class Plan:
     analysis_size: tuple[int, int]
     output_size: tuple[int, int]
     detect_every: int
+    # The decoder's pixel format and range, so analysis can take the luma plane as decoded (see read_frames).
+    pix_fmt: str | None = None
+    full_range: bool = False
     extra: dict = field(default_factory=dict)
 
     @property
@@ -82,6 +86,8 @@ class Plan:
             "analysis_size": list(self.analysis_size),
             "output_size": list(self.output_size),
             "detect_every": self.detect_every,
+            "pix_fmt": self.pix_fmt,
+            "full_range": self.full_range,
         }
 
     @classmethod
@@ -95,6 +101,8 @@ class Plan:
             analysis_size=tuple(data["analysis_size"]),
             output_size=tuple(data["output_size"]),
             detect_every=int(data["detect_every"]),
+            pix_fmt=data.get("pix_fmt"),
+            full_range=bool(data.get("full_range", False)),
         )
 
     def seek(self, start: int) -> tuple[float, int]:
@@ -108,16 +116,84 @@ class Plan:
         middle_ms = (self.timestamps_ms[j - 1] + self.timestamps_ms[j]) / 2
         return middle_ms / 1000.0 + self.video_start_s - self.container_start_s, start - j
 
+    def decode_window(self, start: int) -> tuple[float, float | None, int]:
+        """(demuxer seek in s from the container's start, stream time in s to keep frames from, frames to drop
+        after that) to decode from exactly `start` (see read_frames' `cut_s`).
 
-def _stream_starts(path: Path, format_name: str) -> tuple[float, float]:
+        The demuxer lands on the last keyframe at or before the seek; seeking just past the first frame's own
+        time (not half a frame before it, which ffmpeg's accurate seek needs) keeps a batch that starts on a
+        keyframe from decoding the whole group of pictures before it.
+        """
+        if start <= 0:
+            return 0.0, None, 0
+        seek_s, skip = self.seek(start)
+        j = start - skip
+        times = self.timestamps_ms
+        later = next((t for t in times[j + 1 :] if t - times[j] >= 1.0), None)
+        # A little past frame j, well before the next distinct frame, so rounding cannot land beyond it.
+        past_ms = times[j] + (min(1.0, (later - times[j]) / 4) if later is not None else 1.0)
+        demux_s = past_ms / 1000.0 + self.video_start_s - self.container_start_s
+        cut_s = (times[j - 1] + times[j]) / 2000.0 + self.video_start_s
+        return demux_s, cut_s, skip
+
+
+def _stream_starts(path: Path, format_name: str) -> tuple[float, float, str | None, bool]:
+    """(video stream start s, container start s, decoded pixel format, whether its range is full)."""
     data = _run_ffprobe(
-        path, "-select_streams", "v:0", "-show_entries", "stream=start_time:format=start_time"
+        path,
+        "-select_streams",
+        "v:0",
+        "-show_entries",
+        "stream=start_time,pix_fmt,color_range:format=start_time",
     )
-    stream = (data.get("streams") or [{}])[0].get("start_time")
+    stream_info = (data.get("streams") or [{}])[0]
+    stream = stream_info.get("start_time")
     container = data.get("format", {}).get("start_time")
     video_start = float(stream) if stream not in (None, "N/A") else 0.0
     container_start = float(container) if container not in (None, "N/A") else video_start
-    return video_start, container_start
+    pix_fmt = stream_info.get("pix_fmt") or None
+    full_range = stream_info.get("color_range") == "pc" or (pix_fmt or "").startswith("yuvj")
+    return video_start, container_start, pix_fmt, full_range
+
+
+def keyframe_indices(path: Path, timestamps_ms: list[float]) -> list[int]:
+    """Indices (display order, as in `timestamps_ms`) of the video's keyframes, where a decode can start."""
+    data = _run_ffprobe(
+        path, "-select_streams", "v:0", "-show_entries", "packet=pts_time,flags:stream=start_time"
+    )
+    start = float((data.get("streams") or [{}])[0].get("start_time") or 0.0)
+    index = {t: i for i, t in enumerate(timestamps_ms)}
+    keys = set()
+    for packet in data.get("packets", []):
+        if "K" in (packet.get("flags") or "") and packet.get("pts_time") not in (None, "N/A"):
+            # The same rounding as frame_timestamps_ms, so the times match exactly.
+            i = index.get(round((float(packet["pts_time"]) - start) * 1000.0, 3))
+            if i is not None:
+                keys.add(i)
+    return sorted(keys)
+
+
+def plan_batches(frames: int, keyframes: list[int], size: int) -> list[tuple[int, int]]:
+    """Frame ranges of about `size` frames. Decoding a batch starts at the keyframe before it, so where
+    keyframes are further apart than a batch (a cut there would decode a whole batch of frames only to reach
+    its start) the batch ends at the next keyframe instead, if that keeps it within 3x `size`."""
+    batches: list[tuple[int, int]] = []
+    keys = sorted(k for k in keyframes if 0 < k < frames)
+    start = 0
+    while start < frames:
+        end = min(start + size, frames)
+        if end < frames:
+            before = [k for k in keys if k <= end]
+            previous = before[-1] if before else 0
+            if end - previous >= size:
+                following = next((k for k in keys if k > end), frames)
+                if following - start <= 3 * size:
+                    end = following
+                elif previous > start:
+                    end = previous
+        batches.append((start, end))
+        start = end
+    return batches
 
 
 def plan_job(storage: LocalStorage, job_id: str, settings: WorkerSettings) -> Plan:
@@ -129,9 +205,8 @@ def plan_job(storage: LocalStorage, job_id: str, settings: WorkerSettings) -> Pl
     timestamps = frame_timestamps_ms(source)
     if not timestamps:
         raise VideoError("the video has no frames; upload a video that plays")
-    video_start, container_start = _stream_starts(source, info.format_name)
-    size = settings.batch_frames
-    batches = [(s, min(s + size, len(timestamps))) for s in range(0, len(timestamps), size)]
+    video_start, container_start, pix_fmt, full_range = _stream_starts(source, info.format_name)
+    batches = plan_batches(len(timestamps), keyframe_indices(source, timestamps), settings.batch_frames)
     out_w, out_h = even(info.width), even(info.height)
     analysis_w = even(min(info.width, settings.analysis_max_width))
     analysis_h = even(round(info.height * analysis_w / info.width))
@@ -144,6 +219,8 @@ def plan_job(storage: LocalStorage, job_id: str, settings: WorkerSettings) -> Pl
         (analysis_w, analysis_h),
         (out_w, out_h),
         settings.detect_every,
+        pix_fmt,
+        full_range,
     )
     write_json(storage.path(job_id, PLAN), plan.to_dict())
     logger.info(
@@ -198,6 +275,33 @@ def detection_frames(start: int, count: int, every: int) -> list[int]:
     return sorted(chosen | ({0, count - 1} if count else set()))
 
 
+# Change detection between whole-frame scans: the frame's mean brightness over cells 1/THUMB_WIDTH of its
+# width; a cell changed when it moved by more than CHANGE_LEVELS (noise and compression stay far below that).
+THUMB_WIDTH = 64
+CHANGE_LEVELS = 8
+
+
+def thumbnail(gray: np.ndarray) -> np.ndarray:
+    """The frame's cell means (THUMB_WIDTH wide), int16 so differences do not wrap."""
+    height, width = gray.shape
+    size = (THUMB_WIDTH, max(1, round(height * THUMB_WIDTH / width)))
+    return cv2.resize(gray, size, interpolation=cv2.INTER_AREA).astype(np.int16)
+
+
+def changed_away_from(thumb: np.ndarray, reference: np.ndarray, boxes_xyxy: np.ndarray, width: int) -> bool:
+    """Whether any cell changed outside the known faces (each widened by half its size on every side: the
+    followed people move, talk and turn there)."""
+    changed = np.abs(thumb - reference) > CHANGE_LEVELS
+    cell = width / thumb.shape[1]
+    for x1, y1, x2, y2 in np.asarray(boxes_xyxy, np.float64).reshape(-1, 4) / cell:
+        w, h = (x2 - x1) / 2, (y2 - y1) / 2
+        changed[
+            max(0, int(y1 - h)) : max(0, int(np.ceil(y2 + h))),
+            max(0, int(x1 - w)) : max(0, int(np.ceil(x2 + w))),
+        ] = False
+    return bool(changed.any())
+
+
 def detect_faces(
     frames: list[np.ndarray],
     times_ms: list[float],
@@ -208,14 +312,29 @@ def detect_faces(
     settings: WorkerSettings,
 ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Detections {local index: (boxes, scores)} on the batch's detection frames: a whole-frame scan on every
-    `full_scan_every`-th of them (and the batch's first), a search near the followed faces on the rest."""
+    `full_scan_every`-th of them (and the batch's first), a search near the followed faces on the rest.
+
+    A whole-frame scan is skipped (up to `full_scan_max_skips` in a row) when nothing changed away from the
+    followed faces since the last one: a face that comes into view changes the pixels where it appears."""
     tracker = IouTracker(min_iou=settings.track_min_iou, max_miss_ms=settings.track_max_miss_ms)
     detections = {}
+    reference, skipped = None, 0
     for i in detection_frames(start, len(frames), every):
         known = np.asarray(
             [t.predict(times_ms[i]) for t in tracker.tracks if times_ms[i] - t.last_ms <= tracker.max_miss_ms]
         ).reshape(-1, 4)
-        if i == 0 or (start + i) % (every * full_scan_every) == 0:
+        full = i == 0 or (start + i) % (every * full_scan_every) == 0
+        if full:
+            thumb = thumbnail(frames[i])
+            if (
+                reference is not None
+                and skipped < settings.full_scan_max_skips
+                and not changed_away_from(thumb, reference, known, frames[i].shape[1])
+            ):
+                full, skipped = False, skipped + 1
+            else:
+                reference, skipped = thumb, 0
+        if full:
             found = detector.detect(frames[i])
             # Followed faces the whole-frame scan missed (turned, tilted) get the closer search too.
             missed = (
@@ -279,8 +398,7 @@ def analyze_batch(
     start, end = plan.batches[batch_index]
     source = storage.path(job_id, INPUT)
     aw, ah = plan.analysis_size
-    seek_s, skip = plan.seek(start)
-    timings = {}
+    seek_s, cut_s, skip = plan.decode_window(start)
     t0 = time.perf_counter()
     frames = [
         f.reshape(ah, aw)
@@ -296,6 +414,10 @@ def analyze_batch(
             source_size=(plan.info.width, plan.info.height),
             timeout_s=settings.ffmpeg_timeout_s,
             fast=settings.fast_analysis_decode,
+            threads=settings.decode_threads,
+            cut_s=cut_s,
+            source_pix_fmt=plan.pix_fmt,
+            source_full_range=plan.full_range,
         )
     ]
     count = len(frames)
@@ -427,7 +549,7 @@ def render_batch(
     width, height = plan.output_size
     sx, sy = width / plan.info.width, height / plan.info.height
     matrix = "bt709" if height >= 720 else "bt601"
-    seek_s, skip = plan.seek(start)
+    seek_s, cut_s, skip = plan.decode_window(start)
     writer = PieceWriter(
         storage.path(job_id, piece_name(batch_index)),
         width,
@@ -451,6 +573,8 @@ def render_batch(
                 skip,
                 source_size=(plan.info.width, plan.info.height),
                 timeout_s=settings.ffmpeg_timeout_s,
+                threads=settings.decode_threads,
+                cut_s=cut_s,
             )
         ):
             faces = by_index.get(start + offset, [])

@@ -18,6 +18,9 @@ class WorkerSettings(CommonSettings):
     detect_width: int = Field(640, ge=64)
     # Decode for analysis without the deblocking filter (faster; the pixels differ slightly, faces do not).
     fast_analysis_decode: bool = True
+    # ffmpeg's decoder threads per batch (0 = ffmpeg's choice): the pool's processes already share the cores,
+    # and one thread per decode wastes the least CPU on frame threading.
+    decode_threads: int = Field(1, ge=0)
     # Frames are kept for cropping at most this wide; faces stay far above the model's 48 px.
     analysis_max_width: int = Field(1280, ge=64)
     # Smallest face to find: a fraction of the detection frame's shorter side, and at least min_face_px there.
@@ -27,6 +30,9 @@ class WorkerSettings(CommonSettings):
     tilt_angles: tuple[float, ...] = (25.0,)
     # Every n-th detection frame scans the whole frame for new faces; the others look only near known faces.
     full_scan_every: int = Field(6, ge=1)
+    # A whole-frame scan is skipped when nothing changed away from the followed faces since the last one
+    # (a face coming into view changes pixels), at most this many times in a row (0 = never skip).
+    full_scan_max_skips: int = Field(3, ge=0)
     # OpenCV's own threads per worker process; the pool's processes already share the cores.
     opencv_threads: int = Field(1, ge=0)
     detect_scale_factor: float = Field(1.1, gt=1.0, lt=2.0)
@@ -63,7 +69,8 @@ class WorkerSettings(CommonSettings):
     emoji_dir: str = str(REPO_ROOT / "emojis")
 
     x264_preset: str = "veryfast"
-    x264_crf: int = Field(20, ge=0, le=51)
+    # x264's own default quality (the plain transcode the benchmark compares with); 20 costs ~10% more CPU.
+    x264_crf: int = Field(23, ge=0, le=51)
     # Audio codecs that go into MP4 unchanged; anything else is re-encoded to AAC.
     mp4_audio_codecs: tuple[str, ...] = ("aac", "mp3", "ac3", "eac3", "alac")
     ffmpeg_timeout_s: float = Field(540.0, gt=0)
@@ -71,6 +78,9 @@ class WorkerSettings(CommonSettings):
     # Live webcam frames: per-client tracking state lives in Redis this long after the last frame.
     live_state_ttl_s: int = Field(60, ge=1)
     live_max_jpeg_bytes: int = Field(2 * 1024 * 1024, ge=1024)
+    # Live whole-frame scans look at a copy this wide (faces in front of a webcam are large; a 640 px scan
+    # would cost several times the 100 ms budget); the search near followed faces keeps full resolution.
+    live_detect_width: int = Field(320, ge=64)
 
     @model_validator(mode="after")
     def _batch_multiple_of_k(self) -> WorkerSettings:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from common.errors import VideoError
@@ -20,6 +21,13 @@ from common.media import safe_input_args
 logger = logging.getLogger(__name__)
 
 FFMPEG = "ffmpeg"
+
+# Decoded formats whose first plane is 8-bit luma at full size (the "j" ones are full range).
+PLANAR_8BIT_YUV = frozenset(
+    {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "yuv440p", "yuvj440p", "yuv411p"}
+)
+# Limited-range luma (16..235) to full range (0..255), rounded as swscale's gray conversion does.
+FULL_RANGE_LUT = np.clip(np.round((np.arange(256) - 16) * 255 / 219), 0, 255).astype(np.uint8)
 
 
 def even(value: int) -> int:
@@ -59,12 +67,22 @@ def read_frames(
     source_size: tuple[int, int] | None = None,
     timeout_s: float = 540.0,
     fast: bool = False,
+    threads: int = 0,
+    cut_s: float | None = None,
+    source_pix_fmt: str | None = None,
+    source_full_range: bool = False,
 ) -> Iterator[np.ndarray]:
     """Decode `count` frames after skipping `skip`, starting the decoder at `seek_s`, as flat uint8 arrays.
 
-    `pix_fmt` is "gray" (W*H bytes) or "yuv420p" (W*H*3/2); frames come out as displayed (rotation applied),
-    scaled to `width` x `height` when `source_size` differs. Yields fewer frames if the video ends first.
-    `fast` trades exact pixels for speed (no deblocking): for analysis, never for the output.
+    `pix_fmt` is "gray" (W*H bytes, full-range luma) or "yuv420p" (W*H*3/2); frames come out as
+    displayed (rotation applied), scaled to `width` x `height` when `source_size` differs. Yields fewer
+    frames if the video ends first. `fast` trades exact pixels for speed (no deblocking): for analysis,
+    never for the output.
+
+    Without `cut_s`, ffmpeg's accurate seek starts the output at `seek_s`. With it, `seek_s` only positions
+    the demuxer (on the last keyframe at or before it) and frames are kept from the stream time `cut_s` on
+    (the stream's own timestamps): a batch that starts on a keyframe then decodes nothing before it.
+    `source_pix_fmt` (as probed) lets "gray" take the luma plane as decoded instead of converting pixels.
     """
     if pix_fmt == "gray":
         frame_bytes = width * height
@@ -76,12 +94,27 @@ def read_frames(
     if fast:
         # For finding and classifying faces the deblocking filter does not matter; skipping it decodes faster.
         cmd += ["-skip_loop_filter", "all"]
+    if threads:
+        cmd += ["-threads", str(threads)]
+    filters = []
     if seek_s > 0:
         cmd += ["-ss", f"{seek_s:.6f}"]
+        if cut_s is not None:
+            cmd += ["-noaccurate_seek", "-copyts"]
+            filters.append(f"select='gte(t,{cut_s:.6f})'")
     cmd += safe_input_args(path, input_format)
     cmd += ["-map", "0:v:0", "-an", "-sn", "-dn"]
-    if source_size is None or source_size != (width, height):
-        cmd += ["-vf", f"scale={width}:{height}:flags=bilinear"]
+    scaled = source_size is None or source_size != (width, height)
+    # swscale's yuv->gray path costs more than decoding; the Y plane as decoded, range-expanded with a table
+    # below, gives the very same bytes.
+    luma_plane = pix_fmt == "gray" and source_pix_fmt in PLANAR_8BIT_YUV
+    if luma_plane:
+        filters.append("extractplanes=y")
+    if scaled:
+        filters.append(f"scale={width}:{height}:flags=bilinear")
+    if filters:
+        cmd += ["-vf", ",".join(filters)]
+    expand = FULL_RANGE_LUT if luma_plane and not source_full_range else None
     cmd += [
         "-fps_mode",
         "passthrough",
@@ -111,6 +144,8 @@ def read_frames(
                     break
                 if index >= skip:
                     produced += 1
+                    if expand is not None:
+                        cv2.LUT(buffer, expand, dst=buffer)
                     yield buffer
                 index += 1
         finally:
