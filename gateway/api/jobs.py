@@ -77,6 +77,20 @@ def download_name(job: Job, suffix: str) -> str:
     return f"{stem}-{suffix}"
 
 
+def result_file(
+    store: JobStore, storage: LocalStorage, job_id: str, name: str, media_type: str, suffix: str,
+    download: bool,
+) -> FileResponse:
+    """A finished job's file, shown in the browser or, with `download`, saved under the upload's name."""
+    job, path = result_path(store, storage, job_id, name)
+    return FileResponse(
+        path,
+        media_type=media_type,
+        filename=download_name(job, suffix) if download else None,
+        content_disposition_type="attachment" if download else "inline",
+    )
+
+
 @router.post(
     "",
     status_code=202,
@@ -177,14 +191,7 @@ def get_job(job_id: JobIdDep, store: StoreDep) -> JobPublic:
 )
 def get_video(job_id: JobIdDep, store: StoreDep, storage: StorageDep, download: bool = False) -> FileResponse:
     """The annotated MP4 (HTTP Range supported); `?download=true` asks the browser to save it."""
-    job, path = result_path(store, storage, job_id, VIDEO_NAME)
-    filename = download_name(job, "emoji.mp4") if download else None
-    return FileResponse(
-        path,
-        media_type="video/mp4",
-        filename=filename,
-        content_disposition_type="attachment" if download else "inline",
-    )
+    return result_file(store, storage, job_id, VIDEO_NAME, "video/mp4", "emoji.mp4", download)
 
 
 @router.head("/{job_id}/timeline", include_in_schema=False)
@@ -197,14 +204,7 @@ def get_timeline(
     job_id: JobIdDep, store: StoreDep, storage: StorageDep, download: bool = False
 ) -> FileResponse:
     """The emotion timeline as JSON (schema in docs/timeline.md)."""
-    job, path = result_path(store, storage, job_id, TIMELINE_NAME)
-    filename = download_name(job, "timeline.json") if download else None
-    return FileResponse(
-        path,
-        media_type="application/json",
-        filename=filename,
-        content_disposition_type="attachment" if download else "inline",
-    )
+    return result_file(store, storage, job_id, TIMELINE_NAME, "application/json", "timeline.json", download)
 
 
 @router.head("/{job_id}/timeline.csv", include_in_schema=False)
@@ -215,9 +215,8 @@ def get_timeline(
 )
 def get_timeline_csv(job_id: JobIdDep, store: StoreDep, storage: StorageDep) -> FileResponse:
     """The timeline as CSV, one row per frame and person, as a download."""
-    job, path = result_path(store, storage, job_id, TIMELINE_CSV_NAME)
-    return FileResponse(
-        path, media_type="text/csv; charset=utf-8", filename=download_name(job, "timeline.csv")
+    return result_file(
+        store, storage, job_id, TIMELINE_CSV_NAME, "text/csv; charset=utf-8", "timeline.csv", download=True
     )
 
 
