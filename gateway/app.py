@@ -8,6 +8,8 @@ from contextlib import asynccontextmanager
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from common.jobs import JobStore
@@ -46,7 +48,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         yield
         await app.state.live_hub.close()
 
-    app = FastAPI(title="Emoji video", version="1.0", description=DESCRIPTION, lifespan=lifespan)
+    # docs_url=None: /docs is served below from vendored Swagger UI files, so it works offline too.
+    app = FastAPI(
+        title="Emoji video", version="1.0", description=DESCRIPTION, lifespan=lifespan, docs_url=None
+    )
     app.state.settings = settings
     app.state.store = JobStore.from_url(settings.redis_url, ttl_s=settings.job_ttl_s)
     app.state.storage = LocalStorage(settings.storage_dir)
@@ -71,6 +76,17 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(system.router)
     app.include_router(pages_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/docs", include_in_schema=False)
+    def api_docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url,
+            title=f"{app.title} · API",
+            swagger_js_url="/static/vendor/swagger-ui/swagger-ui-bundle.js",
+            swagger_css_url="/static/vendor/swagger-ui/swagger-ui.css",
+            swagger_favicon_url="/static/logo.svg",
+        )
+
     # The worker draws the same PNGs; check_dir=False so the gateway starts even before they exist.
     app.mount("/emojis", StaticFiles(directory=settings.emojis_dir, check_dir=False), name="emojis")
     return app
