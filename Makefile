@@ -29,6 +29,7 @@ run: install
 	bash deploy/run-local.sh
 
 test: install
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 # Unit tests only: no stack, no browser.
