@@ -129,8 +129,12 @@ class JobStore:
         )
 
     def list_ids(self, limit: int = 50) -> list[str]:
-        """Newest first."""
-        return list(self.redis.zrevrange(JOB_INDEX_KEY, 0, limit - 1))
+        """Newest first; index entries of records Redis has already expired are dropped on the way."""
+        # A record expires ttl_s after its job finished; a day's slack covers the job's own run time.
+        pipe = self.redis.pipeline()
+        pipe.zremrangebyscore(JOB_INDEX_KEY, "-inf", time.time() - self.ttl_s - 24 * 3600)
+        pipe.zrevrange(JOB_INDEX_KEY, 0, limit - 1)
+        return list(pipe.execute()[1])
 
     def update(self, job_id: str, **fields) -> None:
         """Set plain fields (e.g. frames_total, batches_total) on an existing job."""
