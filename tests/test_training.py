@@ -129,6 +129,31 @@ def test_averaging_checkpoints_averages_the_weights(trained_run):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+def test_mixed_precision_run_loads_and_exports_in_float32(tiny_dataset, tmp_path):
+    import keras
+
+    config = TrainConfig(
+        data=str(tiny_dataset),
+        out=str(tmp_path / "run"),
+        arch="emonet_deep",
+        epochs=1,
+        batch_size=8,
+        steps_per_epoch=2,
+        mixed_precision=True,
+    )
+    train(config)
+    assert keras.mixed_precision.global_policy().name == "float32"  # the run's policy does not leak
+    trained = keras.models.load_model(tmp_path / "run" / LAST_CHECKPOINT)
+    assert trained.get_layer(index=3).dtype_policy.name == "mixed_bfloat16"
+    loaded = load_checkpoints([tmp_path / "run" / LAST_CHECKPOINT])
+    assert {layer.dtype_policy.name for layer in loaded.layers} == {"float32"}
+    faces = np.random.default_rng(2).uniform(0, 255, (6, 48, 48, 1)).astype(np.float32)
+    # Same weights, float32 arithmetic: close to the bfloat16 model's answers, not bit-identical.
+    np.testing.assert_allclose(loaded.predict(faces, verbose=0), trained.predict(faces, verbose=0), atol=0.03)
+    target = export_model(loaded, model_base=tmp_path / "models")
+    check_contract(target)
+
+
 @pytest.mark.parametrize("flip_average", [False, True])
 def test_export_follows_the_serving_contract(trained_run, tmp_path, flip_average):
     import keras

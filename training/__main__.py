@@ -41,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--val-limit", type=int, help="use about this many val images")
     train.add_argument("--steps-per-epoch", type=int, help="cap the steps per epoch, for smoke tests")
+    train.add_argument(
+        "--mixed-precision", action="store_true", help="compute in bfloat16 (weights and export stay float32)"
+    )
     train.add_argument("--seed", type=int, default=defaults.seed)
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
 
@@ -111,6 +114,7 @@ def main(argv: list[str] | None = None) -> None:
             val_limit=args.val_limit,
             steps_per_epoch=args.steps_per_epoch,
             mixup_alpha=args.mixup,
+            mixed_precision=args.mixed_precision,
             seed=args.seed,
         )
         train(config, resume=args.resume)

@@ -48,11 +48,11 @@ def _head(x, dropout: float):
 def emonet(
     stem: int = 32, stages: tuple[tuple[int, int], ...] = ((64, 2), (128, 3)), dropout: float = 0.4
 ) -> keras.Model:
-    """Compact ResNet for 48x48 faces: little work above 12x12, the residual stages at 12x12 and 6x6."""
+    """Compact ResNet for 48x48 faces: little work above 12x12, residual stages from 12x12 down."""
     inputs, x = _inputs_scaled()
     x = _conv_bn(x, stem)  # 48x48: edges only, few channels
     x = _conv_bn(x, stem, strides=2)  # 24x24
-    for filters, blocks in stages:  # each stage halves the resolution: 12x12, then 6x6
+    for filters, blocks in stages:  # each stage halves the resolution: 12x12, 6x6 (, 3x3)
         x = _residual_block(x, filters, strides=2)
         for _ in range(blocks - 1):
             x = _residual_block(x, filters)
@@ -78,6 +78,8 @@ ARCHITECTURES: dict[str, Callable[[], keras.Model]] = {
     "emonet": emonet,
     "emonet_s": lambda: emonet(stem=24, stages=((48, 2), (96, 3))),
     "emonet_l": lambda: emonet(stem=32, stages=((96, 2), (192, 3))),
+    # A third stage at 3x3: 2.9x the parameters of emonet for 1.2x its compute (most weights see 9 pixels).
+    "emonet_deep": lambda: emonet(stem=32, stages=((64, 2), (128, 2), (256, 2))),
     "vgg16": vgg16,
 }
 
