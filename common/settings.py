@@ -37,5 +37,5 @@ class CommonSettings(BaseSettings):
 
     # Redis re-delivers a task whose worker died after this many seconds: keep it above the longest task.
     visibility_timeout_s: int = 600
-    # How long Redis keeps a finished job's record; its files stay in storage until the job is deleted.
+    # How long Redis keeps a finished job's record; the gateway's storage sweep then removes its files.
     job_ttl_s: int = 7 * 24 * 3600

@@ -39,3 +39,16 @@ class LocalStorage:
 
     def delete_job(self, job_id: str) -> None:
         shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+
+    def job_ids(self) -> list[str]:
+        """Every job that has a folder here (dot-names are in-progress writes, not jobs)."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    def last_written(self, job_id: str) -> float:
+        """When anything in the job's folder last changed (epoch seconds); an upload being streamed counts."""
+        folder = self.job_dir(job_id)
+        times = [folder.stat().st_mtime]
+        times += [p.stat().st_mtime for p in folder.rglob("*")]
+        return max(times)

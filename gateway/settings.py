@@ -30,4 +30,10 @@ class GatewaySettings(CommonSettings):
     # Each connected viewer holds a Redis connection; more viewers than this are told to come back later.
     live_max_clients: int = Field(default=32, gt=0)
 
+    # How often the files of jobs whose Redis record has expired are removed from storage (0: never).
+    storage_sweep_interval_s: float = Field(default=3600.0, ge=0)
+    # A folder without a record is left alone until nothing in it has changed for this long (uploads).
+    orphan_grace_s: float = Field(default=3600.0, ge=0)
+
+    # The emoji PNGs, served to the live page.
     emojis_dir: Path = REPO_ROOT / "emojis"

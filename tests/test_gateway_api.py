@@ -198,6 +198,42 @@ def one_viewer_gateway(tmp_path):
     thread.join(10)
 
 
+def test_gateway_sweeps_the_files_of_expired_jobs(redis_url, tmp_path):
+    """A running gateway removes a folder whose job Redis no longer knows, and keeps a known job's."""
+    import uvicorn
+
+    from common.storage import LocalStorage
+    from gateway.app import create_app
+    from gateway.settings import GatewaySettings
+    from tests.conftest import free_port
+    from tests.test_jobs import make_job_folder
+
+    db_url = redis_url.rsplit("/", 1)[0] + "/6"
+    store = JobStore.from_url(db_url, ttl_s=60)
+    store.redis.flushdb()
+    storage = LocalStorage(tmp_path)
+    store.create("known", "a.mp4", {"frames": 1})
+    make_job_folder(storage, "known", age_s=600)
+    make_job_folder(storage, "forgotten", age_s=600)
+    settings = GatewaySettings(
+        storage_dir=tmp_path, redis_url=db_url, storage_sweep_interval_s=0.2, orphan_grace_s=60
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=free_port(), log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while (tmp_path / "forgotten").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert storage.job_ids() == ["known"]
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        store.redis.flushdb()
+
+
 def test_live_says_so_when_the_queue_is_down_and_keeps_the_socket(one_viewer_gateway):
     from websockets.sync.client import connect
 
