@@ -1,40 +1,62 @@
-"""The web pages: plain HTML files whose scripts read everything else from the API."""
+"""The web pages: plain HTML whose scripts read everything else from the API.
+
+Each page file in templates/ holds only its own content; layout.html gives every page the same head and
+navigation bar."""
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from pathlib import Path
+from string import Template
 
-from fastapi import APIRouter
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import HTMLResponse
 
 from gateway.deps import JobIdDep
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+# The navigation bar, in order: (link, label).
+NAV_LINKS = (("/", "Upload"), ("/live", "Live"), ("/docs", "API"))
 
 router = APIRouter(include_in_schema=False)
 
 
-def _page(name: str) -> FileResponse:
-    # no-cache: pages change with deployments and are tiny; the browser revalidates with ETag.
-    return FileResponse(
-        TEMPLATES_DIR / name, media_type="text/html; charset=utf-8", headers={"Cache-Control": "no-cache"}
+@functools.cache
+def render_page(name: str, title: str, current: str | None) -> str:
+    """templates/<name> inside the layout; `current` is the nav link marked as this page (read once)."""
+    marked = ' aria-current="page"'
+    nav = "\n".join(
+        f'      <a href="{href}"{marked if href == current else ""}>{label}</a>' for href, label in NAV_LINKS
     )
+    layout = Template((TEMPLATES_DIR / "layout.html").read_text(encoding="utf-8"))
+    return layout.substitute(title=title, nav=nav, content=(TEMPLATES_DIR / name).read_text(encoding="utf-8"))
+
+
+def _page(request: Request, name: str, title: str, current: str | None = None) -> Response:
+    html = render_page(name, title, current)
+    etag = '"' + hashlib.sha1(html.encode()).hexdigest()[:16] + '"'
+    # no-cache: pages change with deployments and are tiny; the browser revalidates with the ETag.
+    headers = {"Cache-Control": "no-cache", "ETag": etag}
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers=headers)
+    return HTMLResponse(html, headers=headers)
 
 
 @router.get("/")
-def upload_page() -> FileResponse:
+def upload_page(request: Request) -> Response:
     """Pick or drop a video and upload it."""
-    return _page("index.html")
+    return _page(request, "index.html", "upload", current="/")
 
 
 @router.get("/jobs/{job_id}")
-def job_page(job_id: JobIdDep) -> FileResponse:
+def job_page(request: Request, job_id: JobIdDep) -> Response:
     """A job's progress and, when done, its video, chart and downloads."""
-    return _page("job.html")
+    return _page(request, "job.html", "job")
 
 
 @router.get("/live")
-def live_page() -> FileResponse:
+def live_page(request: Request) -> Response:
     """The webcam with an emoji on every face."""
-    return _page("live.html")
+    return _page(request, "live.html", "live", current="/live")

@@ -149,6 +149,28 @@ def test_over_the_limit_is_refused_while_streaming_and_nothing_stays(tiny_app):
     assert _leftovers(storage) == []
 
 
+@pytest.mark.parametrize(
+    "path, title, current",
+    [("/", "upload", "/"), ("/jobs/" + "a" * 32, "job", None), ("/live", "live", "/live")],
+)
+def test_pages_share_one_layout_and_revalidate_by_etag(tiny_app, path, title, current):
+    import re
+
+    app, _ = tiny_app
+    reply = call(app, "GET", path)
+    assert reply.status_code == 200 and reply.headers["content-type"].startswith("text/html")
+    html = reply.text
+    assert html.startswith("<!doctype html>") and html.rstrip().endswith("</html>")
+    assert f"<title>Emoji video · {title}</title>" in html
+    nav = html.split("<nav>")[1].split("</nav>")[0]
+    assert re.findall(r'<a href="([^"]+)"', nav) == ["/", "/live", "/docs"]
+    assert re.findall(r'<a href="([^"]+)" aria-current="page">', html) == ([current] if current else [])
+    assert html.count("<main>") == 1 and "$content" not in html and "$nav" not in html
+    assert reply.headers["cache-control"] == "no-cache"
+    again = call(app, "GET", path, headers={"If-None-Match": reply.headers["etag"]})
+    assert again.status_code == 304 and again.content == b""
+
+
 def test_limits_tell_the_page_the_upload_limit(tiny_app):
     app, _ = tiny_app
     reply = call(app, "GET", "/api/v1/limits")
