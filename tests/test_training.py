@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from common.classes import EMOTION_INDEX, EMOTIONS, NUM_CLASSES
-from training.checkpoints import last_snapshots, load_checkpoints
+from training.checkpoints import last_snapshots, load_checkpoints, recalibrate_batch_norm
 from training.data import (
     DEFAULT_DATA_ROOT,
     AugmentConfig,
@@ -127,6 +127,22 @@ def test_averaging_checkpoints_averages_the_weights(trained_run):
     ]
     for got, want in zip(averaged, expected, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_batch_norm_recalibration_sets_the_plain_mean_of_the_training_faces(trained_run):
+    import keras
+
+    model = load_checkpoints([trained_run / LAST_CHECKPOINT])
+    faces = np.random.default_rng(3).uniform(0, 255, (32, 48, 48, 1)).astype(np.float32)
+    faces = (faces + faces[:, :, ::-1]) / 2  # mirror-symmetric, so the random mirroring changes nothing
+    norm = next(layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization))
+    before = norm.moving_mean.numpy().copy()
+    # Each batch holds all 32 faces, so every batch mean, and their plain mean, is the mean over the faces.
+    recalibrate_batch_norm(model, faces, batches=3, batch_size=32)
+    expected = keras.Model(model.inputs, norm.input).predict(faces, verbose=0).mean(axis=(0, 1, 2))
+    np.testing.assert_allclose(norm.moving_mean.numpy(), expected, rtol=1e-3, atol=1e-4)
+    assert not np.allclose(before, expected, atol=1e-3)
+    assert norm.momentum == pytest.approx(0.99)  # the training value is put back
 
 
 def test_mixed_precision_run_loads_and_exports_in_float32(tiny_dataset, tmp_path):

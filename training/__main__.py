@@ -72,6 +72,11 @@ def _parser() -> argparse.ArgumentParser:
         help="for a .keras checkpoint: average with "
         "the mirrored face, as an export with --flip-average would",
     )
+    evaluate.add_argument(
+        "--recalibrate-bn",
+        action="store_true",
+        help="for .keras checkpoints: measure BatchNorm statistics afresh on <data>/train, as export does",
+    )
     evaluate.add_argument("--no-throughput", action="store_true", help="skip the faces/s measurement")
 
     export = commands.add_parser("export", help="write model_server/models/emotion/<version>/ (SavedModel)")
@@ -89,6 +94,12 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--model-base", type=Path, default=DEFAULT_MODEL_BASE)
     export.add_argument("--version", type=int, help="integer version folder (default: next free)")
     export.add_argument("--flip-average", action="store_true", help="average with the mirrored face inside")
+    export.add_argument(
+        "--recalibrate-bn",
+        action="store_true",
+        help="measure BatchNorm statistics afresh on <data>/train (after averaging, or for one checkpoint)",
+    )
+    export.add_argument("--data", type=Path, default=DEFAULT_DATA_ROOT, help="for --recalibrate-bn")
     export.add_argument("--keep-other-versions", action="store_true")
     return parser
 
@@ -131,13 +142,16 @@ def main(argv: list[str] | None = None) -> None:
             frames=args.frames,
             flip_average=args.flip_average,
             throughput=not args.no_throughput,
+            recalibrate_bn=args.recalibrate_bn,
         )
     elif args.command == "export":
         from training.checkpoints import last_snapshots, load_checkpoints
+        from training.data import list_split, load_images
         from training.export import export_model
 
         paths = last_snapshots(args.run, args.average_last) if args.average_last else args.checkpoint
-        model = load_checkpoints(paths)
+        bn_images = load_images(list_split(args.data, "train")) if args.recalibrate_bn else None
+        model = load_checkpoints(paths, bn_images)
         export_model(
             model,
             model_base=args.model_base,

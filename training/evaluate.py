@@ -31,12 +31,15 @@ def shipped_model_dir(model_base: Path = DEFAULT_MODEL_BASE) -> Path:
     return versions[-1]
 
 
-def load_predictor(model_paths: Sequence[Path] = (), flip_average: bool = False) -> Predict:
-    """A SavedModel folder (its serving signature) or .keras checkpoints (weights averaged) as a predictor."""
+def load_predictor(
+    model_paths: Sequence[Path] = (), flip_average: bool = False, bn_images: np.ndarray | None = None
+) -> Predict:
+    """A SavedModel folder (its serving signature) or .keras checkpoints (weights averaged, BatchNorm
+    recalibrated on `bn_images` if given) as a predictor."""
     paths = [Path(p) for p in model_paths] or [shipped_model_dir()]
     path = paths[0]
     if path.suffix == ".keras":
-        function = tf.function(serving_function(load_checkpoints(paths), flip_average))
+        function = tf.function(serving_function(load_checkpoints(paths, bn_images), flip_average))
     else:
         function = tf.saved_model.load(str(path)).signatures[SIGNATURE_NAME]
 
@@ -169,16 +172,24 @@ def evaluate(
     frames: Path | None = None,
     flip_average: bool = False,
     throughput: bool = True,
+    recalibrate_bn: bool = False,
 ) -> dict:
     """Evaluate a model on `<data>/<split>`; writes report.json, confusion.json and confusion.png to `out`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    predict = load_predictor(model_paths, flip_average)
+    bn_images = load_images(list_split(data, "train")) if recalibrate_bn else None
+    predict = load_predictor(model_paths, flip_average, bn_images)
     split_files = list_split(data, split, limit)
     images = load_images(split_files)
     predictions = predict(images).argmax(axis=1)
     models = [str(p) for p in model_paths] or [str(shipped_model_dir())]
-    report: dict = {"models": models, "flip_average": flip_average, "data": str(data), "split": split}
+    report: dict = {
+        "models": models,
+        "flip_average": flip_average,
+        "batch_norm_recalibrated": recalibrate_bn,
+        "data": str(data),
+        "split": split,
+    }
     report["as_is"] = metrics(split_files.labels, predictions)
     if dedup:
         duplicate = train_duplicates(data, images)
