@@ -27,6 +27,7 @@ from training.export import (
     SIGNATURE_NAME,
     check_contract,
     export_model,
+    load_member,
 )
 from training.train import BEST_CHECKPOINT, HISTORY_FILE, LAST_CHECKPOINT, STATE_FILE, TrainConfig, train
 
@@ -186,6 +187,26 @@ def test_export_follows_the_serving_contract(trained_run, tmp_path, flip_average
     # A second export replaces the first: exactly one version is served.
     assert export_model(model, model_base=tmp_path).name == "2"
     assert [p.name for p in tmp_path.iterdir() if p.name.isdigit()] == ["2"]
+
+
+def test_export_with_an_ensemble_member_averages_the_probabilities(trained_run, tmp_path):
+    model = load_checkpoints([trained_run / BEST_CHECKPOINT])
+    first = export_model(model, model_base=tmp_path / "first")
+    other = load_checkpoints([trained_run / BEST_CHECKPOINT])
+    head = other.get_layer("probabilities")  # a different head, so the two models clearly disagree
+    kernel, bias = head.get_weights()
+    head.set_weights([np.random.default_rng(5).normal(0, 50, kernel.shape).astype(np.float32), bias])
+    ensemble = export_model(other, model_base=tmp_path / "ensemble", members=[load_member(first)])
+    check_contract(ensemble)
+    faces = np.random.default_rng(4).integers(0, 256, (5, 48, 48, 1), dtype=np.uint8)
+
+    def run(folder):
+        signature = tf.saved_model.load(str(folder)).signatures[SIGNATURE_NAME]
+        return signature(**{INPUT_KEY: tf.constant(faces)})[OUTPUT_KEY].numpy()
+
+    expected = (run(first) + other.predict(faces.astype(np.float32), verbose=0)) / 2
+    np.testing.assert_allclose(run(ensemble), expected, atol=1e-5)
+    assert not np.allclose(run(first), run(ensemble), atol=1e-4)  # the member really is only half of it
 
 
 SHARED_PHOTO = SHARED_DATA.parent / "media" / "pyfeat_multi_face.jpg"

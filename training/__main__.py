@@ -100,6 +100,14 @@ def _parser() -> argparse.ArgumentParser:
         help="measure BatchNorm statistics afresh on <data>/train (after averaging, or for one checkpoint)",
     )
     export.add_argument("--data", type=Path, default=DEFAULT_DATA_ROOT, help="for --recalibrate-bn")
+    export.add_argument(
+        "--ensemble-with",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="VERSION_DIR",
+        help="exported models (version folders) averaged in, each weighted as much as the model",
+    )
     export.add_argument("--keep-other-versions", action="store_true")
     return parser
 
@@ -147,17 +155,20 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "export":
         from training.checkpoints import last_snapshots, load_checkpoints
         from training.data import list_split, load_images
-        from training.export import export_model
+        from training.export import export_model, load_member
 
         paths = last_snapshots(args.run, args.average_last) if args.average_last else args.checkpoint
         bn_images = load_images(list_split(args.data, "train")) if args.recalibrate_bn else None
         model = load_checkpoints(paths, bn_images)
+        # Loaded before the export, which removes the other version folders (the members' among them).
+        members = [load_member(path) for path in args.ensemble_with]
         export_model(
             model,
             model_base=args.model_base,
             version=args.version,
             flip_average=args.flip_average,
             keep_other_versions=args.keep_other_versions,
+            members=members,
         )
 
 

@@ -92,7 +92,10 @@ def _float32_config(value):
 
 def last_snapshots(run: Path, count: int) -> list[Path]:
     """The snapshots of the last `count` epochs of a run, oldest first."""
-    snapshots = sorted((Path(run) / SNAPSHOT_DIR).glob("epoch_*.keras"))
+    # By epoch number, not by name: "epoch_100" sorts before "epoch_99" as text.
+    snapshots = sorted(
+        (Path(run) / SNAPSHOT_DIR).glob("epoch_*.keras"), key=lambda path: int(path.stem.split("_")[1])
+    )
     if not snapshots:
         raise FileNotFoundError(f"no epoch snapshots in {Path(run) / SNAPSHOT_DIR}")
     return snapshots[-count:]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import keras
@@ -21,8 +22,11 @@ OUTPUT_KEY = "probabilities"
 FACE_SHAPE = (48, 48, 1)
 
 
-def serving_function(model: keras.Model, flip_average: bool):
-    """uint8 faces [N, 48, 48, 1] -> {"probabilities": float32 [N, 7]}; scaling and flip averaging inside."""
+def serving_function(model: keras.Model, flip_average: bool, members: Sequence[keras.layers.Layer] = ()):
+    """uint8 faces [N, 48, 48, 1] -> {"probabilities": float32 [N, 7]}; scaling and flip averaging inside.
+
+    `members` are earlier exported models (see `load_member`) whose probabilities are averaged in, with
+    the same weight as `model`: an ensemble in one SavedModel."""
 
     def serve(faces: tf.Tensor) -> dict[str, tf.Tensor]:
         pixels = tf.cast(faces, tf.float32)  # the model itself scales 0..255 to its own range
@@ -30,9 +34,17 @@ def serving_function(model: keras.Model, flip_average: bool):
         if flip_average:
             flipped = model(tf.reverse(pixels, axis=[2]), training=False)
             probabilities = (probabilities + flipped) / 2.0
-        return {OUTPUT_KEY: tf.cast(probabilities, tf.float32)}
+        answers = [tf.cast(probabilities, tf.float32)]
+        answers += [member(faces)[OUTPUT_KEY] for member in members]
+        return {OUTPUT_KEY: tf.add_n(answers) / float(len(answers))}
 
     return serve
+
+
+def load_member(saved_model_dir: Path) -> keras.layers.Layer:
+    """An exported model (a version folder) as a layer taking uint8 faces, to be ensembled by an export."""
+    check_contract(saved_model_dir)
+    return keras.layers.TFSMLayer(str(saved_model_dir), call_endpoint=SIGNATURE_NAME)
 
 
 def next_version(model_base: Path) -> int:
@@ -47,6 +59,7 @@ def export_model(
     version: int | None = None,
     flip_average: bool = False,
     keep_other_versions: bool = False,
+    members: Sequence[keras.layers.Layer] = (),
 ) -> Path:
     """Write `<model_base>/<version>/` (saved_model.pb, variables/); by default the only version left."""
     model_base = Path(model_base)
@@ -61,7 +74,7 @@ def export_model(
     archive = keras.export.ExportArchive()
     archive.add_endpoint(
         name=SIGNATURE_NAME,
-        fn=serving_function(model, flip_average),
+        fn=serving_function(model, flip_average, members),
         input_signature=[tf.TensorSpec([None, *FACE_SHAPE], tf.uint8, name=INPUT_KEY)],
     )
     archive.write_out(str(staging), verbose=False)
@@ -73,7 +86,13 @@ def export_model(
             if other.is_dir() and other.name.isdigit() and other != target:
                 shutil.rmtree(other)
     check_contract(target)
-    log.info("exported %s (flip averaging %s) to %s", model.name, "on" if flip_average else "off", target)
+    log.info(
+        "exported %s (flip averaging %s, %d ensemble members) to %s",
+        model.name,
+        "on" if flip_average else "off",
+        len(members),
+        target,
+    )
     return target
 
 
