@@ -243,8 +243,13 @@ def test_exactly_one_shipped_version_that_follows_the_contract():
 
 
 def test_shipped_model_is_small(shipped_signature):
-    size = sum(f.stat().st_size for f in shipped_model_dir(DEFAULT_MODEL_BASE).rglob("*") if f.is_file())
+    folder = shipped_model_dir(DEFAULT_MODEL_BASE)
+    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
     assert size < 25 * 2**20
+    # Every stored number, BatchNorm statistics and all ensemble members included: the budget is 5 M.
+    stored = tf.train.list_variables(str(folder / "variables" / "variables"))
+    parameters = sum(int(np.prod(shape)) for name, shape in stored if "OBJECT_GRAPH" not in name)
+    assert 100_000 < parameters <= 5_000_000
 
 
 def test_shipped_model_probabilities_sum_to_one(shipped_signature):
