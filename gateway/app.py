@@ -15,7 +15,6 @@ from fastapi.staticfiles import StaticFiles
 
 from common.jobs import JobStore
 from common.queue import make_celery
-from common.retention import sweep_orphaned_files
 from common.storage import LocalStorage
 from gateway.api import jobs, live, system
 from gateway.errors import install_error_handlers
@@ -23,6 +22,7 @@ from gateway.live_hub import LiveHub
 from gateway.pages import STATIC_DIR
 from gateway.pages import router as pages_router
 from gateway.settings import GatewaySettings
+from gateway.storage_sweep import sweep_forever
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,14 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         )
         sweeper = None
         if settings.storage_sweep_interval_s > 0:
-            sweeper = asyncio.create_task(_sweep_storage_forever(app, settings))
+            sweeper = asyncio.create_task(
+                sweep_forever(
+                    app.state.storage,
+                    app.state.store,
+                    settings.storage_sweep_interval_s,
+                    settings.orphan_grace_s,
+                )
+            )
         yield
         if sweeper:
             sweeper.cancel()
@@ -97,20 +104,6 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     # The worker draws the same PNGs; check_dir=False so the gateway starts even before they exist.
     app.mount("/emojis", StaticFiles(directory=settings.emojis_dir, check_dir=False), name="emojis")
     return app
-
-
-async def _sweep_storage_forever(app: FastAPI, settings: GatewaySettings) -> None:
-    """Remove expired jobs' files now and then; in a thread, as a big storage folder takes a while to walk."""
-    while True:
-        try:
-            await asyncio.to_thread(
-                sweep_orphaned_files, app.state.storage, app.state.store, settings.orphan_grace_s
-            )
-        except Exception:  # Redis down or a disk error: try again next time, the gateway carries on
-            logger.warning(
-                "storage sweep failed; next try in %.0f s", settings.storage_sweep_interval_s, exc_info=True
-            )
-        await asyncio.sleep(settings.storage_sweep_interval_s)
 
 
 app = create_app()

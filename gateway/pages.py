@@ -24,19 +24,20 @@ router = APIRouter(include_in_schema=False)
 
 
 @functools.cache
-def render_page(name: str, title: str, current: str | None) -> str:
-    """templates/<name> inside the layout; `current` is the nav link marked as this page (read once)."""
+def render_page(name: str, title: str, current: str | None) -> tuple[str, str]:
+    """(HTML, ETag) of templates/<name> inside the layout, read and hashed once per process; `current` is
+    the nav link marked as this page."""
     marked = ' aria-current="page"'
     nav = "\n".join(
         f'      <a href="{href}"{marked if href == current else ""}>{label}</a>' for href, label in NAV_LINKS
     )
     layout = Template((TEMPLATES_DIR / "layout.html").read_text(encoding="utf-8"))
-    return layout.substitute(title=title, nav=nav, content=(TEMPLATES_DIR / name).read_text(encoding="utf-8"))
+    html = layout.substitute(title=title, nav=nav, content=(TEMPLATES_DIR / name).read_text(encoding="utf-8"))
+    return html, '"' + hashlib.sha1(html.encode()).hexdigest()[:16] + '"'
 
 
 def _page(request: Request, name: str, title: str, current: str | None = None) -> Response:
-    html = render_page(name, title, current)
-    etag = '"' + hashlib.sha1(html.encode()).hexdigest()[:16] + '"'
+    html, etag = render_page(name, title, current)
     # no-cache: pages change with deployments and are tiny; the browser revalidates with the ETag.
     headers = {"Cache-Control": "no-cache", "ETag": etag}
     if request.headers.get("if-none-match") == etag:

@@ -9,8 +9,8 @@ import redis
 
 from common.errors import JobNotFound
 from common.jobs import JOB_INDEX_KEY, JobStatus, JobStore
-from common.retention import sweep_orphaned_files
 from common.storage import LocalStorage
+from gateway.storage_sweep import sweep_orphaned_files
 
 
 @pytest.fixture

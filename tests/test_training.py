@@ -10,7 +10,13 @@ import pytest
 import tensorflow as tf
 
 from common.classes import EMOTION_INDEX, EMOTIONS, NUM_CLASSES
-from training.checkpoints import last_snapshots, load_checkpoints, recalibrate_batch_norm
+from training.checkpoints import (
+    SNAPSHOT_DIR,
+    last_snapshots,
+    load_checkpoints,
+    prune_snapshots,
+    recalibrate_batch_norm,
+)
 from training.data import (
     DEFAULT_DATA_ROOT,
     AugmentConfig,
@@ -19,7 +25,7 @@ from training.data import (
     load_images,
     make_dataset,
 )
-from training.evaluate import load_frames, metrics, shipped_model_dir
+from training.evaluate import load_frames, load_predictor, metrics, shipped_model_dir
 from training.export import (
     DEFAULT_MODEL_BASE,
     INPUT_KEY,
@@ -59,10 +65,16 @@ def tiny_dataset(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def trained_run(tiny_dataset, tmp_path_factory) -> Path:
-    """Two epochs of two steps on the tiny dataset, then resumed for a third."""
+    """Two epochs of two steps on the tiny dataset, then resumed for a third; two snapshots kept."""
     out = tmp_path_factory.mktemp("run")
     config = TrainConfig(
-        data=str(tiny_dataset), out=str(out), epochs=2, batch_size=8, steps_per_epoch=2, patience=5
+        data=str(tiny_dataset),
+        out=str(out),
+        epochs=2,
+        batch_size=8,
+        steps_per_epoch=2,
+        patience=5,
+        keep_snapshots=2,
     )
     train(config)
     train(TrainConfig(**{**config.__dict__, "epochs": 3}), resume=True)
@@ -114,7 +126,22 @@ def test_training_writes_checkpoints_log_and_resumes(trained_run):
     assert json.loads((trained_run / STATE_FILE).read_text())["epochs_done"] == 3
     rows = (trained_run / HISTORY_FILE).read_text().strip().splitlines()
     assert rows[0].startswith("epoch") and [row.split(",")[0] for row in rows[1:]] == ["0", "1", "2"]
-    assert [p.name for p in last_snapshots(trained_run, 2)] == ["epoch_02.keras", "epoch_03.keras"]
+    newest = ["epoch_02.keras", "epoch_03.keras"]
+    assert [p.name for p in last_snapshots(trained_run, 2)] == newest
+    assert sorted(p.name for p in (trained_run / SNAPSHOT_DIR).iterdir()) == newest  # epoch 1's pruned
+
+
+def test_snapshots_go_by_epoch_number_and_only_the_newest_are_kept(tmp_path):
+    folder = tmp_path / SNAPSHOT_DIR
+    folder.mkdir()
+    for epoch in (9, 10, 99, 100, 101):
+        (folder / f"epoch_{epoch:02d}.keras").write_bytes(b"")
+    assert [p.name for p in last_snapshots(tmp_path, 2)] == ["epoch_100.keras", "epoch_101.keras"]
+    prune_snapshots(tmp_path, keep=3)
+    kept = sorted(p.name for p in folder.iterdir())
+    assert kept == ["epoch_100.keras", "epoch_101.keras", "epoch_99.keras"]
+    with pytest.raises(ValueError):
+        prune_snapshots(tmp_path, keep=0)
 
 
 def test_averaging_checkpoints_averages_the_weights(trained_run):
@@ -240,6 +267,13 @@ def test_exactly_one_shipped_version_that_follows_the_contract():
     versions = [p for p in DEFAULT_MODEL_BASE.iterdir() if p.is_dir() and not p.name.startswith(".")]
     assert len(versions) == 1 and versions[0].name.isdigit()
     check_contract(versions[0])
+
+
+def test_exported_models_refuse_options_fixed_at_export():
+    with pytest.raises(ValueError, match="fixed at export"):
+        load_predictor([shipped_model_dir(DEFAULT_MODEL_BASE)], flip_average=True)
+    with pytest.raises(ValueError, match="fixed at export"):
+        load_predictor([shipped_model_dir(DEFAULT_MODEL_BASE)], bn_data=DEFAULT_DATA_ROOT)
 
 
 def test_shipped_model_is_small(shipped_signature):

@@ -42,6 +42,12 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--val-limit", type=int, help="use about this many val images")
     train.add_argument("--steps-per-epoch", type=int, help="cap the steps per epoch, for smoke tests")
     train.add_argument(
+        "--keep-snapshots",
+        type=int,
+        default=defaults.keep_snapshots,
+        help="epoch snapshots kept, the newest (for export --average-last)",
+    )
+    train.add_argument(
         "--mixed-precision", action="store_true", help="compute in bfloat16 (weights and export stay float32)"
     )
     train.add_argument("--seed", type=int, default=defaults.seed)
@@ -88,7 +94,10 @@ def _parser() -> argparse.ArgumentParser:
         help=".keras checkpoints; with several, their weights are averaged",
     )
     export.add_argument(
-        "--average-last", type=int, metavar="N", help="average the last N epoch snapshots of --run instead"
+        "--average-last",
+        type=int,
+        metavar="N",
+        help="average the last N epoch snapshots of --run instead (train keeps the last 10)",
     )
     export.add_argument("--run", type=Path, default=Path(DEFAULT_RUN), help="the run for --average-last")
     export.add_argument("--model-base", type=Path, default=DEFAULT_MODEL_BASE)
@@ -134,6 +143,7 @@ def main(argv: list[str] | None = None) -> None:
             steps_per_epoch=args.steps_per_epoch,
             mixup_alpha=args.mixup,
             mixed_precision=args.mixed_precision,
+            keep_snapshots=args.keep_snapshots,
             seed=args.seed,
         )
         train(config, resume=args.resume)

@@ -32,14 +32,20 @@ def shipped_model_dir(model_base: Path = DEFAULT_MODEL_BASE) -> Path:
 
 
 def load_predictor(
-    model_paths: Sequence[Path] = (), flip_average: bool = False, bn_images: np.ndarray | None = None
+    model_paths: Sequence[Path] = (), flip_average: bool = False, bn_data: Path | None = None
 ) -> Predict:
     """A SavedModel folder (its serving signature) or .keras checkpoints (weights averaged, BatchNorm
-    recalibrated on `bn_images` if given) as a predictor."""
+    recalibrated on the faces of `<bn_data>/train` if given) as a predictor."""
     paths = [Path(p) for p in model_paths] or [shipped_model_dir()]
     path = paths[0]
     if path.suffix == ".keras":
+        bn_images = load_images(list_split(bn_data, "train")) if bn_data else None
         function = tf.function(serving_function(load_checkpoints(paths, bn_images), flip_average))
+    elif flip_average or bn_data:
+        raise ValueError(
+            f"{path} is an exported model: flip averaging and BatchNorm recalibration are fixed at export; "
+            "pass .keras checkpoints to try them"
+        )
     else:
         function = tf.saved_model.load(str(path)).signatures[SIGNATURE_NAME]
 
@@ -177,8 +183,7 @@ def evaluate(
     """Evaluate a model on `<data>/<split>`; writes report.json, confusion.json and confusion.png to `out`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    bn_images = load_images(list_split(data, "train")) if recalibrate_bn else None
-    predict = load_predictor(model_paths, flip_average, bn_images)
+    predict = load_predictor(model_paths, flip_average, data if recalibrate_bn else None)
     split_files = list_split(data, split, limit)
     images = load_images(split_files)
     predictions = predict(images).argmax(axis=1)

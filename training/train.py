@@ -11,7 +11,7 @@ from pathlib import Path
 
 import keras
 
-from training.checkpoints import SNAPSHOT_DIR, SNAPSHOT_PATTERN
+from training.checkpoints import SNAPSHOT_DIR, SNAPSHOT_PATTERN, prune_snapshots
 from training.data import DEFAULT_DATA_ROOT, AugmentConfig, list_split, make_dataset
 from training.models import build_model
 
@@ -43,6 +43,8 @@ class TrainConfig:
     mixup_alpha: float = 0.0
     # bfloat16 compute with float32 weights: about 1.2x faster on CPUs with AVX512-BF16; export is float32.
     mixed_precision: bool = False
+    # Epoch snapshots kept (the newest), for `export --average-last`.
+    keep_snapshots: int = 10
     seed: int = 0
 
 
@@ -58,6 +60,18 @@ class _EpochStats(keras.callbacks.Callback):
         logs["seconds"] = round(time.monotonic() - self._start, 1)
         optimizer = self.model.optimizer
         logs["learning_rate"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+
+
+class _PruneSnapshots(keras.callbacks.Callback):
+    """Keeps only the newest snapshots once each epoch's is written."""
+
+    def __init__(self, run: Path, keep: int):
+        super().__init__()
+        self.run = run
+        self.keep = keep
+
+    def on_epoch_end(self, epoch, logs=None):
+        prune_snapshots(self.run, self.keep)
 
 
 class _RunState(keras.callbacks.Callback):
@@ -128,7 +142,6 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
 
 
 def _fit(config: TrainConfig, out: Path, resume: bool, state_path: Path, previous_epochs: int | None) -> None:
-
     train_split = list_split(Path(config.data), "train", config.limit, config.seed)
     val_split = list_split(Path(config.data), "val", config.val_limit, config.seed)
     log.info("train %d images, val %d images, from %s", len(train_split), len(val_split), config.data)
@@ -175,6 +188,7 @@ def _fit(config: TrainConfig, out: Path, resume: bool, state_path: Path, previou
         keras.callbacks.ModelCheckpoint(out / LAST_CHECKPOINT),
         # Every epoch kept, for averaging the last few at export (`export --average-last`).
         keras.callbacks.ModelCheckpoint(str(out / SNAPSHOT_DIR / SNAPSHOT_PATTERN)),
+        _PruneSnapshots(out, config.keep_snapshots),
         _RunState(state_path, best),
         keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=config.patience),
     ]

@@ -1,8 +1,10 @@
 """Removing the files of jobs that Redis has forgotten: a job's record expires `job_ttl_s` after it ends,
-and without a record its files can no longer be reached through the API, so they only fill the disk."""
+and without a record its files can no longer be reached through the API, so they only fill the disk.
+The gateway, which makes the folders and deletes them on request, sweeps the rest now and then."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -31,3 +33,13 @@ def sweep_orphaned_files(storage: LocalStorage, store: JobStore, grace_s: float)
     if removed:
         log.info("removed the files of %d expired jobs: %s", len(removed), ", ".join(removed))
     return removed
+
+
+async def sweep_forever(storage: LocalStorage, store: JobStore, interval_s: float, grace_s: float) -> None:
+    """Sweep now and every `interval_s`; in a thread, as a big storage folder takes a while to walk."""
+    while True:
+        try:
+            await asyncio.to_thread(sweep_orphaned_files, storage, store, grace_s)
+        except Exception:  # Redis down or a disk error: try again next time, the gateway carries on
+            log.warning("storage sweep failed; next try in %.0f s", interval_s, exc_info=True)
+        await asyncio.sleep(interval_s)
