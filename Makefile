@@ -1,6 +1,9 @@
 # The front door: thin targets; the scripts they call say why they do what they do.
-PYTHON ?= $(shell command -v python3.11 || command -v python3)
-VENV := .venv
+# The first interpreter in the supported range (3.11-3.13): plain python3 first (Debian 13's is 3.13).
+SUPPORTED := import sys; sys.exit(not (3, 11) <= sys.version_info[:2] < (3, 14))
+PYTHON ?= $(shell for p in python3 python3.13 python3.12 python3.11; do \
+	command -v $$p >/dev/null 2>&1 && $$p -c '$(SUPPORTED)' 2>/dev/null && { command -v $$p; break; }; done)
+VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages the services need: ffmpeg/ffprobe, Redis, and Chromium for the browser tests.
@@ -20,6 +23,7 @@ system:
 	fi
 
 $(STAMP): pyproject.toml
+	@[ -n "$(PYTHON)" ] || { echo "no Python 3.11-3.13 found; install python3 (3.11 or newer)"; exit 1; }
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
