@@ -1,14 +1,18 @@
 """Static checks of the deployment files: no Docker engine here, so parse what Docker and TF Serving would.
 
 The TF Serving config files must parse as TF Serving's own protos and point at the shipped model; the
-compose file must parse, name every service, pin its images, and every command, file and healthcheck it
-relies on must exist.
+compose file must parse, name every service, pin its images, keep videos and webcam frames on separate
+workers, persist Redis, keep TensorFlow out of the gateway's image and the build context small; every
+command, file and healthcheck it relies on must exist.
 """
 
 from __future__ import annotations
 
+import fnmatch
+import json
 import re
 import shlex
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -21,7 +25,11 @@ MODEL_SERVER_DIR = REPO_ROOT / "model_server"
 COMPOSE = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
 TF_SERVING = SERVICES["model-server"]
-EXPECTED_SERVICES = {"redis", "model-server", "worker", "gateway"}
+EXPECTED_SERVICES = {
+    "redis", "s3", "s3-bucket", "model-server", "worker-video", "worker-live", "gateway", "flower"
+}
+APP_SERVICES = ("worker-video", "worker-live", "gateway")
+DOCKERFILE = (REPO_ROOT / "deploy" / "Dockerfile").read_text()
 
 
 def _flags(command: list[str]) -> dict[str, str]:
@@ -81,6 +89,30 @@ def test_monitoring_config_enables_prometheus():
 # --- docker-compose.yml --------------------------------------------------------------------------
 
 
+def _command(service: dict) -> list[str]:
+    command = service["command"]
+    return command if isinstance(command, list) else shlex.split(command)
+
+
+def _dependencies() -> list[str]:
+    import tomllib
+
+    return tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+
+
+def _extra(name: str) -> list[str]:
+    import tomllib
+
+    return tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"][name]
+
+
+def _stage(name: str) -> str:
+    """The text of one `FROM ... AS name` stage of deploy/Dockerfile."""
+    match = re.search(rf"^FROM \S+ AS {name}$(.*?)(?=^FROM |\Z)", DOCKERFILE, flags=re.M | re.S)
+    assert match, f"deploy/Dockerfile has no stage {name}"
+    return match.group(1)
+
+
 def test_compose_names_every_service_and_pins_images():
     assert set(SERVICES) == EXPECTED_SERVICES
     for name, service in SERVICES.items():
@@ -109,52 +141,169 @@ def test_tf_serving_command_and_mounted_files():
     assert published == {"8500", "8501"}
 
 
-def test_every_service_has_a_healthcheck_and_waits_for_healthy_dependencies():
+def test_every_service_has_a_healthcheck_and_waits_for_its_dependencies():
     for name, service in SERVICES.items():
-        test = service.get("healthcheck", {}).get("test")
-        assert test and test[0] in ("CMD", "CMD-SHELL"), f"{name}: needs a healthcheck"
         for dependency, condition in service.get("depends_on", {}).items():
             assert dependency in SERVICES, f"{name} depends on unknown {dependency}"
-            assert condition == {"condition": "service_healthy"}, f"{name} -> {dependency}: wait for healthy"
-    assert set(SERVICES["worker"]["depends_on"]) == {"redis", "model-server"}
+            wanted = "service_completed_successfully" if dependency == "s3-bucket" else "service_healthy"
+            assert condition == {"condition": wanted}, f"{name} -> {dependency}: wait for {wanted}"
+        if name == "s3-bucket":  # one-shot
+            assert service["restart"] == "no"
+            continue
+        test = service.get("healthcheck", {}).get("test")
+        assert test and test[0] in ("CMD", "CMD-SHELL"), f"{name}: needs a healthcheck"
+    for worker in ("worker-video", "worker-live"):
+        assert set(SERVICES[worker]["depends_on"]) == {"redis", "model-server", "s3-bucket"}
     # The model server is healthy only once the configured model is AVAILABLE.
     probe = " ".join(TF_SERVING["healthcheck"]["test"])
     assert "/v1/models/emotion" in probe and "8501" in probe and "AVAILABLE" in probe
 
 
-def test_app_services_build_our_image_and_their_commands_exist():
-    dockerfile = REPO_ROOT / "deploy" / "Dockerfile"
-    copied = re.findall(r"^COPY\s+(\S+)\s+\S+", dockerfile.read_text(), flags=re.MULTILINE)
-    for source in copied:
-        assert (REPO_ROOT / source).exists(), f"Dockerfile copies missing {source}"
-    assert re.search(r"^FROM python:3\.11[\w.-]*$", dockerfile.read_text(), flags=re.MULTILINE)
-    commands = {}
-    for name in ("worker", "gateway"):
+def test_videos_and_webcam_frames_have_separate_workers():
+    queues = {}
+    for name in ("worker-video", "worker-live"):
+        command = _command(SERVICES[name])
+        assert command[:4] == ["celery", "-A", "worker.app", "worker"]
+        queues[name] = set(command[command.index("-Q") + 1].split(","))
+        assert "ports" not in SERVICES[name], "workers must be scalable (--scale NAME=N): no fixed ports"
+    assert queues == {"worker-video": {"video"}, "worker-live": {"live"}}
+    # A stopping video worker gets longer than its longest step (ffmpeg's limit) to finish it.
+    from worker.settings import WorkerSettings
+
+    grace = SERVICES["worker-video"]["stop_grace_period"]
+    assert grace.endswith("m") and int(grace[:-1]) * 60 > WorkerSettings().ffmpeg_timeout_s
+
+
+def test_worker_healthcheck_starts_no_python():
+    """The old check ran `celery inspect ping`: a Python importing TensorFlow every 30 s."""
+    for name in ("worker-video", "worker-live"):
+        check = " ".join(SERVICES[name]["healthcheck"]["test"])
+        assert "python" not in check and "celery" not in check
+        assert "/tmp/worker.alive" in check
+    assert re.search(r"^ENV EMOJI_HEALTH_FILE=/tmp/worker.alive$", _stage("worker"), flags=re.M)
+    from worker.settings import WorkerSettings
+
+    assert WorkerSettings(health_file="/tmp/worker.alive").health_interval_s * 3 < 60
+
+
+def test_redis_keeps_its_data_across_restarts():
+    redis = SERVICES["redis"]
+    command = _command(redis)
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert command[command.index("--appendfsync") + 1] in ("everysec", "always")
+    assert "redis-data:/data" in redis["volumes"]
+    assert "redis-data" in COMPOSE["volumes"]
+
+
+def test_app_services_use_object_storage_and_private_scratch_on_a_read_only_root():
+    targets = {}
+    for name in APP_SERVICES:
         service = SERVICES[name]
-        assert service["build"]["dockerfile"] == "deploy/Dockerfile"
-        assert (REPO_ROOT / service["build"]["context"] / service["build"]["dockerfile"]).is_file()
+        build = service["build"]
+        assert build["dockerfile"] == "deploy/Dockerfile"
+        targets[name] = build["target"]
         env = service["environment"]
         assert env["EMOJI_MODEL_SERVER_ADDRESS"] == "model-server:8500"
         assert env["EMOJI_REDIS_URL"].startswith("redis://redis:6379")
-        assert f"storage:{env['EMOJI_STORAGE_DIR']}" in service["volumes"], f"{name}: shared storage volume"
-        command = service["command"]
-        commands[name] = command if isinstance(command, list) else shlex.split(command)
-    worker = commands["worker"]
-    assert worker[:4] == ["celery", "-A", "worker.app", "worker"]
-    assert set(worker[worker.index("-Q") + 1].split(",")) == {"video", "live"}
-    assert commands["gateway"][:2] == ["uvicorn", "gateway.app:app"]
-    for module in ("worker/app.py", "gateway/app.py"):
-        assert (REPO_ROOT / module).is_file(), f"{module} is what the compose commands start"
-    for package in ("celery", "uvicorn"):
-        assert any(package == dep.split("[")[0].split("=")[0].split(">")[0] for dep in _dependencies())
+        assert env["EMOJI_STORAGE_URL"].startswith("s3://")
+        assert env["EMOJI_S3_ENDPOINT_URL"] == "http://s3:8333"
+        assert service["read_only"] is True
+        # An anonymous volume: private to each container, nothing shared between them.
+        assert service["volumes"] == ["/scratch"], f"{name}: only a private scratch volume"
+    assert targets == {"worker-video": "worker", "worker-live": "worker", "gateway": "gateway"}
+    assert _command(SERVICES["gateway"])[:2] == ["uvicorn", "gateway.app:app"]
+    assert "storage" not in COMPOSE["volumes"], "no shared storage volume any more"
 
 
-def test_storage_volume_is_shared_and_declared():
-    assert "storage" in COMPOSE["volumes"]
-    assert "ports" not in SERVICES["worker"], "workers must be scalable (--scale worker=N): no fixed ports"
+def test_s3_service_is_seaweedfs_with_the_credentials_the_apps_use():
+    s3 = SERVICES["s3"]
+    assert s3["image"].startswith("chrislusf/seaweedfs:")
+    command = _command(s3)
+    assert command[0] == "server" and "-s3" in command and "-s3.port=8333" in command
+    config_in_container = next(a.split("=", 1)[1] for a in command if a.startswith("-s3.config="))
+    host = next(v.split(":")[0] for v in s3["volumes"] if v.split(":")[1] == config_in_container)
+    identities = json.loads((REPO_ROOT / host).read_text())["identities"]
+    keys = {(c["accessKey"], c["secretKey"]) for i in identities for c in i["credentials"]}
+    env = SERVICES["gateway"]["environment"]
+    assert (env["EMOJI_S3_ACCESS_KEY_ID"], env["EMOJI_S3_SECRET_ACCESS_KEY"]) in keys
+    bucket = SERVICES["s3-bucket"]
+    assert _command(bucket) == ["python", "-m", "common.storage", "create-bucket"]
 
 
-def _dependencies() -> list[str]:
-    import tomllib
+def test_flower_watches_the_same_redis():
+    flower = SERVICES["flower"]
+    command = _command(flower)
+    assert "flower" in command
+    assert "--broker=" + SERVICES["gateway"]["environment"]["EMOJI_REDIS_URL"] in command
+    assert "5555:5555" in flower["ports"]
 
-    return tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+
+def test_dockerfile_stages_copy_existing_code_and_the_gateway_has_no_worker_code():
+    for source in re.findall(r"^COPY\s+(\S+)\s+\S+", DOCKERFILE, flags=re.M):
+        assert (REPO_ROOT / source).exists(), f"Dockerfile copies missing {source}"
+        assert not _docker_ignored(source), f"{source} is copied but .dockerignore leaves it out"
+    assert re.search(r"^FROM python:3\.1[1-3][\w.-]* AS base$", DOCKERFILE, flags=re.M)
+    gateway = _stage("gateway")
+    assert "requirements-of.py gateway" in gateway and "COPY worker" not in gateway
+    assert "requirements-of.py worker" in _stage("worker")
+    for stage in ("gateway", "worker"):
+        assert re.search(r"^USER 10001$", _stage(stage), flags=re.M), f"{stage}: run as non-root"
+
+
+def _requirement_closure(requirements: list[str]) -> set[str]:
+    """Names of the installed distributions these requirements pull in, transitively (extras ignored)."""
+    seen: set[str] = set()
+    todo = [re.split(r"[\[<>=!~; ]", r, maxsplit=1)[0].lower().replace("_", "-") for r in requirements]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            requires = metadata.requires(name) or []
+        except metadata.PackageNotFoundError:
+            continue
+        for req in requires:
+            if "extra ==" in req:
+                continue
+            todo.append(re.split(r"[\[<>=!~; (]", req, maxsplit=1)[0].lower().replace("_", "-"))
+    return seen
+
+
+def test_gateway_image_requirements_pull_in_no_tensorflow_or_opencv():
+    closure = _requirement_closure(_dependencies() + _extra("gateway"))
+    assert "fastapi" in closure and "uvicorn" in closure and "celery" in closure
+    heavy = {n for n in closure if n.startswith(("tensorflow", "opencv", "keras", "tf-"))}
+    assert not heavy, f"the gateway image would install {sorted(heavy)}"
+    assert "tensorflow" in _requirement_closure(_dependencies() + _extra("worker"))
+    # `pip install -e '.[dev]'` (make test) still installs both services.
+    everything = [d for d in _extra("dev") if d.startswith("emoji-video[")]
+    assert everything and "gateway" in everything[0] and "worker" in everything[0]
+
+
+def _docker_ignored(path: str) -> bool:
+    """Docker's rule: the last .dockerignore pattern matching the path or one of its parents decides."""
+    patterns = [
+        line.strip()
+        for line in (REPO_ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    parts = path.strip("/").split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    ignored = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        pattern = pattern.lstrip("!").rstrip("/")
+        if any(fnmatch.fnmatch(prefix, pattern) for prefix in prefixes):
+            ignored = not negate
+    return ignored
+
+
+@pytest.mark.parametrize(
+    "path",
+    [".venv/lib/python3.11/site-packages/tensorflow/x.so", ".venv-py313/bin/python", "var/storage/job/input",
+     ".git/objects/ab", "model_server/models/emotion/3/saved_model.pb", "tests/artifacts/x.mp4",
+     "common/__pycache__/jobs.cpython-311.pyc"],
+)
+def test_dockerignore_keeps_heavy_files_out_of_the_build_context(path):
+    assert _docker_ignored(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -81,6 +82,11 @@ class WorkerSettings(CommonSettings):
     # Live whole-frame scans look at a copy this wide (faces in front of a webcam are large; a 640 px scan
     # would cost several times the 100 ms budget); the search near followed faces keeps full resolution.
     live_detect_width: int = Field(320, ge=64)
+
+    # The main process touches this file every health_interval_s while Redis answers (container health
+    # checks look at its age); empty: no file.
+    health_file: Path | None = None
+    health_interval_s: float = Field(10.0, gt=0)
 
     @model_validator(mode="after")
     def _batch_multiple_of_k(self) -> WorkerSettings:
