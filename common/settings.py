@@ -6,7 +6,9 @@ Every value has a safe local default and an environment variable (prefix EMOJI_,
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -17,8 +19,29 @@ class CommonSettings(BaseSettings):
 
     # Redis: Celery's broker and results, and the job records.
     redis_url: str = "redis://127.0.0.1:6379/0"
-    # One folder per job (upload, pieces, results); on several machines it must be shared storage.
+    # One folder per job (upload, pieces, results) when storage_url is empty; shared by every process.
     storage_dir: Path = REPO_ROOT / "var" / "storage"
+    # Empty: job files in storage_dir. "s3://bucket/prefix": in an S3-compatible object store (below), and
+    # nothing is shared between machines but Redis and the bucket.
+    storage_url: str = ""
+    # The S3 API's address, e.g. http://127.0.0.1:8333 for SeaweedFS or MinIO; empty: AWS S3 itself.
+    s3_endpoint_url: str = ""
+    s3_region: str = "us-east-1"
+    # Credentials; both empty: boto3's own chain (AWS_* variables, an instance or pod role).
+    s3_access_key_id: str = ""
+    s3_secret_access_key: SecretStr = SecretStr("")
+    # "path" for SeaweedFS and MinIO (http://host/bucket/key), "virtual" or "auto" for AWS.
+    s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    # Size of the parts of multipart uploads: the most an upload holds in memory (S3's minimum is 5 MiB).
+    s3_part_bytes: int = Field(8 * 1024 * 1024, ge=5 * 1024 * 1024)
+    # Seconds to wait for the object store to connect or answer before the call counts as failed.
+    s3_timeout_s: float = Field(10.0, gt=0)
+    # Private working folder of this process (with an object store, a worker's task copies its inputs here
+    # and removes them when it ends); never shared.
+    scratch_dir: Path = REPO_ROOT / "var" / "scratch"
+
+    # Log lines as plain text, or as one JSON object per line (job id as a field) for log collectors.
+    log_format: Literal["text", "json"] = "text"
 
     # The model server, gRPC: TF Serving or `python -m model_server`, the client cannot tell which.
     model_server_address: str = "127.0.0.1:8500"

@@ -35,5 +35,11 @@ class GatewaySettings(CommonSettings):
     # A folder without a record is left alone until nothing in it has changed for this long (uploads).
     orphan_grace_s: float = Field(default=3600.0, ge=0)
 
+    # With an object store: answer result downloads with a redirect to a presigned URL of the object (the
+    # store serves the bytes and the Range requests) instead of streaming them through the gateway.
+    download_redirect: bool = False
+    # How long such a presigned URL stays valid.
+    presign_ttl_s: int = Field(default=300, gt=0)
+
     # The emoji PNGs, served to the live page.
     emojis_dir: Path = REPO_ROOT / "emojis"

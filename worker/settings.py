@@ -64,6 +64,13 @@ class WorkerSettings(CommonSettings):
     model_retry_backoff_s: float = Field(2.0, ge=0)
     model_retry_backoff_max_s: float = Field(60.0, ge=0)
 
+    # Object store down or failing: retries with the backoff above, then the job fails (storage_unavailable).
+    storage_retries: int = Field(5, ge=0)
+    storage_retry_backoff_s: float = Field(2.0, ge=0)
+
+    # Prometheus metrics of the whole pool on this port of the main process (0: none).
+    metrics_port: int = Field(9808, ge=0, le=65535)
+
     # Emoji placement: "badge" at the face's upper-right corner (the face stays visible) or "cover".
     overlay_mode: Literal["badge", "cover"] = "badge"
     overlay_scale: float = Field(0.6, gt=0, le=3)
