@@ -31,3 +31,16 @@ class ModelServerError(EmojiServiceError):
     """The model server answered with an error that retrying will not fix (wrong input, unknown model)."""
 
     code = "model_server_error"
+
+
+class StorageUnavailable(EmojiServiceError):
+    """The object store did not answer or failed on its side (connection refused, timeout, 5xx); worth
+    retrying."""
+
+    code = "storage_unavailable"
+
+
+class StorageError(EmojiServiceError):
+    """The object store refused for a reason retrying will not fix: no such bucket, wrong credentials."""
+
+    code = "storage_error"

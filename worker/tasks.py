@@ -3,21 +3,36 @@
 Chain: start_job -> analyze_batch xN -> build_timeline -> render_batch xN -> finish_job. The last batch of a
 stage to finish (counted per batch index in Redis) enqueues the next step; a step that runs twice only
 overwrites its own files, so duplicates are harmless. A job deleted or failed meanwhile stops quietly.
+
+With an object store (EMOJI_STORAGE_URL), each task works in a private scratch folder: `job_step` hands the
+pipeline a TaskFiles view that fetches the job's files on first use, the task publishes what it wrote
+before it records progress, and the folder is removed when the task ends, however it ends.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
+import time
 from contextlib import contextmanager
 from functools import lru_cache
 
 from celery import Task
 
-from common.errors import EmojiServiceError, ModelServerError, ModelServerUnavailable, VideoError
+from common import logs
+from common import storage as storages
+from common.errors import (
+    EmojiServiceError,
+    ModelServerError,
+    ModelServerUnavailable,
+    StorageError,
+    StorageUnavailable,
+    VideoError,
+)
 from common.jobs import JobStatus, JobStore
 from common.queue import TASK_LIVE_FRAME, TASK_START_JOB, VIDEO_QUEUE
-from common.storage import LocalStorage
-from worker import pipeline
+from worker import metrics, pipeline, scratch
 from worker.app import app
 
 # Imported before Celery forks its pool: the client's protos import TensorFlow (seconds, ~600 MB), paid once
@@ -44,8 +59,8 @@ def settings() -> WorkerSettings:
 
 
 @lru_cache(maxsize=1)
-def storage() -> LocalStorage:
-    return LocalStorage(settings().storage_dir)
+def storage() -> storages.LocalStorage | storages.S3Storage:
+    return storages.from_settings(settings())
 
 
 @lru_cache(maxsize=1)
@@ -89,44 +104,90 @@ def ensure_active(job_id: str) -> None:
 def fail(job_id: str, code: str, message: str) -> None:
     if store().exists(job_id):
         store().mark_failed(job_id, code, message)
+        metrics.JOBS.labels("failed").inc()
         logger.error("job %s failed: %s: %s", job_id, code, message)
+
+
+def _retry_or_fail(task: Task, job_id: str, what: str, exc: EmojiServiceError, retries_max: int,
+                   backoff_s: float, who: str) -> None:
+    """Retry the task with exponential backoff, or, after `retries_max` retries, fail the job."""
+    s = settings()
+    retries = task.request.retries
+    if retries >= retries_max:
+        fail(job_id, exc.code, f"{who} did not answer after {retries + 1} tries; try again later ({exc})")
+        return
+    countdown = min(backoff_s * 2**retries, s.model_retry_backoff_max_s)
+    logger.warning(
+        "job %s: %s: %s unavailable, retry %d/%d in %.1f s: %s",
+        job_id, what, who, retries + 1, retries_max, countdown, exc,
+    )
+    raise task.retry(exc=exc, countdown=countdown, max_retries=retries_max) from exc
+
+
+@contextmanager
+def _task_files(job_id: str):
+    """The storage the pipeline uses for this task: the shared folder itself, or a private scratch view
+    of the object store (removed at the end, also on failure; a killed worker's is swept at restart)."""
+    backend = storage()
+    if backend.local:
+        yield backend
+        return
+    from worker.task_files import TaskFiles
+
+    folder = scratch.task_dir(settings().scratch_dir)
+    try:
+        files = TaskFiles(backend, folder)
+        yield files
+        if files.fetch_seconds:
+            metrics.STORAGE_SECONDS.labels("fetch").observe(files.fetch_seconds)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def publish(files) -> None:
+    """Upload what the task wrote (object store only), before progress is recorded or a step enqueued."""
+    if not getattr(files, "publish", None):
+        return
+    started = time.perf_counter()
+    files.publish()
+    metrics.STORAGE_SECONDS.labels("upload").observe(time.perf_counter() - started)
 
 
 @contextmanager
 def job_step(task: Task, job_id: str, what: str):
-    """Map errors to the job's fate: gone -> stop quietly, model server down -> retry then fail, bad video or
-    model error -> fail with the message, anything else -> fail as internal error."""
+    """Run one step of a job in its files (see _task_files) and map errors to the job's fate: gone -> stop
+    quietly, model server or object store down -> retry then fail, bad video, model or storage error ->
+    fail with the message, anything else -> fail as internal error. Counts and times every run."""
+    name = task.name.rsplit(".", 1)[-1]
+    token = logs.current_job_id.set(job_id)
+    started = time.perf_counter()
+    outcome = "failed"
     try:
-        yield
+        with _task_files(job_id) as files:
+            yield files
+        outcome = "succeeded"
     except JobGone as exc:
+        outcome = "skipped"
         logger.info("job %s: %s skipped: %s", job_id, what, exc)
     except ModelServerUnavailable as exc:
         s = settings()
-        retries = task.request.retries
-        if retries >= s.model_retries:
-            fail(
-                job_id,
-                exc.code,
-                f"the emotion model server did not answer after {retries + 1} tries; try again later ({exc})",
-            )
-            return
-        countdown = min(s.model_retry_backoff_s * 2**retries, s.model_retry_backoff_max_s)
-        logger.warning(
-            "job %s: %s: model server unavailable, retry %d/%d in %.1f s: %s",
-            job_id,
-            what,
-            retries + 1,
-            s.model_retries,
-            countdown,
-            exc,
-        )
-        raise task.retry(exc=exc, countdown=countdown, max_retries=s.model_retries) from exc
-    except (VideoError, ModelServerError) as exc:
+        outcome = "retried"
+        _retry_or_fail(task, job_id, what, exc, s.model_retries, s.model_retry_backoff_s,
+                       "the emotion model server")
+        outcome = "failed"
+    except StorageUnavailable as exc:
+        s = settings()
+        outcome = "retried"
+        _retry_or_fail(task, job_id, what, exc, s.storage_retries, s.storage_retry_backoff_s,
+                       "the object store")
+        outcome = "failed"
+    except (VideoError, ModelServerError, StorageError) as exc:
         fail(job_id, exc.code, str(exc))
     except Exception as exc:
         if not store().exists(job_id):
-            # Deleted while we worked: our writes may have recreated its folder; remove it again.
+            # Deleted while we worked: our writes may have recreated its files; remove them again.
             storage().delete_job(job_id)
+            outcome = "skipped"
             logger.info("job %s: %s stopped, the job was deleted", job_id, what)
             return
         logger.exception("job %s: %s failed", job_id, what)
@@ -134,16 +195,23 @@ def job_step(task: Task, job_id: str, what: str):
     else:
         if not store().exists(job_id):
             storage().delete_job(job_id)
+    finally:
+        metrics.TASKS.labels(name, outcome).inc()
+        metrics.TASK_SECONDS.labels(name).observe(time.perf_counter() - started)
+        logs.current_job_id.reset(token)
 
 
 @app.task(name=TASK_START_JOB, bind=True)
 def start_job(self: Task, job_id: str) -> None:
     """Probe the upload, split it into batches, enqueue their analysis."""
-    with job_step(self, job_id, "reading the video"):
+    with job_step(self, job_id, "reading the video") as files:
         ensure_active(job_id)
         store().mark_running(job_id)
-        plan = pipeline.plan_job(storage(), job_id, settings())
-        store().update(job_id, frames_total=plan.frames, batches_total=len(plan.batches))
+        plan = pipeline.plan_job(files, job_id, settings())
+        publish(files)
+        # With an object store the gateway cannot probe the upload (it never has it on disk): this does.
+        video = json.dumps(plan.info.to_dict())
+        store().update(job_id, frames_total=plan.frames, batches_total=len(plan.batches), video=video)
         ensure_active(job_id)
         for index, (start, end) in enumerate(plan.batches):
             analyze_batch.apply_async((job_id, index, start, end), queue=VIDEO_QUEUE)
@@ -152,14 +220,16 @@ def start_job(self: Task, job_id: str) -> None:
 @app.task(name=TASK_ANALYZE_BATCH, bind=True)
 def analyze_batch(self: Task, job_id: str, batch_index: int, start: int, end: int) -> None:
     """Find, follow and classify the faces of frames [start, end); the last batch enqueues the timeline."""
-    with job_step(self, job_id, f"analysing frames {start}-{end - 1}"):
+    with job_step(self, job_id, f"analysing frames {start}-{end - 1}") as files:
         ensure_active(job_id)
-        plan = pipeline.load_plan(storage(), job_id)
+        plan = pipeline.load_plan(files, job_id)
         if tuple(plan.batches[batch_index]) != (start, end):
             raise JobGone(f"batch {batch_index} ({start}-{end}) is not in the job's plan")
         frames = pipeline.analyze_batch(
-            storage(), job_id, batch_index, plan, detector(), classifier(), settings()
+            files, job_id, batch_index, plan, detector(), classifier(), settings()
         )
+        publish(files)
+        metrics.FRAMES.labels("analyze").inc(frames)
         done = store().mark_batch_done(job_id, "analyze", batch_index, frames)
         if done >= len(plan.batches):
             ensure_active(job_id)
@@ -169,11 +239,12 @@ def analyze_batch(self: Task, job_id: str, batch_index: int, start: int, end: in
 @app.task(name=TASK_BUILD_TIMELINE, bind=True)
 def build_timeline(self: Task, job_id: str) -> None:
     """Track people over the whole video, smooth, write the timeline; enqueue the render batches."""
-    with job_step(self, job_id, "building the timeline"):
+    with job_step(self, job_id, "building the timeline") as files:
         ensure_active(job_id)
-        plan = pipeline.load_plan(storage(), job_id)
-        model = {"name": settings().model_name, "version": pipeline.model_version_of(storage(), job_id, plan)}
-        pipeline.make_timeline(storage(), job_id, plan, settings(), model)
+        plan = pipeline.load_plan(files, job_id)
+        model = {"name": settings().model_name, "version": pipeline.model_version_of(files, job_id, plan)}
+        pipeline.make_timeline(files, job_id, plan, settings(), model)
+        publish(files)
         ensure_active(job_id)
         for index, (start, end) in enumerate(plan.batches):
             render_batch.apply_async((job_id, index, start, end), queue=VIDEO_QUEUE)
@@ -182,12 +253,14 @@ def build_timeline(self: Task, job_id: str) -> None:
 @app.task(name=TASK_RENDER_BATCH, bind=True)
 def render_batch(self: Task, job_id: str, batch_index: int, start: int, end: int) -> None:
     """Draw the emoji on frames [start, end) and encode the piece; the last batch enqueues the join."""
-    with job_step(self, job_id, f"drawing frames {start}-{end - 1}"):
+    with job_step(self, job_id, f"drawing frames {start}-{end - 1}") as files:
         ensure_active(job_id)
-        plan = pipeline.load_plan(storage(), job_id)
+        plan = pipeline.load_plan(files, job_id)
         if tuple(plan.batches[batch_index]) != (start, end):
             raise JobGone(f"batch {batch_index} ({start}-{end}) is not in the job's plan")
-        frames = pipeline.render_batch(storage(), job_id, batch_index, plan, overlay(), settings())
+        frames = pipeline.render_batch(files, job_id, batch_index, plan, overlay(), settings())
+        publish(files)
+        metrics.FRAMES.labels("render").inc(frames)
         done = store().mark_batch_done(job_id, "render", batch_index, frames)
         if done >= len(plan.batches):
             ensure_active(job_id)
@@ -197,12 +270,15 @@ def render_batch(self: Task, job_id: str, batch_index: int, start: int, end: int
 @app.task(name=TASK_FINISH_JOB, bind=True)
 def finish_job(self: Task, job_id: str) -> None:
     """Join the pieces with the original audio into result.mp4 and mark the job succeeded."""
-    with job_step(self, job_id, "joining the video"):
+    with job_step(self, job_id, "joining the video") as files:
         ensure_active(job_id)
-        plan = pipeline.load_plan(storage(), job_id)
-        pipeline.finish_job(storage(), job_id, plan, settings())
+        plan = pipeline.load_plan(files, job_id)
+        pipeline.finish_job(files, job_id, plan, settings())
+        # The result is uploaded whole before the job says it succeeded: nothing half-written is served.
+        publish(files)
         ensure_active(job_id)
         store().mark_succeeded(job_id)
+        metrics.JOBS.labels("succeeded").inc()
         logger.info("job %s succeeded", job_id)
 
 
@@ -211,4 +287,8 @@ def live_frame(client_id: str, jpeg_b64: str) -> dict:
     """One webcam frame: faces with person ids and the emotion to show (see worker.live)."""
     from worker.live import process_frame
 
-    return process_frame(client_id, jpeg_b64, store().redis, detector(), classifier(), settings())
+    started = time.perf_counter()
+    answer = process_frame(client_id, jpeg_b64, store().redis, detector(), classifier(), settings())
+    metrics.LIVE_FRAMES.inc()
+    metrics.TASK_SECONDS.labels("live_frame").observe(time.perf_counter() - started)
+    return answer

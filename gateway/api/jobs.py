@@ -10,16 +10,19 @@ from collections.abc import AsyncIterator
 from pathlib import PurePosixPath
 
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 
 from common.errors import JobNotFound, VideoError
 from common.jobs import Job, JobStatus, JobStore
 from common.media import probe
 from common.queue import TASK_START_JOB, VIDEO_QUEUE
-from common.storage import LocalStorage
+from common.storage import LocalStorage, S3Storage
+from gateway import metrics
 from gateway.deps import CeleryDep, JobIdDep, SettingsDep, StorageDep, StoreDep
+from gateway.downloads import content_disposition, ranged_response
 from gateway.errors import JobNotReady, ResultMissing
 from gateway.schemas import JobCreated, JobLinks, JobPublic, JobsPublic
+from gateway.settings import GatewaySettings
 from gateway.uploads import check_content_length, stream_upload
 
 logger = logging.getLogger(__name__)
@@ -56,8 +59,8 @@ def load_job(store: JobStore, job_id: str) -> Job:
         ) from exc
 
 
-def result_path(store: JobStore, storage: LocalStorage, job_id: str, name: str):
-    """The path of a finished job's file, or the error that says why there is none."""
+def finished_job(store: JobStore, job_id: str) -> Job:
+    """A job that has succeeded, or the error that says why it has no results."""
     job = load_job(store, job_id)
     if job.status is JobStatus.failed:
         reason = job.error.message if job.error else "unknown error"
@@ -67,9 +70,7 @@ def result_path(store: JobStore, storage: LocalStorage, job_id: str, name: str):
             f"the job is still {job.status.value} ({job.progress:.0%} done); "
             f"try again when its status is 'succeeded' (GET /api/v1/jobs/{job_id})"
         )
-    if not storage.exists(job_id, name):
-        raise ResultMissing(f"the job's {name} is gone from storage; upload the video again")
-    return job, storage.path(job_id, name)
+    return job
 
 
 def download_name(job: Job, suffix: str) -> str:
@@ -78,17 +79,48 @@ def download_name(job: Job, suffix: str) -> str:
 
 
 def result_file(
-    store: JobStore, storage: LocalStorage, job_id: str, name: str, media_type: str, suffix: str,
-    download: bool,
-) -> FileResponse:
-    """A finished job's file, shown in the browser or, with `download`, saved under the upload's name."""
-    job, path = result_path(store, storage, job_id, name)
-    return FileResponse(
-        path,
-        media_type=media_type,
-        filename=download_name(job, suffix) if download else None,
-        content_disposition_type="attachment" if download else "inline",
-    )
+    request: Request, store: JobStore, storage: LocalStorage | S3Storage, settings: GatewaySettings,
+    job_id: str, name: str, media_type: str, suffix: str, download: bool,
+) -> Response:
+    """A finished job's file, shown in the browser or, with `download`, saved under the upload's name.
+
+    Range requests work on every path: FileResponse for the local folder; for an object store either a
+    ranged read streamed through here, or (EMOJI_DOWNLOAD_REDIRECT) a redirect to a presigned URL that the
+    store answers itself. Downloads under the upload's name are always streamed: the name is a response
+    header the presigned URL would have to override, which not every S3 service accepts.
+    """
+    job = finished_job(store, job_id)
+    filename = download_name(job, suffix) if download else None
+    if storage.local:
+        if not storage.exists(job_id, name):
+            raise ResultMissing(f"the job's {name} is gone from storage; upload the video again")
+        return FileResponse(
+            storage.path(job_id, name),
+            media_type=media_type,
+            filename=filename,
+            content_disposition_type="attachment" if download else "inline",
+        )
+    size = storage.size(job_id, name)
+    if size is None:
+        raise ResultMissing(f"the job's {name} is gone from storage; upload the video again")
+    disposition = content_disposition("attachment" if download else "inline", filename)
+    if settings.download_redirect and not download:
+        return RedirectResponse(storage.presign(job_id, name, settings.presign_ttl_s), status_code=307)
+    return ranged_response(request, storage, job_id, name, size, media_type, disposition)
+
+
+async def probe_upload(path, filename: str):
+    """ffprobe the stored upload; its errors name the user's file, not our path."""
+    try:
+        return await asyncio.to_thread(probe, path)
+    except VideoError as exc:
+        message = str(exc).replace(f"file:{path.resolve()}", repr(filename))
+        message = message.replace(str(path.resolve()), repr(filename))
+        if "upload" not in message:
+            message += (
+                ". Check that the file plays on your computer, or convert it to MP4, and upload it again"
+            )
+        raise type(exc)(message) from exc
 
 
 @router.post(
@@ -116,30 +148,27 @@ async def create_job(
     """Upload a video (multipart field `file`); it is checked with ffprobe and queued."""
     check_content_length(request.headers.get("content-length"), settings.max_upload_bytes)
     job_id = uuid.uuid4().hex
-    dest = storage.path(job_id, INPUT_NAME)
     try:
+        out = await asyncio.to_thread(storage.writer, job_id, INPUT_NAME)
         upload = await stream_upload(
             request.stream(),
             request.headers.get("content-type"),
-            dest,
+            out,
             settings.max_upload_bytes,
             settings.upload_chunk_bytes,
         )
-        try:
-            info = await asyncio.to_thread(probe, dest)
-        except VideoError as exc:
-            # ffprobe's detail names the stored path; the user knows the file by its own name.
-            message = str(exc).replace(f"file:{dest.resolve()}", repr(upload.filename))
-            message = message.replace(str(dest.resolve()), repr(upload.filename))
-            if "upload" not in message:
-                message += (
-                    ". Check that the file plays on your computer, or convert it to MP4, and upload it again"
-                )
-            raise type(exc)(message) from exc
-        await asyncio.to_thread(store.create, job_id, upload.filename, info.to_dict())
+        metrics.UPLOAD_BYTES.inc(upload.size)
+        if storage.local:
+            video = (await probe_upload(storage.path(job_id, INPUT_NAME), upload.filename)).to_dict()
+        else:
+            # The upload went straight to the object store and ffprobe reads only local files: the worker
+            # probes it first thing (start_job); an unreadable file fails the job with `invalid_video`.
+            video = {}
+        await asyncio.to_thread(store.create, job_id, upload.filename, video)
     except BaseException:
-        # Refused, broken off or unreadable: nothing of it stays on disk. Called directly, not in a thread:
-        # a cancelled request (client gone) would cancel that await too and leave the file behind.
+        metrics.UPLOADS.labels("refused").inc()
+        # Refused, broken off or unreadable: nothing of it stays. Called directly, not in a thread: a
+        # cancelled request (client gone) would cancel that await too and leave the file behind.
         storage.delete_job(job_id)
         raise
     try:
@@ -151,8 +180,9 @@ async def create_job(
         store.delete(job_id)
         storage.delete_job(job_id)
         raise
+    metrics.UPLOADS.labels("accepted").inc()
     logger.info(
-        "job %s queued: %r, %dx%d, %d frames", job_id, upload.filename, info.width, info.height, info.frames
+        "job %s queued: %r, %d bytes, %s", job_id, upload.filename, upload.size, video or "to be probed"
     )
     links = JobLinks.for_job(job_id)
     response.headers["Location"] = links.self
@@ -189,9 +219,14 @@ def get_job(job_id: JobIdDep, store: StoreDep) -> JobPublic:
         409: {"description": "not finished", "content": ERROR_EXAMPLE},
     },
 )
-def get_video(job_id: JobIdDep, store: StoreDep, storage: StorageDep, download: bool = False) -> FileResponse:
+def get_video(
+    request: Request, job_id: JobIdDep, store: StoreDep, storage: StorageDep, settings: SettingsDep,
+    download: bool = False,
+) -> Response:
     """The annotated MP4 (HTTP Range supported); `?download=true` asks the browser to save it."""
-    return result_file(store, storage, job_id, VIDEO_NAME, "video/mp4", "emoji.mp4", download)
+    return result_file(
+        request, store, storage, settings, job_id, VIDEO_NAME, "video/mp4", "emoji.mp4", download
+    )
 
 
 @router.head("/{job_id}/timeline", include_in_schema=False)
@@ -201,10 +236,14 @@ def get_video(job_id: JobIdDep, store: StoreDep, storage: StorageDep, download: 
     responses={200: {"content": {"application/json": {}}}, 409: {"content": ERROR_EXAMPLE}},
 )
 def get_timeline(
-    job_id: JobIdDep, store: StoreDep, storage: StorageDep, download: bool = False
-) -> FileResponse:
+    request: Request, job_id: JobIdDep, store: StoreDep, storage: StorageDep, settings: SettingsDep,
+    download: bool = False,
+) -> Response:
     """The emotion timeline as JSON (schema in docs/timeline.md)."""
-    return result_file(store, storage, job_id, TIMELINE_NAME, "application/json", "timeline.json", download)
+    return result_file(
+        request, store, storage, settings, job_id, TIMELINE_NAME, "application/json", "timeline.json",
+        download,
+    )
 
 
 @router.head("/{job_id}/timeline.csv", include_in_schema=False)
@@ -213,10 +252,13 @@ def get_timeline(
     response_class=FileResponse,
     responses={200: {"content": {"text/csv": {}}}, 409: {"content": ERROR_EXAMPLE}},
 )
-def get_timeline_csv(job_id: JobIdDep, store: StoreDep, storage: StorageDep) -> FileResponse:
+def get_timeline_csv(
+    request: Request, job_id: JobIdDep, store: StoreDep, storage: StorageDep, settings: SettingsDep
+) -> Response:
     """The timeline as CSV, one row per frame and person, as a download."""
     return result_file(
-        store, storage, job_id, TIMELINE_CSV_NAME, "text/csv; charset=utf-8", "timeline.csv", download=True
+        request, store, storage, settings, job_id, TIMELINE_CSV_NAME, "text/csv; charset=utf-8",
+        "timeline.csv", download=True,
     )
 
 
@@ -224,7 +266,7 @@ def get_timeline_csv(job_id: JobIdDep, store: StoreDep, storage: StorageDep) -> 
 def delete_job(job_id: JobIdDep, store: StoreDep, storage: StorageDep) -> Response:
     """Delete a job and all its files."""
     known = store.exists(job_id)
-    if not known and not storage.job_dir(job_id).exists():
+    if not known and not storage.has_job(job_id):
         raise JobNotFound(f"no job with id {job_id}; it may already have been deleted")
     store.delete(job_id)
     storage.delete_job(job_id)

@@ -10,6 +10,7 @@ import uuid
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from redis.asyncio.client import PubSub
 
+from gateway import metrics
 from gateway.deps import LiveHubDep, SettingsDep
 from gateway.live_hub import LiveFrameError, LiveHub
 from gateway.settings import GatewaySettings
@@ -40,6 +41,7 @@ async def live(ws: WebSocket, hub: LiveHubDep, settings: SettingsDep) -> None:
     client_id = uuid.uuid4().hex
     logger.info("live viewer %s connected (%d now)", client_id, hub.clients)
     frames = 0
+    metrics.LIVE_SESSIONS.inc()
     try:
         async with hub.viewer() as pubsub:
             await ws.send_text(
@@ -54,12 +56,14 @@ async def live(ws: WebSocket, hub: LiveHubDep, settings: SettingsDep) -> None:
                 if message["type"] == "websocket.disconnect":
                     break
                 frames += 1
+                metrics.LIVE_FRAMES.inc()
                 await ws.send_text(
                     await _answer(message.get("bytes"), frames, hub, settings, pubsub, client_id)
                 )
     except WebSocketDisconnect:
         pass
     finally:
+        metrics.LIVE_SESSIONS.dec()
         hub.leave()
         logger.info("live viewer %s left after %d frames", client_id, frames)
 
