@@ -264,6 +264,7 @@ class S3Storage:
             aws_secret_access_key=secret or None,
             config=Config(
                 s3={"addressing_style": settings.s3_addressing_style},
+                signature_version="s3v4",  # presigned URLs too (boto3 would sign those with v2 here)
                 connect_timeout=settings.s3_timeout_s,
                 read_timeout=settings.s3_timeout_s,
                 # A few quick retries inside one call; longer outages are the task's retries.

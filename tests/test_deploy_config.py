@@ -308,3 +308,38 @@ def _docker_ignored(path: str) -> bool:
 )
 def test_dockerignore_keeps_heavy_files_out_of_the_build_context(path):
     assert _docker_ignored(path)
+
+
+# --- deploy/grafana ------------------------------------------------------------------------------
+
+
+def test_grafana_dashboard_queries_only_metrics_we_export():
+    from prometheus_client import REGISTRY, generate_latest
+
+    import gateway.metrics  # noqa: F401 - registers the gateway's metrics
+    import worker.metrics  # noqa: F401 - and the worker's
+    from tests.conftest import free_port
+
+    text = generate_latest(REGISTRY).decode()
+    families = dict(re.findall(r"^# TYPE (emoji_\w+) (\w+)$", text, flags=re.M))
+    queue = worker.metrics.QueueLength(f"redis://127.0.0.1:{free_port()}/0", ("video",))
+    families.update({family.name: family.type for family in queue.collect()})
+    exported = set()
+    for name, kind in families.items():
+        exported |= {f"{name}_bucket", f"{name}_count", f"{name}_sum"} if kind == "histogram" else {name}
+        if kind == "counter":
+            exported.add(f"{name}_total")
+    dashboard = json.loads((REPO_ROOT / "deploy" / "grafana" / "emoji-video.json").read_text())
+    queried = set()
+    for panel in dashboard["panels"]:
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            queried |= set(re.findall(r"\bemoji_\w+", target["expr"]))
+    assert queried, "the dashboard queries nothing"
+    assert queried <= exported, f"the dashboard queries metrics nobody exports: {sorted(queried - exported)}"
+    for wanted in (
+        "emoji_gateway_requests_total", "emoji_gateway_upload_bytes_total", "emoji_gateway_live_sessions",
+        "emoji_worker_jobs_total", "emoji_worker_frames_total", "emoji_worker_task_seconds_bucket",
+        "emoji_worker_grpc_seconds_bucket", "emoji_worker_grpc_errors_total", "emoji_queue_length",
+    ):
+        assert wanted in queried, f"the dashboard should show {wanted}"
