@@ -126,7 +126,9 @@ def test_video_and_live_workers_are_separate_and_scaled_on_their_queues(rendered
         (trigger,) = scaled[name]["spec"]["triggers"]
         assert scaled[name]["spec"]["scaleTargetRef"]["name"] == name
         assert trigger["type"] == "redis" and trigger["metadata"]["listName"] == queue
-        assert trigger["metadata"]["address"] == "redis:6379"
+        namespace = scaled[name]["metadata"]["namespace"]
+        # KEDA runs in its own namespace: a short name would not resolve there.
+        assert trigger["metadata"]["address"] == f"redis.{namespace}.svc.cluster.local:6379"
         assert scaled[name]["spec"]["minReplicaCount"] >= 1  # the live page must never wait for a pod
 
 
