@@ -9,10 +9,15 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import re
 import sys
 from datetime import UTC, datetime
 
 current_job_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("job_id", default=None)
+
+# Celery's "Task ... received" line, logged by the main process before any task runs, passes the task's
+# arguments as `data`; a job task's first argument is its job id.
+_FIRST_ARG_JOB_ID = re.compile(r"^[\[(]'([0-9a-f]{32})'")
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s%(job)s: %(message)s"
 
@@ -22,6 +27,10 @@ class JobIdFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         job_id = getattr(record, "job_id", None) or current_job_id.get()
+        data = getattr(record, "data", None)
+        if job_id is None and isinstance(data, dict) and isinstance(data.get("args"), str):
+            match = _FIRST_ARG_JOB_ID.match(data["args"])
+            job_id = match.group(1) if match else None
         record.job_id = job_id
         record.job = f" [job {job_id}]" if job_id else ""
         return True

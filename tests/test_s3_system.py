@@ -136,8 +136,9 @@ def test_a_job_runs_end_to_end_with_no_shared_disk(s3_stack, seaweedfs, short_go
     about_job = [entry for entry in lines if entry.get("job_id") == job_id]
     assert any(entry["logger"].startswith("worker.") for entry in about_job)
     assert any(entry["logger"] == "celery.app.trace" for entry in about_job), "Celery's task lines too"
+    assert any(entry["logger"] == "celery.worker.strategy" for entry in about_job), "'received' lines too"
     for entry in lines:
-        if job_id in entry["message"] and entry["logger"] != "celery.worker.strategy":
+        if job_id in entry["message"]:
             assert entry.get("job_id") == job_id, entry
 
     # Expiry: once Redis has forgotten the job, the gateway's sweep removes its objects.
