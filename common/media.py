@@ -117,3 +117,24 @@ def frame_timestamps_ms(path: Path) -> list[float]:
     packets = data.get("packets", [])
     times = sorted(float(p["pts_time"]) for p in packets if p.get("pts_time") not in (None, "N/A"))
     return [round((t - start) * 1000.0, 3) for t in times]
+
+
+# The first bytes of every container in ALLOWED_INPUT_FORMATS. An upload that goes straight to an object
+# store cannot be probed by the gateway (ffprobe reads local files only): these let it refuse what is
+# certainly not a video (a photo, a document, a playlist) at once; the worker's probe decides the rest.
+_MP4_BOXES = (b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"uuid")
+SNIFF_BYTES = 400
+
+
+def looks_like_video(head: bytes) -> bool:
+    """Whether the file's first bytes are those of a container we accept (a weak, cheap test)."""
+    return (
+        head[4:8] in _MP4_BOXES  # mov, mp4, 3gp
+        or head.startswith(b"\x1a\x45\xdf\xa3")  # matroska, webm
+        or (head.startswith(b"RIFF") and head[8:12] == b"AVI ")
+        or (head[0:1] == head[188:189] == head[376:377] == b"\x47")  # MPEG-TS: a sync byte every 188
+        or head.startswith(b"FLV")
+        or head.startswith(b"\x00\x00\x01\xba")  # MPEG program stream
+        or head.startswith(b"OggS")
+        or head.startswith(b"\x30\x26\xb2\x75\x8e\x66\xcf\x11")  # ASF (wmv)
+    )

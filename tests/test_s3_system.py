@@ -254,3 +254,18 @@ def test_store_down_mid_job_retries_then_fails_clearly_and_serves_nothing(
         if worker:
             worker.stop()
         store_server.service.stop()
+
+
+@pytest.mark.parametrize(
+    ("filename", "body"),
+    [("notes.mp4", b"these are not moving pictures\n" * 100), ("list.m3u8", b"#EXTM3U\n#EXTINF:1,\nhttp://x/a.ts\n")],
+)
+def test_an_upload_that_is_no_video_is_refused_at_once_and_never_stored(s3_stack, seaweedfs, filename, body):
+    before = seaweedfs.client().list_objects_v2(Bucket=s3_stack.bucket).get("KeyCount", 0)
+    reply = httpx.post(f"{s3_stack.gateway}/api/v1/jobs", files={"file": (filename, body)}, timeout=60)
+    assert reply.status_code == 415, reply.text
+    error = reply.json()["error"]
+    assert error["code"] == "invalid_video" and "convert it to MP4" in error["message"]
+    assert seaweedfs.client().list_objects_v2(Bucket=s3_stack.bucket).get("KeyCount", 0) == before
+    uploads = seaweedfs.client().list_multipart_uploads(Bucket=s3_stack.bucket).get("Uploads", [])
+    assert uploads == []

@@ -14,9 +14,9 @@ from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 
 from common.errors import JobNotFound, VideoError
 from common.jobs import Job, JobStatus, JobStore
-from common.media import probe
+from common.media import SNIFF_BYTES, looks_like_video, probe
 from common.queue import TASK_START_JOB, VIDEO_QUEUE
-from common.storage import LocalStorage, S3Storage
+from common.storage import LocalStorage, S3Storage, Writer
 from gateway import metrics
 from gateway.deps import CeleryDep, JobIdDep, SettingsDep, StorageDep, StoreDep
 from gateway.downloads import content_disposition, ranged_response
@@ -109,6 +109,39 @@ def result_file(
     return ranged_response(request, storage, job_id, name, size, media_type, disposition)
 
 
+class SniffingWriter:
+    """In front of an object-store upload: refuses at the first bytes a file that is no video container,
+    so the store never receives it and the user gets a 415 at once (the worker still probes the rest)."""
+
+    def __init__(self, out: Writer) -> None:
+        self.out, self.head, self.checked = out, b"", False
+
+    def write(self, data: bytes) -> None:
+        if not self.checked:
+            self.head += data[: SNIFF_BYTES - len(self.head)]
+            if len(self.head) < SNIFF_BYTES:
+                self.out.write(data)
+                return
+            self._check()
+        self.out.write(data)
+
+    def _check(self) -> None:
+        self.checked = True
+        if not looks_like_video(self.head):
+            raise VideoError(
+                "the file is not a video we can read (supported: MP4, MOV, MKV, WebM, AVI, MPEG-TS, FLV); "
+                "check that it plays on your computer, or convert it to MP4, and upload it again"
+            )
+
+    def close(self) -> None:
+        if not self.checked:
+            self._check()
+        self.out.close()
+
+    def abort(self) -> None:
+        self.out.abort()
+
+
 async def probe_upload(path, filename: str):
     """ffprobe the stored upload; its errors name the user's file, not our path."""
     try:
@@ -150,6 +183,8 @@ async def create_job(
     job_id = uuid.uuid4().hex
     try:
         out = await asyncio.to_thread(storage.writer, job_id, INPUT_NAME)
+        if not storage.local:
+            out = SniffingWriter(out)
         upload = await stream_upload(
             request.stream(),
             request.headers.get("content-type"),
