@@ -12,6 +12,8 @@ import fnmatch
 import json
 import re
 import shlex
+import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 
@@ -240,10 +242,17 @@ def test_flower_watches_the_same_redis():
 
 
 def test_dockerfile_stages_copy_existing_code_and_the_gateway_has_no_worker_code():
-    for source in re.findall(r"^COPY\s+(\S+)\s+\S+", DOCKERFILE, flags=re.M):
-        assert (REPO_ROOT / source).exists(), f"Dockerfile copies missing {source}"
-        assert not _docker_ignored(source), f"{source} is copied but .dockerignore leaves it out"
+    for line in re.findall(r"^COPY\s+(.+)$", DOCKERFILE, flags=re.M):
+        for source in line.split()[:-1]:
+            assert (REPO_ROOT / source).exists(), f"Dockerfile copies missing {source}"
+            assert not _docker_ignored(source), f"{source} is copied but .dockerignore leaves it out"
     assert re.search(r"^FROM python:3\.1[1-3][\w.-]* AS base$", DOCKERFILE, flags=re.M)
+    cases = (("gateway", "fastapi", "tensorflow"), ("worker", "tensorflow", "uvicorn"))
+    for extra, wanted, unwanted in cases:
+        out = subprocess.run([sys.executable, "deploy/requirements-of.py", extra], cwd=REPO_ROOT,
+                             capture_output=True, text=True, check=True).stdout.splitlines()
+        names = {re.split(r"[\[<>=]", line, maxsplit=1)[0] for line in out}
+        assert wanted in names and unwanted not in names and "celery" in names, (extra, names)
     gateway = _stage("gateway")
     assert "requirements-of.py gateway" in gateway and "COPY worker" not in gateway
     assert "requirements-of.py worker" in _stage("worker")
