@@ -3,15 +3,16 @@
 `subprocess`'s own timeouts are only checked in `wait()`/`communicate()`; a caller blocked reading a pipe of
 a stopped (SIGSTOP) or hung ffmpeg never gets there. Here a timer kills the child's whole process group at
 the deadline, whatever the caller is doing: the blocked read then sees end-of-file and the caller goes on.
-Each child also dies with the process that started it (PR_SET_PDEATHSIG), so a worker killed by the OOM
-killer or a hard time limit leaves no ffmpeg behind.
+Each child also dies with the process that started it (the parent-death signal, set by util-linux's
+`setpriv` before it becomes ffmpeg), so a worker killed by the OOM killer or a hard time limit leaves no
+ffmpeg behind. Not with a `preexec_fn`: that forces a plain fork(), whose fork handlers gRPC's threads (the
+worker's model client) do not survive.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -19,14 +20,8 @@ from dataclasses import dataclass
 
 from common.errors import StorageFull, TimedOut
 
-PR_SET_PDEATHSIG = 1
-# Loaded once here: the child, between fork and exec, must only call a function, never load a library.
-_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True) if os.name == "posix" else None
-
-
-def _die_with_parent() -> None:
-    if _LIBC is not None:
-        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+_SETPRIV = shutil.which("setpriv")
+DIE_WITH_PARENT: tuple[str, ...] = (_SETPRIV, "--pdeathsig", "KILL", "--") if _SETPRIV else ()
 
 
 class DeadlineProcess:
@@ -40,9 +35,7 @@ class DeadlineProcess:
         self.what = what
         self.timeout_s = timeout_s
         self.timed_out = False
-        self.proc = subprocess.Popen(
-            cmd, start_new_session=True, preexec_fn=_die_with_parent, **popen_kwargs
-        )
+        self.proc = subprocess.Popen([*DIE_WITH_PARENT, *cmd], start_new_session=True, **popen_kwargs)
         self._timer = threading.Timer(timeout_s, self._expire)
         self._timer.daemon = True
         self._timer.start()

@@ -10,6 +10,7 @@ never still running when Redis hands it to a second worker.
 from __future__ import annotations
 
 import json
+import re
 
 import redis
 from celery import Celery
@@ -53,6 +54,9 @@ def make_celery(settings: CommonSettings | None = None) -> Celery:
     return app
 
 
+JOB_ID = re.compile(r"\b[0-9a-f]{32}\b")
+
+
 def pending_job_ids(client: redis.Redis, queues: tuple[str, ...] = (VIDEO_QUEUE,)) -> set[str]:
     """Job ids named by a task that is waiting in a queue or delivered and not yet acknowledged (running, or
     held for a retry's countdown): the jobs that still have a task somewhere.
@@ -75,9 +79,6 @@ def pending_job_ids(client: redis.Redis, queues: tuple[str, ...] = (VIDEO_QUEUE,
             args = message.get("headers", {}).get("argsrepr") or ""
         except (ValueError, AttributeError, IndexError, TypeError):
             continue
-        # argsrepr is "('<job id>', ...)"; a job id is 32 hex digits.
-        for token in args.replace("(", " ").replace(")", " ").replace(",", " ").split():
-            token = token.strip("'\"")
-            if len(token) == 32 and all(c in "0123456789abcdef" for c in token):
-                ids.add(token)
+        # argsrepr is "('<job id>', ...)" or "['<job id>']"; a job id is 32 hex digits.
+        ids.update(JOB_ID.findall(args))
     return ids
