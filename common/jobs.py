@@ -93,6 +93,15 @@ return redis.call('HLEN', KEYS[2])
 """
 
 
+# KEYS[1] the job's hash, KEYS[2] its delivery counts; ARGV field, increment, ttl. Only for an existing job.
+_COUNT_IF_EXISTS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local n = redis.call('HINCRBY', KEYS[2], ARGV[1], tonumber(ARGV[2]))
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3]))
+return n
+"""
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat()
 
@@ -109,6 +118,7 @@ class JobStore:
         self.ttl_s = ttl_s
         self._set_if = client.register_script(_SET_IF)
         self._hset_if_active = client.register_script(_HSET_IF_ACTIVE)
+        self._count_if_exists = client.register_script(_COUNT_IF_EXISTS)
 
     def _set_when(self, job_id: str, states: tuple[str, ...], mapping: dict) -> bool:
         """Set `mapping` on the record only if it exists and its status is one of `states`."""
@@ -234,14 +244,13 @@ class JobStore:
     def count_delivery(self, job_id: str, task_key: str) -> int:
         """A task of the job starts: how many of its deliveries have not ended (this one included). A worker
         killed mid-task never calls `end_delivery`, so the count grows by one per lost worker."""
-        pipe = self.redis.pipeline()
-        pipe.hincrby(self.key(job_id, "deliveries"), task_key, 1)
-        pipe.expire(self.key(job_id, "deliveries"), self.ttl_s)
-        return int(pipe.execute()[0])
+        keys = [self.key(job_id), self.key(job_id, "deliveries")]
+        return int(self._count_if_exists(keys=keys, args=[task_key, 1, self.ttl_s]))
 
     def end_delivery(self, job_id: str, task_key: str) -> None:
         """The task ended in its own hands (success, failure, retry): it does not count as a lost worker."""
-        self.redis.hincrby(self.key(job_id, "deliveries"), task_key, -1)
+        keys = [self.key(job_id), self.key(job_id, "deliveries")]
+        self._count_if_exists(keys=keys, args=[task_key, -1, self.ttl_s])
 
     def active_jobs(self) -> list[tuple[str, str, float]]:
         """(id, status, seconds since its last sign of life) of every queued or running job in the index."""

@@ -262,6 +262,8 @@ def test_state_changes_of_a_deleted_job_do_not_recreate_it(redis_url):
     assert store.update(job_id, frames_total=5) is False
     assert store.mark_batch_done(job_id, "analyze", 0, 10) == -1
     assert store.add_warning(job_id, "x", JobWarning(code="c", message="m")) is False
+    store.count_delivery(job_id, "analyze_batch:0")
+    store.end_delivery(job_id, "analyze_batch:0")
     assert store.mark_failed(job_id, "internal_error", "late") is False
     assert store.mark_succeeded(job_id) is False
     assert not store.redis.keys(f"*{job_id}*"), "a late write re-created the deleted job"

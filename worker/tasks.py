@@ -196,19 +196,17 @@ def job_step(task: Task, job_id: str, what: str, key: str | None = None):
             fail(job_id, StorageFull.code, f"the disk is full ({exc.strerror}) while {what}; try again later")
             return
         if not store().exists(job_id):
-            # Deleted while we worked: our writes may have recreated its folder; remove it again.
-            storage().delete_job(job_id)
             logger.info("job %s: %s stopped, the job was deleted", job_id, what)
             return
         logger.exception("job %s: %s failed", job_id, what)
         fail(job_id, "internal_error", f"the worker failed while {what}: {type(exc).__name__}: {exc}")
-    else:
-        if not store().exists(job_id):
-            storage().delete_job(job_id)
     finally:
         # Reached on every end this process sees (a retry too); never when the process is killed.
         if counted:
             store().end_delivery(job_id, key)
+        if not store().exists(job_id):
+            # Deleted while we worked (or before): our writes may have re-created its folder; remove it.
+            storage().delete_job(job_id)
 
 
 @contextmanager
