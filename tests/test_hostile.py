@@ -265,7 +265,7 @@ def test_a_deleted_job_stays_deleted_when_delete_races_the_start(gateway, storag
 
 def test_partial_record_answers_404_not_500(gateway, redis_url):
     store = JobStore(redis.Redis.from_url(redis_url, decode_responses=True))
-    job_id = "f" * 32
+    job_id = "c" * 32
     store.redis.hset(store.key(job_id), mapping={"status": "failed", "error_code": "internal_error"})
     try:
         reply = httpx.get(f"{gateway}{API}/{job_id}", timeout=10)
