@@ -169,11 +169,11 @@ def test_videos_and_webcam_frames_have_separate_workers():
         queues[name] = set(command[command.index("-Q") + 1].split(","))
         assert "ports" not in SERVICES[name], "workers must be scalable (--scale NAME=N): no fixed ports"
     assert queues == {"worker-video": {"video"}, "worker-live": {"live"}}
-    # A stopping video worker gets longer than its longest step (ffmpeg's limit) to finish it.
+    # A stopping video worker gets longer than its longest task (the hard time limit) to finish it.
     from worker.settings import WorkerSettings
 
     grace = SERVICES["worker-video"]["stop_grace_period"]
-    assert grace.endswith("m") and int(grace[:-1]) * 60 > WorkerSettings().ffmpeg_timeout_s
+    assert grace.endswith("m") and int(grace[:-1]) * 60 > WorkerSettings().task_time_limit_s
 
 
 def test_worker_healthcheck_starts_no_python():

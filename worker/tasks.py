@@ -4,6 +4,10 @@ Chain: start_job -> analyze_batch xN -> build_timeline -> render_batch xN -> fin
 stage to finish (counted per batch index in Redis) enqueues the next step; a step that runs twice only
 overwrites its own files, so duplicates are harmless. A job deleted or failed meanwhile stops quietly.
 
+Costs are bounded: every task has Celery's soft and hard time limits (common/queue.py) and every ffmpeg a
+deadline; a batch runs once at a time (worker/batch_lock.py); a task whose worker keeps dying fails its job
+with `resource_exhausted` after `max_lost_workers` deaths instead of coming back forever.
+
 With an object store (EMOJI_STORAGE_URL), each task works in a private scratch folder: `job_step` hands the
 pipeline a TaskFiles view that fetches the job's files on first use, the task publishes what it wrote
 before it records progress, and the folder is removed when the task ends, however it ends.
@@ -13,12 +17,15 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import shutil
 import time
 from contextlib import contextmanager
 from functools import lru_cache
 
-from celery import Task
+from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from celery import Task, signals
+from celery.utils.time import get_exponential_backoff_interval
 
 from common import logs
 from common import storage as storages
@@ -26,19 +33,25 @@ from common.errors import (
     EmojiServiceError,
     ModelServerError,
     ModelServerUnavailable,
+    ResourceExhausted,
     StorageError,
+    StorageFull,
     StorageUnavailable,
+    TimedOut,
     VideoError,
+    is_storage_full,
 )
-from common.jobs import JobStatus, JobStore
+from common.jobs import JobStatus, JobStore, JobWarning
 from common.queue import TASK_LIVE_FRAME, TASK_START_JOB, VIDEO_QUEUE
 from worker import metrics, pipeline, scratch
 from worker.app import app
+from worker.batch_lock import BatchLock, LockLost
 
 # Imported before Celery forks its pool: the client's protos import TensorFlow (seconds, ~600 MB), paid once
 # and shared by the pool's processes; each process opens its own gRPC channel on first use.
 from worker.model_client import EmotionClient
 from worker.settings import WorkerSettings
+from worker.video_io import remove_stale_temps
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +63,10 @@ TASK_FINISH_JOB = "worker.finish_job"
 
 class JobGone(Exception):
     """The job was deleted, has failed, or is already done: nothing more to do for it."""
+
+
+class BatchBusy(Exception):
+    """Another run of the same batch holds its lock (Redis handed the task out twice): try again later."""
 
 
 # Per process, created on first use, i.e. after Celery forked its pool (a gRPC channel must not cross a fork).
@@ -102,26 +119,23 @@ def ensure_active(job_id: str) -> None:
 
 
 def fail(job_id: str, code: str, message: str) -> None:
-    if store().exists(job_id):
-        store().mark_failed(job_id, code, message)
+    # Conditional in Redis: a deleted job is not re-created, a finished one keeps its outcome.
+    if store().mark_failed(job_id, code, message):
         metrics.JOBS.labels("failed").inc()
         logger.error("job %s failed: %s: %s", job_id, code, message)
 
 
-def _retry_or_fail(task: Task, job_id: str, what: str, exc: EmojiServiceError, retries_max: int,
-                   backoff_s: float, who: str) -> None:
-    """Retry the task with exponential backoff, or, after `retries_max` retries, fail the job."""
-    s = settings()
-    retries = task.request.retries
-    if retries >= retries_max:
-        fail(job_id, exc.code, f"{who} did not answer after {retries + 1} tries; try again later ({exc})")
-        return
-    countdown = min(backoff_s * 2**retries, s.model_retry_backoff_max_s)
-    logger.warning(
-        "job %s: %s: %s unavailable, retry %d/%d in %.1f s: %s",
-        job_id, what, who, retries + 1, retries_max, countdown, exc,
-    )
-    raise task.retry(exc=exc, countdown=countdown, max_retries=retries_max) from exc
+def retry_countdown(
+    retries: int, s: WorkerSettings, rng: random.Random | None = None, first_s: float | None = None
+) -> float:
+    """Seconds before retry number `retries` + 1: exponential from `first_s` (the model server's backoff by
+    default), capped, and (with jitter) drawn between half and all of that, so batches that failed together
+    come back spread out."""
+    first = s.model_retry_backoff_s if first_s is None else first_s
+    full = get_exponential_backoff_interval(first, retries, s.model_retry_backoff_max_s, full_jitter=False)
+    if not s.model_retry_jitter:
+        return float(full)
+    return full / 2 + (rng or random).uniform(0, full / 2)
 
 
 @contextmanager
@@ -153,65 +167,168 @@ def publish(files) -> None:
     metrics.STORAGE_SECONDS.labels("upload").observe(time.perf_counter() - started)
 
 
+def task_key(task: Task, *parts) -> str:
+    return ":".join([task.name.rsplit(".", 1)[-1], *(str(p) for p in parts)])
+
+
 @contextmanager
-def job_step(task: Task, job_id: str, what: str):
+def job_step(task: Task, job_id: str, what: str, key: str | None = None):
     """Run one step of a job in its files (see _task_files) and map errors to the job's fate: gone -> stop
-    quietly, model server or object store down -> retry then fail, bad video, model or storage error ->
-    fail with the message, anything else -> fail as internal error. Counts and times every run."""
+    quietly, model server or object store down -> retry then fail, bad video, model error or a refusing
+    object store -> fail with the message, too slow -> `timed_out`, disk full -> `storage_full`, anything
+    else -> fail as internal error. Counts and times every run (worker/metrics.py); every line logged
+    meanwhile names the job.
+
+    Counts the task's deliveries under `key`: one that starts after `max_lost_workers` deliveries whose
+    worker died fails the job with `resource_exhausted`."""
+    key = key or task_key(task)
+    counted = False
     name = task.name.rsplit(".", 1)[-1]
     token = logs.current_job_id.set(job_id)
     started = time.perf_counter()
     outcome = "failed"
     try:
+        deliveries = store().count_delivery(job_id, key)
+        counted = True
+        lost = deliveries - 1
+        if lost > settings().max_lost_workers:
+            # Failed here, the step's own first check (ensure_active) then stops it before any work.
+            fail(
+                job_id,
+                ResourceExhausted.code,
+                f"the worker processing this video died {lost} times while {what} (out of memory or a "
+                f"decoder crash; limit EMOJI_MAX_LOST_WORKERS={settings().max_lost_workers}); "
+                "try a shorter or smaller video",
+            )
         with _task_files(job_id) as files:
             yield files
         outcome = "succeeded"
     except JobGone as exc:
         outcome = "skipped"
         logger.info("job %s: %s skipped: %s", job_id, what, exc)
+    except LockLost as exc:
+        outcome = "skipped"
+        logger.warning("job %s: %s stopped without writing: %s", job_id, what, exc)
+    except BatchBusy as exc:
+        outcome = "retried"
+        countdown = max(1.0, settings().task_time_limit_s / 4)
+        logger.warning("job %s: %s: %s; again in %.0f s", job_id, what, exc, countdown)
+        raise task.retry(exc=exc, countdown=countdown, max_retries=None) from exc
     except ModelServerUnavailable as exc:
         s = settings()
+        retries = task.request.retries
         outcome = "retried"
-        _retry_or_fail(task, job_id, what, exc, s.model_retries, s.model_retry_backoff_s,
-                       "the emotion model server")
-        outcome = "failed"
+        if retries >= s.model_retries:
+            outcome = "failed"
+            fail(
+                job_id,
+                exc.code,
+                f"the emotion model server did not answer after {retries + 1} tries; try again later ({exc})",
+            )
+            return
+        countdown = retry_countdown(retries, s)
+        logger.warning(
+            "job %s: %s: model server unavailable, retry %d/%d in %.1f s: %s",
+            job_id,
+            what,
+            retries + 1,
+            s.model_retries,
+            countdown,
+            exc,
+        )
+        raise task.retry(exc=exc, countdown=countdown, max_retries=s.model_retries) from exc
     except StorageUnavailable as exc:
         s = settings()
+        retries = task.request.retries
         outcome = "retried"
-        _retry_or_fail(task, job_id, what, exc, s.storage_retries, s.storage_retry_backoff_s,
-                       "the object store")
-        outcome = "failed"
-    except (VideoError, ModelServerError, StorageError) as exc:
+        if retries >= s.storage_retries:
+            outcome = "failed"
+            message = f"the object store did not answer after {retries + 1} tries; try again later ({exc})"
+            fail(job_id, exc.code, message)
+            return
+        countdown = retry_countdown(retries, s, first_s=s.storage_retry_backoff_s)
+        logger.warning(
+            "job %s: %s: object store unavailable, retry %d/%d in %.1f s: %s",
+            job_id, what, retries + 1, s.storage_retries, countdown, exc,
+        )
+        raise task.retry(exc=exc, countdown=countdown, max_retries=s.storage_retries) from exc
+    except (VideoError, ModelServerError, TimedOut, StorageFull, ResourceExhausted, StorageError) as exc:
         fail(job_id, exc.code, str(exc))
+    except SoftTimeLimitExceeded:
+        fail(
+            job_id,
+            TimedOut.code,
+            f"the worker took longer than {settings().task_soft_time_limit_s} s while {what} "
+            "(EMOJI_TASK_SOFT_TIME_LIMIT_S) and stopped; try a shorter video",
+        )
     except Exception as exc:
+        if is_storage_full(exc):
+            fail(job_id, StorageFull.code, f"the disk is full ({exc.strerror}) while {what}; try again later")
+            return
         if not store().exists(job_id):
-            # Deleted while we worked: our writes may have recreated its files; remove them again.
-            storage().delete_job(job_id)
             outcome = "skipped"
             logger.info("job %s: %s stopped, the job was deleted", job_id, what)
             return
         logger.exception("job %s: %s failed", job_id, what)
         fail(job_id, "internal_error", f"the worker failed while {what}: {type(exc).__name__}: {exc}")
-    else:
-        if not store().exists(job_id):
-            storage().delete_job(job_id)
     finally:
+        # Reached on every end this process sees (a retry too); never when the process is killed.
+        if counted:
+            store().end_delivery(job_id, key)
+        if not store().exists(job_id):
+            # Deleted while we worked (or before): our writes may have re-created its files; remove them.
+            storage().delete_job(job_id)
         metrics.TASKS.labels(name, outcome).inc()
         metrics.TASK_SECONDS.labels(name).observe(time.perf_counter() - started)
         logs.current_job_id.reset(token)
+
+
+@contextmanager
+def batch_lock(job_id: str, stage: str, batch_index: int, outputs):
+    """Hold the batch's lock while it runs (BatchBusy if another run has it), after removing the temporary
+    files of a run that was killed; yields the fencing check to call before writing. (With an object store
+    a run's temporary files live in its own scratch folder, which goes with it.)"""
+    lock = BatchLock(store(), job_id, stage, batch_index, settings().task_time_limit_s + 30)
+    if not lock.acquire():
+        raise BatchBusy(f"{stage} batch {batch_index} is running elsewhere")
+    try:
+        for output in outputs if storage().local else ():
+            remove_stale_temps(storage().path(job_id, output))
+        yield lock.check
+    finally:
+        lock.release()
+
+
+@signals.task_failure.connect
+def _hard_time_limit(sender=None, task_id=None, exception=None, args=None, **_) -> None:
+    """Celery killed a task's process at the hard time limit (in the worker's main process): the task will
+    not report anything itself, so its job fails here."""
+    if isinstance(exception, TimeLimitExceeded) and args and isinstance(args[0], str):
+        fail(
+            args[0],
+            TimedOut.code,
+            f"the worker took longer than {settings().task_time_limit_s} s (EMOJI_TASK_TIME_LIMIT_S) and "
+            "was stopped; try a shorter video",
+        )
 
 
 @app.task(name=TASK_START_JOB, bind=True)
 def start_job(self: Task, job_id: str) -> None:
     """Probe the upload, split it into batches, enqueue their analysis."""
     with job_step(self, job_id, "reading the video") as files:
-        ensure_active(job_id)
-        store().mark_running(job_id)
+        if not store().mark_running(job_id):
+            raise JobGone(f"job {job_id} is gone or finished")
         plan = pipeline.plan_job(files, job_id, settings())
         publish(files)
         # With an object store the gateway cannot probe the upload (it never has it on disk): this does.
         video = json.dumps(plan.info.to_dict())
         store().update(job_id, frames_total=plan.frames, batches_total=len(plan.batches), video=video)
+        if plan.timestamps_repaired:
+            store().add_warning(job_id, "timestamps", JobWarning(
+                code="timestamps_repaired",
+                message="the video's timestamps repeat or go back (e.g. a file joined to itself); the "
+                "frames were timed from the frame rate instead",
+            ))
         ensure_active(job_id)
         for index, (start, end) in enumerate(plan.batches):
             analyze_batch.apply_async((job_id, index, start, end), queue=VIDEO_QUEUE)
@@ -220,20 +337,47 @@ def start_job(self: Task, job_id: str) -> None:
 @app.task(name=TASK_ANALYZE_BATCH, bind=True)
 def analyze_batch(self: Task, job_id: str, batch_index: int, start: int, end: int) -> None:
     """Find, follow and classify the faces of frames [start, end); the last batch enqueues the timeline."""
-    with job_step(self, job_id, f"analysing frames {start}-{end - 1}") as files:
+    with (
+        job_step(self, job_id, f"analysing frames {start}-{end - 1}", task_key(self, batch_index)) as files,
+        batch_lock(job_id, "analyze", batch_index, [pipeline.analysis_name(batch_index)]) as fence,
+    ):
         ensure_active(job_id)
+        if store().batch_done(job_id, "analyze", batch_index):
+            raise JobGone(f"analyze batch {batch_index} is done already")
         plan = pipeline.load_plan(files, job_id)
         if tuple(plan.batches[batch_index]) != (start, end):
             raise JobGone(f"batch {batch_index} ({start}-{end}) is not in the job's plan")
         frames = pipeline.analyze_batch(
-            files, job_id, batch_index, plan, detector(), classifier(), settings()
+            files, job_id, batch_index, plan, detector(), classifier(), settings(), fence=fence
         )
+        if frames < end - start:
+            lost = JobWarning(
+                code="frames_lost",
+                message=f"frames {start + frames}-{end - 1} could not be decoded (the file is damaged "
+                "there); they are missing from the video and the timeline",
+                frames=[start + frames, end - 1],
+            )
+            store().add_warning(job_id, f"analyze:{batch_index}", lost)
         publish(files)
+        fence()
         metrics.FRAMES.labels("analyze").inc(frames)
         done = store().mark_batch_done(job_id, "analyze", batch_index, frames)
         if done >= len(plan.batches):
             ensure_active(job_id)
             build_timeline.apply_async((job_id,), queue=VIDEO_QUEUE)
+
+
+def check_frames_lost(job_id: str, plan: pipeline.Plan) -> None:
+    """Fail a job that lost more of its frames than `max_lost_frames_fraction` (damaged file); fewer lost
+    frames leave a `frames_lost` warning (added by the batch) and the job goes on."""
+    decoded = int(sum(int(v) for v in store().redis.hvals(store().key(job_id, "analyze"))))
+    lost = plan.frames - decoded
+    if lost and lost > settings().max_lost_frames_fraction * plan.frames:
+        raise VideoError(
+            f"only {decoded} of the video's {plan.frames} frames could be decoded; the file is damaged "
+            f"(more than EMOJI_MAX_LOST_FRAMES_FRACTION={settings().max_lost_frames_fraction} lost). "
+            "Upload an undamaged copy"
+        )
 
 
 @app.task(name=TASK_BUILD_TIMELINE, bind=True)
@@ -242,6 +386,7 @@ def build_timeline(self: Task, job_id: str) -> None:
     with job_step(self, job_id, "building the timeline") as files:
         ensure_active(job_id)
         plan = pipeline.load_plan(files, job_id)
+        check_frames_lost(job_id, plan)
         model = {"name": settings().model_name, "version": pipeline.model_version_of(files, job_id, plan)}
         pipeline.make_timeline(files, job_id, plan, settings(), model)
         publish(files)
@@ -253,13 +398,19 @@ def build_timeline(self: Task, job_id: str) -> None:
 @app.task(name=TASK_RENDER_BATCH, bind=True)
 def render_batch(self: Task, job_id: str, batch_index: int, start: int, end: int) -> None:
     """Draw the emoji on frames [start, end) and encode the piece; the last batch enqueues the join."""
-    with job_step(self, job_id, f"drawing frames {start}-{end - 1}") as files:
+    with (
+        job_step(self, job_id, f"drawing frames {start}-{end - 1}", task_key(self, batch_index)) as files,
+        batch_lock(job_id, "render", batch_index, [pipeline.piece_name(batch_index)]) as fence,
+    ):
         ensure_active(job_id)
+        if store().batch_done(job_id, "render", batch_index):
+            raise JobGone(f"render batch {batch_index} is done already")
         plan = pipeline.load_plan(files, job_id)
         if tuple(plan.batches[batch_index]) != (start, end):
             raise JobGone(f"batch {batch_index} ({start}-{end}) is not in the job's plan")
-        frames = pipeline.render_batch(files, job_id, batch_index, plan, overlay(), settings())
+        frames = pipeline.render_batch(files, job_id, batch_index, plan, overlay(), settings(), fence=fence)
         publish(files)
+        fence()
         metrics.FRAMES.labels("render").inc(frames)
         done = store().mark_batch_done(job_id, "render", batch_index, frames)
         if done >= len(plan.batches):

@@ -12,9 +12,10 @@ from pathlib import PurePosixPath
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 
-from common.errors import JobNotFound, VideoError
+from common.errors import JobNotFound, MediaRefused, VideoError
 from common.jobs import Job, JobStatus, JobStore
 from common.media import SNIFF_BYTES, looks_like_video, probe
+from common.media_policy import MediaLimits
 from common.queue import TASK_START_JOB, VIDEO_QUEUE
 from common.storage import LocalStorage, S3Storage, Writer
 from gateway import metrics
@@ -23,7 +24,7 @@ from gateway.downloads import content_disposition, ranged_response
 from gateway.errors import JobNotReady, ResultMissing
 from gateway.schemas import JobCreated, JobLinks, JobPublic, JobsPublic
 from gateway.settings import GatewaySettings
-from gateway.uploads import check_content_length, stream_upload
+from gateway.uploads import BodyLimits, check_content_length, stream_upload
 
 logger = logging.getLogger(__name__)
 
@@ -142,10 +143,12 @@ class SniffingWriter:
         self.out.abort()
 
 
-async def probe_upload(path, filename: str):
-    """ffprobe the stored upload; its errors name the user's file, not our path."""
+async def probe_upload(path, filename: str, limits: MediaLimits):
+    """ffprobe the stored upload against the limits; its errors name the user's file, not our path."""
     try:
-        return await asyncio.to_thread(probe, path)
+        return await asyncio.to_thread(probe, path, limits)
+    except MediaRefused:
+        raise  # its message names the limit, not the stored path
     except VideoError as exc:
         message = str(exc).replace(f"file:{path.resolve()}", repr(filename))
         message = message.replace(str(path.resolve()), repr(filename))
@@ -163,11 +166,15 @@ async def probe_upload(path, filename: str):
     openapi_extra={"requestBody": UPLOAD_BODY},
     responses={
         413: {"description": "over the upload limit", "content": ERROR_EXAMPLE},
+        400: {"description": "an unusable multipart body (e.g. its boundary)", "content": ERROR_EXAMPLE},
         415: {"description": "not a video we can read", "content": ERROR_EXAMPLE},
         422: {
-            "description": "not a multipart form with a `file`, or an empty file",
+            "description": "not a multipart form with a `file`, an empty file, or a video over one of the "
+            "limits (the code names the limit: video_dimensions, frame_pixels, too_many_frames, too_long, "
+            "too_many_streams, video_track_count, codec_not_allowed, container_not_allowed)",
             "content": ERROR_EXAMPLE,
         },
+        507: {"description": "the server's disk is full", "content": ERROR_EXAMPLE},
     },
 )
 async def create_job(
@@ -178,7 +185,8 @@ async def create_job(
     storage: StorageDep,
     celery: CeleryDep,
 ) -> JobCreated:
-    """Upload a video (multipart field `file`); it is checked with ffprobe and queued."""
+    """Upload a video (multipart field `file`); it is checked with ffprobe against the limits on what a video
+    may cost, and queued."""
     check_content_length(request.headers.get("content-length"), settings.max_upload_bytes)
     job_id = uuid.uuid4().hex
     try:
@@ -191,13 +199,20 @@ async def create_job(
             out,
             settings.max_upload_bytes,
             settings.upload_chunk_bytes,
+            BodyLimits(
+                settings.upload_max_parts,
+                settings.upload_max_field_bytes,
+                settings.upload_max_part_header_bytes,
+            ),
         )
         metrics.UPLOAD_BYTES.inc(upload.size)
         if storage.local:
-            video = (await probe_upload(storage.path(job_id, INPUT_NAME), upload.filename)).to_dict()
+            path = storage.path(job_id, INPUT_NAME)
+            video = (await probe_upload(path, upload.filename, MediaLimits.from_settings(settings))).to_dict()
         else:
             # The upload went straight to the object store and ffprobe reads only local files: the worker
-            # probes it first thing (start_job); an unreadable file fails the job with `invalid_video`.
+            # probes it first thing (start_job), with the same limits; an unreadable file or one over a
+            # limit fails the job with the same code the gateway would have answered.
             video = {}
         await asyncio.to_thread(store.create, job_id, upload.filename, video)
     except BaseException:
@@ -301,7 +316,9 @@ def get_timeline_csv(
 def delete_job(job_id: JobIdDep, store: StoreDep, storage: StorageDep) -> Response:
     """Delete a job and all its files."""
     known = store.exists(job_id)
-    if not known and not storage.has_job(job_id):
+    # Files without a record (a worker's late write, an expired record) go too, but only a job answers 204.
+    storage.delete_job(job_id)
+    if not known:
         raise JobNotFound(f"no job with id {job_id}; it may already have been deleted")
     store.delete(job_id)
     storage.delete_job(job_id)
