@@ -439,7 +439,7 @@ def make_timeline(
     used = {
         "detect_every": settings.detect_every,
         "detect_model": settings.detect_model,
-        "detect_tiles": settings.detect_tiles,
+        "detect_tile_rows": settings.detect_tile_rows,
         "smoothing_ms": settings.smoothing_ms,
         "hysteresis_margin": settings.hysteresis_margin,
         "hysteresis_hold_ms": settings.hysteresis_hold_ms,

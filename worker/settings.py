@@ -19,9 +19,9 @@ class WorkerSettings(CommonSettings):
     detect_model: Literal["full_range", "short_range"] = "full_range"
     # Lowest face score kept (MediaPipe's own threshold).
     detect_min_score: float = Field(0.5, gt=0, lt=1)
-    # Also scan this many overlapping squares along a wide frame's long side: finds faces too small for one
-    # whole-frame pass (a crowd at 1080p) at this many times the cost (1 = whole frame only).
-    detect_tiles: int = Field(1, ge=1)
+    # Besides the whole frame, scan overlapping squares, this many across the frame's short side (0 = none):
+    # finds faces too small for one whole-frame pass (a crowd). 1 = three squares on a 16:9 frame, 4 scans.
+    detect_tile_rows: int = Field(1, ge=0)
     # Decode for analysis without the deblocking filter (faster; the pixels differ slightly, faces do not).
     fast_analysis_decode: bool = True
     # ffmpeg's decoder threads per batch (0 = ffmpeg's choice): the pool's processes already share the cores,
