@@ -168,6 +168,7 @@ def test_make_detector_follows_the_settings():
     settings = WorkerSettings(detect_model="short_range", detect_tile_rows=2, detect_min_score=0.6)
     detector = make_detector(settings)
     assert detector.model.input_size == 128 and detector.tile_rows == 2 and detector.min_score == 0.6
+    assert make_detector(settings, tile_rows=settings.live_detect_tile_rows).tile_rows == 0
 
 
 def labelled_photos() -> list[tuple[str, list[list[float]]]]:

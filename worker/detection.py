@@ -286,15 +286,16 @@ class BlazeFaceDetector:
         return FaceBoxes(xyxy[inside], found.scores[inside])
 
     @classmethod
-    def from_settings(cls, settings) -> BlazeFaceDetector:
+    def from_settings(cls, settings, tile_rows: int | None = None) -> BlazeFaceDetector:
         return cls(
             model=settings.detect_model,
             min_score=settings.detect_min_score,
-            tile_rows=settings.detect_tile_rows,
+            tile_rows=settings.detect_tile_rows if tile_rows is None else tile_rows,
         )
 
 
-def make_detector(settings) -> FaceDetector:
-    """The configured face detector (BlazeFace; OpenCV's own threads as the settings say)."""
+def make_detector(settings, tile_rows: int | None = None) -> FaceDetector:
+    """The configured face detector (BlazeFace; OpenCV's own threads as the settings say); `tile_rows`
+    overrides the settings' (the live path scans webcam frames, whose faces are large, without tiles)."""
     cv2.setNumThreads(settings.opencv_threads)
-    return BlazeFaceDetector.from_settings(settings)
+    return BlazeFaceDetector.from_settings(settings, tile_rows)

@@ -66,6 +66,9 @@ class WorkerSettings(CommonSettings):
     # Live webcam frames: per-client tracking state lives in Redis this long after the last frame.
     live_state_ttl_s: int = Field(60, ge=1)
     live_max_jpeg_bytes: int = Field(2 * 1024 * 1024, ge=1024)
+    # Live frames are scanned whole, without tiles (detect_tile_rows) by default: faces in front of a webcam
+    # are large, and each row of tiles would cost 2-3 more network runs against the 100 ms budget.
+    live_detect_tile_rows: int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _batch_multiple_of_k(self) -> WorkerSettings:
