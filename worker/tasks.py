@@ -87,12 +87,16 @@ def store() -> JobStore:
 
 @lru_cache(maxsize=1)
 def detector():
-    import cv2
+    from worker.detection import make_detector
 
-    from worker.detection import HaarFaceDetector
+    return make_detector(settings())
 
-    cv2.setNumThreads(settings().opencv_threads)
-    return HaarFaceDetector.from_settings(settings())
+
+@lru_cache(maxsize=1)
+def live_detector():
+    from worker.detection import make_detector
+
+    return make_detector(settings(), tile_rows=settings().live_detect_tile_rows)
 
 
 @lru_cache(maxsize=1)
@@ -439,7 +443,7 @@ def live_frame(client_id: str, jpeg_b64: str) -> dict:
     from worker.live import process_frame
 
     started = time.perf_counter()
-    answer = process_frame(client_id, jpeg_b64, store().redis, detector(), classifier(), settings())
+    answer = process_frame(client_id, jpeg_b64, store().redis, live_detector(), classifier(), settings())
     metrics.LIVE_FRAMES.inc()
     metrics.TASK_SECONDS.labels("live_frame").observe(time.perf_counter() - started)
     return answer
