@@ -41,8 +41,8 @@ class FaceBoxes:
 
 
 class FaceDetector(Protocol):
-    def detect(self, gray: np.ndarray) -> FaceBoxes:
-        """Faces in a grayscale image (H, W) uint8, boxes in its pixels."""
+    def detect(self, image_bgr: np.ndarray) -> FaceBoxes:
+        """Faces in a BGR image (H, W, 3) uint8 of any size, boxes in its pixels."""
 
     def detect_near(self, gray: np.ndarray, boxes_xyxy: np.ndarray) -> FaceBoxes:
         """Faces close to known boxes (a cheap search near where faces were); may miss new faces."""
@@ -155,8 +155,11 @@ class HaarFaceDetector:
         return boxes, n / (n + self.min_neighbors)
 
     def detect(self, gray: np.ndarray) -> FaceBoxes:
+        """Faces in a BGR image (H, W, 3) or a grayscale one (H, W), boxes in its pixels."""
+        if gray.ndim == 3 and gray.shape[2] == 3:
+            gray = cv2.cvtColor(gray, cv2.COLOR_BGR2GRAY)
         if gray.ndim != 2:
-            raise ValueError(f"expected a grayscale image (H, W), got shape {gray.shape}")
+            raise ValueError(f"expected a BGR or grayscale image, got shape {gray.shape}")
         height, width = gray.shape
         scale = min(1.0, self.detect_width / width)
         small = (

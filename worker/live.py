@@ -17,7 +17,7 @@ from common.classes import EMOTIONS
 from common.errors import VideoError
 from common.face_crop import crop_faces
 from worker.detection import FaceBoxes, FaceDetector
-from worker.pipeline import EmotionClassifier, classify
+from worker.classifier import EmotionClassifier, classify
 from worker.settings import WorkerSettings
 from worker.smoothing import EmotionSmoother
 from worker.tracking import IouTracker

@@ -4,35 +4,35 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from common.settings import REPO_ROOT, CommonSettings
 
 
 class WorkerSettings(CommonSettings):
-    # Frames per analyze/render task; a multiple of detect_every so detection frames line up across batches.
-    batch_frames: int = Field(120, ge=1)
-    # Detect faces on every k-th frame and follow them in between (1 = detect on every frame).
-    detect_every: int = Field(3, ge=1)
-    # Faces are searched on a grayscale copy this wide (never upscaled): smaller is faster, misses tiny faces.
+    # Frames per batch task, about (cuts move to where a pre-roll starts on a keyframe; see worker.plan).
+    batch_frames: int = Field(150, ge=1)
+    # Each batch first analyses this much video before its first frame, not drawn, so tracking and smoothing
+    # enter it warm (see worker.batch_pass).
+    preroll_ms: float = Field(1000.0, ge=0)
+    # A frame is drawn once this much video after it is analysed: detector gaps shorter than this are
+    # bridged, one-frame false detections dropped.
+    lookahead_ms: float = Field(300.0, ge=0)
+    # Detect faces on every k-th frame, interpolating in between (1 = every frame; see docs/benchmarks.md).
+    detect_every: int = Field(1, ge=1)
+    # The detector gets a BGR copy of the frame this wide (never upscaled).
     detect_width: int = Field(640, ge=64)
-    # Decode for analysis without the deblocking filter (faster; the pixels differ slightly, faces do not).
-    fast_analysis_decode: bool = True
-    # ffmpeg's decoder threads per batch (0 = ffmpeg's choice): the pool's processes already share the cores,
-    # and one thread per decode wastes the least CPU on frame threading.
+    # Decoder and encoder threads per batch (0 = the library's choice). A worker runs one batch per process
+    # and as many processes as cores, so one thread each wastes the least CPU on threading.
     decode_threads: int = Field(1, ge=0)
-    # Frames are kept for cropping at most this wide; faces stay far above the model's 48 px.
-    analysis_max_width: int = Field(1280, ge=64)
+    encode_threads: int = Field(1, ge=0)
     # Smallest face to find: a fraction of the detection frame's shorter side, and at least min_face_px there.
     min_face_fraction: float = Field(0.04, gt=0, lt=1)
     min_face_px: int = Field(20, ge=12)
     # A followed face the upright search misses is searched again turned by these angles (tilted heads).
     tilt_angles: tuple[float, ...] = (25.0,)
-    # Every n-th detection frame scans the whole frame for new faces; the others look only near known faces.
+    # Live: every n-th frame scans the whole frame for new faces; the others look only near known faces.
     full_scan_every: int = Field(6, ge=1)
-    # A whole-frame scan is skipped when nothing changed away from the followed faces since the last one
-    # (a face coming into view changes pixels), at most this many times in a row (0 = never skip).
-    full_scan_max_skips: int = Field(3, ge=0)
     # OpenCV's own threads per worker process; the pool's processes already share the cores.
     opencv_threads: int = Field(1, ge=0)
     detect_scale_factor: float = Field(1.1, gt=1.0, lt=2.0)
@@ -81,11 +81,3 @@ class WorkerSettings(CommonSettings):
     # Live whole-frame scans look at a copy this wide (faces in front of a webcam are large; a 640 px scan
     # would cost several times the 100 ms budget); the search near followed faces keeps full resolution.
     live_detect_width: int = Field(320, ge=64)
-
-    @model_validator(mode="after")
-    def _batch_multiple_of_k(self) -> WorkerSettings:
-        if self.batch_frames % self.detect_every:
-            raise ValueError(
-                f"batch_frames ({self.batch_frames}) must be a multiple of detect_every ({self.detect_every})"
-            )
-        return self

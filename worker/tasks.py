@@ -1,8 +1,8 @@
-"""Celery tasks: thin wrappers (job id and frame range in, retries and acks) around worker.pipeline.
+"""Celery tasks: thin wrappers (job id and frame range in, retries and acks) around worker.steps.
 
-Chain: start_job -> analyze_batch xN -> build_timeline -> render_batch xN -> finish_job. The last batch of a
-stage to finish (counted per batch index in Redis) enqueues the next step; a step that runs twice only
-overwrites its own files, so duplicates are harmless. A job deleted or failed meanwhile stops quietly.
+Chain: start_job -> process_batch xN (in parallel, any worker) -> finish_job. The last batch to finish
+(counted per batch index in Redis) enqueues the finish; a step that runs twice only overwrites its own files,
+so duplicates are harmless. A job deleted or failed meanwhile stops quietly.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from common.errors import EmojiServiceError, ModelServerError, ModelServerUnavai
 from common.jobs import JobStatus, JobStore
 from common.queue import TASK_LIVE_FRAME, TASK_START_JOB, VIDEO_QUEUE
 from common.storage import LocalStorage
-from worker import pipeline
+from worker import steps
 from worker.app import app
 
 # Imported before Celery forks its pool: the client's protos import TensorFlow (seconds, ~600 MB), paid once
@@ -27,9 +27,7 @@ from worker.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
 
-TASK_ANALYZE_BATCH = "worker.analyze_batch"
-TASK_BUILD_TIMELINE = "worker.build_timeline"
-TASK_RENDER_BATCH = "worker.render_batch"
+TASK_PROCESS_BATCH = "worker.process_batch"
 TASK_FINISH_JOB = "worker.finish_job"
 
 
@@ -138,57 +136,29 @@ def job_step(task: Task, job_id: str, what: str):
 
 @app.task(name=TASK_START_JOB, bind=True)
 def start_job(self: Task, job_id: str) -> None:
-    """Probe the upload, split it into batches, enqueue their analysis."""
+    """Probe the upload, split it into batches, enqueue them."""
     with job_step(self, job_id, "reading the video"):
         ensure_active(job_id)
         store().mark_running(job_id)
-        plan = pipeline.plan_job(storage(), job_id, settings())
+        plan = steps.plan_job(storage(), job_id, settings())
         store().update(job_id, frames_total=plan.frames, batches_total=len(plan.batches))
         ensure_active(job_id)
         for index, (start, end) in enumerate(plan.batches):
-            analyze_batch.apply_async((job_id, index, start, end), queue=VIDEO_QUEUE)
+            process_batch.apply_async((job_id, index, start, end), queue=VIDEO_QUEUE)
 
 
-@app.task(name=TASK_ANALYZE_BATCH, bind=True)
-def analyze_batch(self: Task, job_id: str, batch_index: int, start: int, end: int) -> None:
-    """Find, follow and classify the faces of frames [start, end); the last batch enqueues the timeline."""
-    with job_step(self, job_id, f"analysing frames {start}-{end - 1}"):
+@app.task(name=TASK_PROCESS_BATCH, bind=True)
+def process_batch(self: Task, job_id: str, batch_index: int, start: int, end: int) -> None:
+    """Analyse frames [start, end), draw their emoji, encode the piece; the last batch enqueues the finish."""
+    with job_step(self, job_id, f"processing frames {start}-{end - 1}"):
         ensure_active(job_id)
-        plan = pipeline.load_plan(storage(), job_id)
+        plan = steps.load_plan(storage(), job_id)
         if tuple(plan.batches[batch_index]) != (start, end):
             raise JobGone(f"batch {batch_index} ({start}-{end}) is not in the job's plan")
-        frames = pipeline.analyze_batch(
-            storage(), job_id, batch_index, plan, detector(), classifier(), settings()
+        record = steps.run_batch(
+            storage(), job_id, batch_index, plan, detector(), classifier(), overlay(), settings()
         )
-        done = store().mark_batch_done(job_id, "analyze", batch_index, frames)
-        if done >= len(plan.batches):
-            ensure_active(job_id)
-            build_timeline.apply_async((job_id,), queue=VIDEO_QUEUE)
-
-
-@app.task(name=TASK_BUILD_TIMELINE, bind=True)
-def build_timeline(self: Task, job_id: str) -> None:
-    """Track people over the whole video, smooth, write the timeline; enqueue the render batches."""
-    with job_step(self, job_id, "building the timeline"):
-        ensure_active(job_id)
-        plan = pipeline.load_plan(storage(), job_id)
-        model = {"name": settings().model_name, "version": pipeline.model_version_of(storage(), job_id, plan)}
-        pipeline.make_timeline(storage(), job_id, plan, settings(), model)
-        ensure_active(job_id)
-        for index, (start, end) in enumerate(plan.batches):
-            render_batch.apply_async((job_id, index, start, end), queue=VIDEO_QUEUE)
-
-
-@app.task(name=TASK_RENDER_BATCH, bind=True)
-def render_batch(self: Task, job_id: str, batch_index: int, start: int, end: int) -> None:
-    """Draw the emoji on frames [start, end) and encode the piece; the last batch enqueues the join."""
-    with job_step(self, job_id, f"drawing frames {start}-{end - 1}"):
-        ensure_active(job_id)
-        plan = pipeline.load_plan(storage(), job_id)
-        if tuple(plan.batches[batch_index]) != (start, end):
-            raise JobGone(f"batch {batch_index} ({start}-{end}) is not in the job's plan")
-        frames = pipeline.render_batch(storage(), job_id, batch_index, plan, overlay(), settings())
-        done = store().mark_batch_done(job_id, "render", batch_index, frames)
+        done = store().mark_batch_done(job_id, "batch", batch_index, len(record.frames))
         if done >= len(plan.batches):
             ensure_active(job_id)
             finish_job.apply_async((job_id,), queue=VIDEO_QUEUE)
@@ -196,11 +166,11 @@ def render_batch(self: Task, job_id: str, batch_index: int, start: int, end: int
 
 @app.task(name=TASK_FINISH_JOB, bind=True)
 def finish_job(self: Task, job_id: str) -> None:
-    """Join the pieces with the original audio into result.mp4 and mark the job succeeded."""
+    """Stitch person ids, write the timeline, join the pieces with the original audio; mark the job done."""
     with job_step(self, job_id, "joining the video"):
         ensure_active(job_id)
-        plan = pipeline.load_plan(storage(), job_id)
-        pipeline.finish_job(storage(), job_id, plan, settings())
+        plan = steps.load_plan(storage(), job_id)
+        steps.finish_job(storage(), job_id, plan, settings(), settings().model_name)
         ensure_active(job_id)
         store().mark_succeeded(job_id)
         logger.info("job %s succeeded", job_id)
