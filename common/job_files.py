@@ -1,11 +1,11 @@
 """The names of a job's files inside its storage folder, defined once for the gateway and the worker.
 
-    input               the upload, as received (the gateway writes it)
-    plan.json           frame times, keyframes and batch ranges (worker: plan step)
-    batches/NNNNN.json  one batch's faces, ids, emotions and stage timings (worker: batch step)
-    pieces/NNNNN.mp4    one batch's frames with the emoji drawn, H.264 (worker: batch step)
-    timeline.json/.csv  the whole video's timeline (worker: finish step)
-    result.mp4          the pieces joined with the original audio (worker: finish step)
+input               the upload, as received (the gateway writes it)
+plan.json           frame times, keyframes and batch ranges (worker: plan step)
+batches/NNNNN.json  one batch's faces, ids, emotions and stage timings (worker: batch step)
+pieces/NNNNN.mp4    one batch's frames with the emoji drawn, H.264 (worker: batch step)
+timeline.json/.csv  the whole video's timeline (worker: finish step)
+result.mp4          the pieces joined with the original audio (worker: finish step)
 """
 
 from __future__ import annotations

@@ -158,5 +158,5 @@ def frame_index(path: Path) -> tuple[list[float], list[int]]:
     packets = [p for p in data.get("packets", []) if p.get("pts_time") not in (None, "N/A")]
     times = sorted(round((float(p["pts_time"]) - start) * 1000.0, 3) for p in packets)
     position = {t: i for i, t in enumerate(times)}
-    keys = {position[round((float(p["pts_time"]) - start) * 1000.0, 3)] for p in packets if "K" in (p.get("flags") or "")}
-    return times, sorted(keys)
+    keys = [p for p in packets if "K" in (p.get("flags") or "")]
+    return times, sorted({position[round((float(p["pts_time"]) - start) * 1000.0, 3)] for p in keys})

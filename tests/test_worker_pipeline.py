@@ -11,7 +11,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 from skimage.data import astronaut
@@ -54,8 +53,27 @@ def write_video(
     cmd = ["ffmpeg", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{width}x{height}"]
     cmd += ["-framerate", str(FPS), "-i", "pipe:0"]
     if audio:
-        cmd += ["-f", "lavfi", "-i", f"sine=frequency=440:duration={FRAMES / FPS}", "-c:a", "aac", "-shortest"]
-    cmd += ["-c:v", "libx264", "-preset", "ultrafast", "-g", "10", "-pix_fmt", "yuv420p", *extra_args, str(path)]
+        cmd += [
+            "-f",
+            "lavfi",
+            "-i",
+            f"sine=frequency=440:duration={FRAMES / FPS}",
+            "-c:a",
+            "aac",
+            "-shortest",
+        ]
+    cmd += [
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-g",
+        "10",
+        "-pix_fmt",
+        "yuv420p",
+        *extra_args,
+        str(path),
+    ]
     subprocess.run(cmd, input=b"".join(f.tobytes() for f in frames), check=True)
 
 
@@ -111,7 +129,11 @@ def video(tmp_path_factory) -> Path:
 @pytest.fixture
 def settings(tmp_path) -> WorkerSettings:
     return WorkerSettings(
-        storage_dir=tmp_path / "storage", batch_frames=12, preroll_ms=250, smoothing_ms=200, track_min_detections=1
+        storage_dir=tmp_path / "storage",
+        batch_frames=12,
+        preroll_ms=250,
+        smoothing_ms=200,
+        track_min_detections=1,
     )
 
 
@@ -139,7 +161,17 @@ def run_all(storage, job_id, settings, classifier=None, detector=None):
 
 def ffprobe_streams(path: Path) -> dict:
     out = subprocess.run(
-        ["ffprobe", "-v", "error", "-count_frames", "-show_streams", "-show_format", "-of", "json", str(path)],
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-count_frames",
+            "-show_streams",
+            "-show_format",
+            "-of",
+            "json",
+            str(path),
+        ],
         capture_output=True,
         check=True,
     )
@@ -149,8 +181,18 @@ def ffprobe_streams(path: Path) -> dict:
 def frame_times(path: Path) -> list[float]:
     """Every video frame's presentation time (s) as ffprobe reads it, counted from the first."""
     out = subprocess.run(
-        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "frame=pts_time", "-of", "csv=p=0",
-         str(path)],
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "frame=pts_time",
+            "-of",
+            "csv=p=0",
+            str(path),
+        ],
         capture_output=True,
         check=True,
         text=True,
@@ -241,7 +283,9 @@ def test_a_one_frame_false_detection_is_neither_drawn_nor_in_the_timeline(video,
             return found
 
     job = new_job(storage, video)
-    _, timeline, _ = run_all(storage, job, settings.model_copy(update={"track_min_detections": 2}), detector=Flicker())
+    _, timeline, _ = run_all(
+        storage, job, settings.model_copy(update={"track_min_detections": 2}), detector=Flicker()
+    )
     assert all(len(f["faces"]) == 1 for f in timeline["frames"])
     assert len(timeline["people"]) == 1
 
@@ -394,11 +438,18 @@ def test_each_batch_decodes_exactly_the_frames_of_one_full_decode(tmp_path, stor
     write_video(source, ("-g", "25", "-bf", "2", "-preset", "medium"))
     job = new_job(storage, source)
     plan = steps.plan_job(storage, job, settings)
-    full = [plane_array(f, 0).copy() for _, f in decode_frames(source, plan.info.format_name, plan.timestamps_ms, 0, 0, FRAMES)]
+    full = [
+        plane_array(f, 0).copy()
+        for _, f in decode_frames(source, plan.info.format_name, plan.timestamps_ms, 0, 0, FRAMES)
+    ]
     assert len(full) == FRAMES
     for index in range(len(plan.batches)):
         window = plan.window(index, settings.preroll_ms)
-        got = list(decode_frames(source, plan.info.format_name, plan.timestamps_ms, window.keyframe, window.first, window.end))
+        got = list(
+            decode_frames(
+                source, plan.info.format_name, plan.timestamps_ms, window.keyframe, window.first, window.end
+            )
+        )
         assert [i for i, _ in got] == list(range(window.first, window.end))
         assert all(np.array_equal(plane_array(f, 0), full[i]) for i, f in got)
     # A window starting inside a group of pictures, far from its keyframe, is exact too.
@@ -417,8 +468,13 @@ def test_batch_boundary_inside_an_expression_change_draws_what_one_batch_draws(t
     shown = {}
     for name, batch_frames in (("one batch", 1000), ("boundary", 29)):
         case = settings.model_copy(
-            update={"storage_dir": tmp_path / name, "batch_frames": batch_frames, "preroll_ms": 1000,
-                    "smoothing_ms": 100, "hysteresis_hold_ms": 300}
+            update={
+                "storage_dir": tmp_path / name,
+                "batch_frames": batch_frames,
+                "preroll_ms": 1000,
+                "smoothing_ms": 100,
+                "hysteresis_hold_ms": 300,
+            }
         )
         storage = LocalStorage(case.storage_dir)
         job = new_job(storage, source)

@@ -110,14 +110,18 @@ class BatchPass:
 
     # --- analysis of one frame -------------------------------------------------------------------------
     def detection_image(self, frame) -> np.ndarray:
-        """A small BGR copy for the detector, made from the planes at the small size (no full-size convert)."""
+        """A small BGR copy for the detector, converted from the planes at the small size only."""
         w, h = self.detect_size
         planes = [plane_array(frame, i) for i in range(3)]
         small = np.empty((h * 3 // 2, w), np.uint8)
         small[:h] = cv2.resize(planes[0], (w, h), interpolation=cv2.INTER_AREA)
         quarter = (w // 2) * (h // 2)
-        small[h:].reshape(-1)[:quarter] = cv2.resize(planes[1], (w // 2, h // 2), interpolation=cv2.INTER_AREA).reshape(-1)
-        small[h:].reshape(-1)[quarter:] = cv2.resize(planes[2], (w // 2, h // 2), interpolation=cv2.INTER_AREA).reshape(-1)
+        small[h:].reshape(-1)[:quarter] = cv2.resize(
+            planes[1], (w // 2, h // 2), interpolation=cv2.INTER_AREA
+        ).reshape(-1)
+        small[h:].reshape(-1)[quarter:] = cv2.resize(
+            planes[2], (w // 2, h // 2), interpolation=cv2.INTER_AREA
+        ).reshape(-1)
         return cv2.cvtColor(small, cv2.COLOR_YUV2BGR_I420)
 
     def submit_crops(self, luma: np.ndarray, boxes: np.ndarray, t_ms: float) -> list[Slot]:
@@ -272,7 +276,9 @@ class BatchPass:
             wall_s=round(time.perf_counter() - started, 3),
             peak_rss_mib=round(now.ru_maxrss / 1024, 1),
         )
-        write_atomically(storage.path(job_id, job_files.batch_record(self.batch_index)), record.model_dump_json())
+        write_atomically(
+            storage.path(job_id, job_files.batch_record(self.batch_index)), record.model_dump_json()
+        )
         logger.info(
             "job %s: batch %d (frames %d-%d, %d pre-roll, %d crops) in %.2f s wall, %.2f s CPU: %s",
             job_id,

@@ -76,7 +76,11 @@ def plan_batches(
     skipped there)."""
     frames = len(times_ms)
     cuts = sorted(
-        {bisect.bisect_left(times_ms, times_ms[k] + preroll_ms - TIME_SLACK_MS) for k in keyframes if 0 < k < frames}
+        {
+            bisect.bisect_left(times_ms, times_ms[k] + preroll_ms - TIME_SLACK_MS)
+            for k in keyframes
+            if 0 < k < frames
+        }
         - {frames}
     )
     batches: list[tuple[int, int]] = []

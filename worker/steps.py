@@ -1,8 +1,8 @@
 """A job's steps as plain functions; the Celery tasks in worker/tasks.py only call them and chain them.
 
-    plan_job                  probe the upload, index its frames, cut batches     -> plan.json
-    run_batch (every batch)   decode once, analyse, draw, encode                  -> batches/N.json, pieces/N.mp4
-    finish_job                stitch person ids, write the timeline, join pieces  -> timeline.*, result.mp4
+    plan_job             probe the upload, index its frames, cut batches     -> plan.json
+    run_batch (each)     decode once, analyse, draw, encode                  -> batches/N.json, pieces/N.mp4
+    finish_job           stitch person ids, write the timeline, join pieces  -> timeline.*, result.mp4
 
 Why these steps: the only thing a batch needs from outside its frames is a warm tracker and smoother, and
 the pre-roll gives it that (see worker.batch_pass), so every batch can draw its emoji and encode its piece at

@@ -209,7 +209,8 @@ def timeline_from_batches(
                 }
                 for face in frame.faces
             ]
-            frames.append({"index": frame.index, "t_ms": frame.t_ms, "faces": sorted(faces, key=lambda f: f["person_id"])})
+            faces.sort(key=lambda f: f["person_id"])
+            frames.append({"index": frame.index, "t_ms": frame.t_ms, "faces": faces})
     durations = frame_durations_ms([f["t_ms"] for f in frames], float(video.get("fps") or 0))
     people, summary = summarize_people(frames, durations, max_gap_ms)
     timeline = {

@@ -1,6 +1,6 @@
-"""Video in and out for the worker: one in-process decode per batch (PyAV, libavcodec), frames handed over as
-decoded (yuv420p planes, no colour conversion, no pipe), one in-process libx264 encode per batch, and the final
-join of our pieces with the original audio (the ffmpeg program: stream copy only).
+"""Video in and out for the worker: one in-process decode per batch (PyAV, libavcodec), frames handed over
+as decoded (yuv420p planes, no colour conversion, no pipe), one in-process libx264 encode per batch, and the
+final join of our pieces with the original audio (the ffmpeg program: stream copy only).
 
 Why PyAV rather than ffmpeg processes with raw-video pipes: the same libraries do the same work, but every
 frame crossed two pipes (1.4 MB per 720p frame, twice) and the encoder could not be handed the decoded frame
@@ -150,10 +150,12 @@ class DisplayFrames:
     decoded frame itself through, untouched."""
 
     def __init__(self, rotation: int, output_size: tuple[int, int]) -> None:
-        # probe() reports the display matrix's counter-clockwise angle; showing it upright turns the other way.
-        self.turn = {90: cv2.ROTATE_90_COUNTERCLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_CLOCKWISE}.get(
-            rotation % 360
-        )
+        # probe() gives the display matrix's counter-clockwise angle; showing it upright turns the other way.
+        self.turn = {
+            90: cv2.ROTATE_90_COUNTERCLOCKWISE,
+            180: cv2.ROTATE_180,
+            270: cv2.ROTATE_90_CLOCKWISE,
+        }.get(rotation % 360)
         self.width, self.height = output_size
         sideways = rotation % 180 == 90
         self.coded = (self.height, self.width) if sideways else (self.width, self.height)
@@ -214,7 +216,9 @@ class PieceWriter:
         import av
 
         if (frame.width, frame.height) != self.size:
-            raise ValueError(f"expected a {self.size[0]}x{self.size[1]} frame, got {frame.width}x{frame.height}")
+            raise ValueError(
+                f"expected a {self.size[0]}x{self.size[1]} frame, got {frame.width}x{frame.height}"
+            )
         frame.pts, frame.time_base = pts, self.time_base
         # The source's frame types are not ours: x264 places its own keyframes.
         frame.pict_type = av.video.frame.PictureType.NONE

@@ -201,7 +201,9 @@ def get_timeline(
     job_id: JobIdDep, store: StoreDep, storage: StorageDep, download: bool = False
 ) -> FileResponse:
     """The emotion timeline as JSON (schema in docs/timeline.md)."""
-    return result_file(store, storage, job_id, job_files.TIMELINE_JSON, "application/json", "timeline.json", download)
+    return result_file(
+        store, storage, job_id, job_files.TIMELINE_JSON, "application/json", "timeline.json", download
+    )
 
 
 @router.head("/{job_id}/timeline.csv", include_in_schema=False)
@@ -213,7 +215,7 @@ def get_timeline(
 def get_timeline_csv(job_id: JobIdDep, store: StoreDep, storage: StorageDep) -> FileResponse:
     """The timeline as CSV, one row per frame and person, as a download."""
     return result_file(
-        store, storage, job_id, job_files.TIMELINE_CSV, "text/csv; charset=utf-8", "timeline.csv", download=True
+        store, storage, job_id, job_files.TIMELINE_CSV, "text/csv; charset=utf-8", "timeline.csv", True
     )
 
 
