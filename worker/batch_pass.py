@@ -15,7 +15,9 @@ runs in the background, batched), smooth, draw and encode, with a short look-ahe
 from __future__ import annotations
 
 import logging
+import os
 import resource
+import socket
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -275,6 +277,7 @@ class BatchPass:
             cpu_s={k: round(v, 4) for k, v in cpu.items()},
             wall_s=round(time.perf_counter() - started, 3),
             peak_rss_mib=round(now.ru_maxrss / 1024, 1),
+            worker=f"{socket.gethostname()}:{os.getpid()}",
         )
         write_atomically(
             storage.path(job_id, job_files.batch_record(self.batch_index)), record.model_dump_json()

@@ -43,6 +43,7 @@ class BatchRecord(BaseModel):
     cpu_s: dict[str, float]
     wall_s: float
     peak_rss_mib: float
+    worker: str = ""  # host:pid of the process that ran it
 
 
 def write_atomically(path: Path, text: str) -> None:
