@@ -21,7 +21,7 @@ from common.errors import ModelServerUnavailable, VideoError
 from common.media import probe
 from common.storage import LocalStorage
 from worker import steps
-from worker.detection import FaceBoxes, HaarFaceDetector
+from worker.detection import FaceBoxes, make_detector
 from worker.overlay import EmojiOverlay
 from worker.plan import plan_batches
 from worker.settings import WorkerSettings
@@ -413,7 +413,7 @@ def test_not_a_video_is_refused_with_a_message(storage, settings):
 
 
 def test_real_detector_finds_the_astronaut_face():
-    found = HaarFaceDetector().detect(np.ascontiguousarray(astronaut()[:, :, ::-1]))
+    found = make_detector(WorkerSettings()).detect(np.ascontiguousarray(astronaut()[:, :, ::-1]))
     assert len(found) == 1
     x1, y1, x2, y2 = found.xyxy[0]
     assert 150 < (x1 + x2) / 2 < 300 and 60 < (y1 + y2) / 2 < 170

@@ -18,31 +18,24 @@ class WorkerSettings(CommonSettings):
     # A frame is drawn once this much video after it is analysed: detector gaps shorter than this are
     # bridged, one-frame false detections dropped.
     lookahead_ms: float = Field(300.0, ge=0)
-    # Detect faces on every k-th frame, interpolating in between (1 = every frame; see docs/benchmarks.md).
+    # Scan the whole frame for faces on every k-th frame and interpolate boxes in between (1 = every frame).
     detect_every: int = Field(1, ge=1)
-    # The detector gets a BGR copy of the frame this wide (never upscaled).
+    # The detector gets a BGR copy of the frame this wide (never upscaled; BlazeFace resizes it again).
     detect_width: int = Field(640, ge=64)
+    # BlazeFace variant (worker/detection.py): "full_range" finds faces near and far, "short_range" (4x
+    # cheaper) only faces close to the camera.
+    detect_model: Literal["full_range", "short_range"] = "full_range"
+    # Lowest face score kept (MediaPipe's own threshold).
+    detect_min_score: float = Field(0.5, gt=0, lt=1)
+    # Also scan this many overlapping squares along a wide frame's long side: finds faces too small for one
+    # whole-frame pass (a crowd at 1080p) at this many times the cost (1 = whole frame only).
+    detect_tiles: int = Field(1, ge=1)
     # Decoder and encoder threads per batch (0 = the library's choice). A worker runs one batch per process
     # and as many processes as cores, so one thread each wastes the least CPU on threading.
     decode_threads: int = Field(1, ge=0)
     encode_threads: int = Field(1, ge=0)
-    # Smallest face to find: a fraction of the detection frame's shorter side, and at least min_face_px there.
-    min_face_fraction: float = Field(0.04, gt=0, lt=1)
-    min_face_px: int = Field(20, ge=12)
-    # A followed face the upright search misses is searched again turned by these angles (tilted heads).
-    tilt_angles: tuple[float, ...] = (25.0,)
-    # Live: every n-th frame scans the whole frame for new faces; the others look only near known faces.
-    full_scan_every: int = Field(6, ge=1)
     # OpenCV's own threads per worker process; the pool's processes already share the cores.
     opencv_threads: int = Field(1, ge=0)
-    detect_scale_factor: float = Field(1.1, gt=1.0, lt=2.0)
-    detect_min_neighbors: int = Field(5, ge=1)
-    # OpenCV's frontal cascade file; alt2 found more of the tilted and half-visible faces than "default".
-    frontal_cascade: str = "haarcascade_frontalface_alt2.xml"
-    # Also run the profile cascade (and its mirror) on whole-frame scans: finds turned heads, costs about 3x.
-    detect_profiles: bool = False
-    # Near a followed face, try the profile cascades when the frontal one (upright, tilted) misses; cheap.
-    detect_near_profiles: bool = True
 
     # Tracking: a person keeps their id through this long without a matching face.
     track_max_miss_ms: float = Field(1000.0, ge=0)
@@ -78,6 +71,3 @@ class WorkerSettings(CommonSettings):
     # Live webcam frames: per-client tracking state lives in Redis this long after the last frame.
     live_state_ttl_s: int = Field(60, ge=1)
     live_max_jpeg_bytes: int = Field(2 * 1024 * 1024, ge=1024)
-    # Live whole-frame scans look at a copy this wide (faces in front of a webcam are large; a 640 px scan
-    # would cost several times the 100 ms budget); the search near followed faces keeps full resolution.
-    live_detect_width: int = Field(320, ge=64)

@@ -53,12 +53,9 @@ def store() -> JobStore:
 
 @lru_cache(maxsize=1)
 def detector():
-    import cv2
+    from worker.detection import make_detector
 
-    from worker.detection import HaarFaceDetector
-
-    cv2.setNumThreads(settings().opencv_threads)
-    return HaarFaceDetector.from_settings(settings())
+    return make_detector(settings())
 
 
 @lru_cache(maxsize=1)
