@@ -19,9 +19,11 @@ class WorkerSettings(CommonSettings):
     # bridged, one-frame false detections dropped.
     lookahead_ms: float = Field(300.0, ge=0)
     # Scan the whole frame for faces on every k-th frame and interpolate boxes in between (1 = every frame).
-    detect_every: int = Field(1, ge=1)
-    # The detector gets a BGR copy of the frame this wide (never upscaled; BlazeFace resizes it again).
-    detect_width: int = Field(640, ge=64)
+    # Every other frame halves the detector's cost, the biggest one after encoding (docs/benchmarks.md).
+    detect_every: int = Field(2, ge=1)
+    # The detector gets a BGR copy of the frame this wide (never upscaled). BlazeFace looks at 192 px
+    # squares: 384 keeps a 16:9 frame's short side above that, for `detect_tiles` too.
+    detect_width: int = Field(384, ge=64)
     # BlazeFace variant (worker/detection.py): "full_range" finds faces near and far, "short_range" (4x
     # cheaper) only faces close to the camera.
     detect_model: Literal["full_range", "short_range"] = "full_range"
