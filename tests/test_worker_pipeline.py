@@ -132,6 +132,7 @@ def settings(tmp_path) -> WorkerSettings:
         storage_dir=tmp_path / "storage",
         batch_frames=12,
         preroll_ms=250,
+        detect_every=1,
         smoothing_ms=200,
         track_min_detections=1,
     )
