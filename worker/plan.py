@@ -62,7 +62,10 @@ class Plan(BaseModel):
         times = self.timestamps_ms
         first = bisect.bisect_left(times, times[start] - preroll_ms - TIME_SLACK_MS, 0, start) if start else 0
         before = [k for k in self.keyframes if k <= first]
-        return DecodeWindow(before[-1] if before else 0, first, start, end)
+        keyframe = before[-1] if before else 0
+        # A keyframe one frame before the pre-roll (the pre-roll is not a whole number of frames) is decoded
+        # anyway: analyse it too.
+        return DecodeWindow(keyframe, keyframe if first - keyframe <= 1 else first, start, end)
 
 
 def plan_batches(
