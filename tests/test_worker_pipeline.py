@@ -25,7 +25,7 @@ from worker.detection import FaceBoxes, make_detector
 from worker.overlay import EmojiOverlay
 from worker.plan import plan_batches
 from worker.settings import WorkerSettings
-from worker.video_io import decode_frames, plane_array
+from worker.video_io import DecodeWindow, decode_frames, plane_array
 
 WIDTH, HEIGHT, FPS, FRAMES = 320, 240, 24, 50
 SQUARE = 60
@@ -401,7 +401,9 @@ def test_playlists_pointing_at_local_files_are_refused(tmp_path, storage, settin
     # Even forced to decode it under a video format, nothing but the upload itself is read.
     for fmt in ("mov", "hls", "concat"):
         with pytest.raises(VideoError):
-            list(decode_frames(storage.path(job, job_files.INPUT), fmt, [0.0, 40.0], 0, 0, 2))
+            list(
+                decode_frames(storage.path(job, job_files.INPUT), fmt, [0.0, 40.0], DecodeWindow(0, 0, 0, 2))
+            )
     for path in storage.job_dir(job).rglob("*"):
         if path.is_file():
             assert b"root:" not in path.read_bytes()
@@ -441,20 +443,19 @@ def test_each_batch_decodes_exactly_the_frames_of_one_full_decode(tmp_path, stor
     plan = steps.plan_job(storage, job, settings)
     full = [
         plane_array(f, 0).copy()
-        for _, f in decode_frames(source, plan.info.format_name, plan.timestamps_ms, 0, 0, FRAMES)
+        for _, f in decode_frames(
+            source, plan.info.format_name, plan.timestamps_ms, DecodeWindow(0, 0, 0, FRAMES)
+        )
     ]
     assert len(full) == FRAMES
     for index in range(len(plan.batches)):
         window = plan.window(index, settings.preroll_ms)
-        got = list(
-            decode_frames(
-                source, plan.info.format_name, plan.timestamps_ms, window.keyframe, window.first, window.end
-            )
-        )
+        got = list(decode_frames(source, plan.info.format_name, plan.timestamps_ms, window))
         assert [i for i, _ in got] == list(range(window.first, window.end))
         assert all(np.array_equal(plane_array(f, 0), full[i]) for i, f in got)
     # A window starting inside a group of pictures, far from its keyframe, is exact too.
-    got = list(decode_frames(source, plan.info.format_name, plan.timestamps_ms, 25, 37, 42))
+    inside = DecodeWindow(keyframe=25, first=37, start=38, end=42)
+    got = list(decode_frames(source, plan.info.format_name, plan.timestamps_ms, inside))
     assert [i for i, _ in got] == list(range(37, 42))
     assert all(np.array_equal(plane_array(f, 0), full[i]) for i, f in got)
 

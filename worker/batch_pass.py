@@ -220,9 +220,7 @@ class BatchPass:
                 storage.path(job_id, job_files.INPUT),
                 plan.info.format_name,
                 plan.timestamps_ms,
-                window.keyframe,
-                window.first,
-                window.end,
+                window,
                 settings.decode_threads,
             )
             for index, raw in frames:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import bisect
 import logging
-from dataclasses import dataclass
 
 from pydantic import BaseModel
 
@@ -17,28 +16,12 @@ from common.errors import VideoError
 from common.media import VideoInfo, frame_index, probe, stream_timing
 from common.storage import LocalStorage
 from worker.settings import WorkerSettings
-from worker.video_io import even
+from worker.video_io import DecodeWindow, even
 
 logger = logging.getLogger(__name__)
 
 # Frame times are rounded to microseconds: a pre-roll "of 1000 ms" must not lose a frame to rounding.
 TIME_SLACK_MS = 0.5
-
-
-@dataclass(frozen=True)
-class DecodeWindow:
-    """What one batch decodes: from the keyframe at or before `first` (decoded to reach it, not analysed)
-    through `end - 1`; frames [first, start) are the pre-roll (analysed, not drawn), [start, end) the batch's
-    own (analysed, drawn, encoded)."""
-
-    keyframe: int
-    first: int
-    start: int
-    end: int
-
-    @property
-    def preroll(self) -> int:
-        return self.start - self.first
 
 
 class Plan(BaseModel):

@@ -15,6 +15,7 @@ import os
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -73,28 +74,40 @@ def open_upload(path: Path, input_format: str) -> av.container.InputContainer:
         raise VideoError(f"the file is not a video we can read: {exc}") from exc
 
 
+@dataclass(frozen=True)
+class DecodeWindow:
+    """What one batch decodes: from the keyframe at or before `first` (decoded to reach it, not analysed)
+    through `end - 1`; frames [first, start) are the pre-roll (analysed, not drawn), [start, end) the batch's
+    own (analysed, drawn, encoded)."""
+
+    keyframe: int
+    first: int
+    start: int
+    end: int
+
+    @property
+    def preroll(self) -> int:
+        return self.start - self.first
+
+
 class _Overshot(Exception):
     """The demuxer's seek landed after the wanted frame (an index it did not describe well)."""
 
 
 def decode_frames(
-    path: Path,
-    input_format: str,
-    times_ms: list[float],
-    keyframe: int,
-    first: int,
-    end: int,
-    threads: int = 1,
+    path: Path, input_format: str, times_ms: list[float], window: DecodeWindow, threads: int = 1
 ) -> Iterator[tuple[int, av.VideoFrame]]:
-    """(index, frame) for frames [first, end) as decoded (coded size, no rotation; see `DisplayFrames`),
-    decoding from the keyframe `keyframe` (<= first); fewer if the video ends first.
+    """(index, frame) for the window's frames [first, end) as decoded (coded size, no rotation; see
+    `DisplayFrames`), decoding from its keyframe; fewer if the video ends first. `times_ms` are every frame's
+    times (the plan's), which tell which decoded frame is which.
 
     Frames between the keyframe and `first` are decoded only as far as others need them: the decoder skips
     those no other frame refers to (exact: nothing is drawn from them)."""
+    first, end = window.first, window.end
     try:
-        yield from _decode(path, input_format, times_ms, keyframe, first, end, threads)
+        yield from _decode(path, input_format, times_ms, window.keyframe, first, end, threads)
     except _Overshot:
-        logger.warning("seek to frame %d of %s overshot; decoding from the start", keyframe, path)
+        logger.warning("seek to frame %d of %s overshot; decoding from the start", window.keyframe, path)
         yield from _decode(path, input_format, times_ms, 0, first, end, threads)
 
 
