@@ -22,3 +22,5 @@ fi
 echo "## video I/O"; $PY -m bench.bench_video_io
 echo "## live latency"; $PY -m bench.bench_live --url "$URL"
 echo "## tracking and smoothing"; $PY -m bench.bench_tracking
+echo "## face detection"; $PY -m bench.bench_detection
+echo "## face crop calibration"; $PY -m bench.bench_face_crop

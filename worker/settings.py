@@ -29,9 +29,9 @@ class WorkerSettings(CommonSettings):
     detect_model: Literal["full_range", "short_range"] = "full_range"
     # Lowest face score kept (MediaPipe's own threshold).
     detect_min_score: float = Field(0.5, gt=0, lt=1)
-    # Also scan this many overlapping squares along a wide frame's long side: finds faces too small for one
-    # whole-frame pass (a crowd at 1080p) at this many times the cost (1 = whole frame only).
-    detect_tiles: int = Field(1, ge=1)
+    # Besides the whole frame, scan overlapping squares, this many across the frame's short side (0 = none):
+    # finds faces too small for one whole-frame pass (a crowd). 1 = three squares on a 16:9 frame, 4 scans.
+    detect_tile_rows: int = Field(1, ge=0)
     # Decoder and encoder threads per batch (0 = the library's choice). A worker runs one batch per process
     # and as many processes as cores, so one thread each wastes the least CPU on threading.
     decode_threads: int = Field(1, ge=0)
@@ -73,3 +73,6 @@ class WorkerSettings(CommonSettings):
     # Live webcam frames: per-client tracking state lives in Redis this long after the last frame.
     live_state_ttl_s: int = Field(60, ge=1)
     live_max_jpeg_bytes: int = Field(2 * 1024 * 1024, ge=1024)
+    # Live frames are scanned whole, without tiles (detect_tile_rows) by default: faces in front of a webcam
+    # are large, and each row of tiles would cost 2-3 more network runs against the 100 ms budget.
+    live_detect_tile_rows: int = Field(0, ge=0)

@@ -74,6 +74,8 @@ def finish_job(
     used = {
         "detect_every": settings.detect_every,
         "detect_width": settings.detect_width,
+        "detect_model": settings.detect_model,
+        "detect_tile_rows": settings.detect_tile_rows,
         "preroll_ms": settings.preroll_ms,
         "lookahead_ms": settings.lookahead_ms,
         "smoothing_ms": settings.smoothing_ms,

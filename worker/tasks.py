@@ -59,6 +59,13 @@ def detector():
 
 
 @lru_cache(maxsize=1)
+def live_detector():
+    from worker.detection import make_detector
+
+    return make_detector(settings(), tile_rows=settings().live_detect_tile_rows)
+
+
+@lru_cache(maxsize=1)
 def classifier():
     return EmotionClient.from_settings(settings())
 
@@ -178,4 +185,4 @@ def live_frame(client_id: str, jpeg_b64: str) -> dict:
     """One webcam frame: faces with person ids and the emotion to show (see worker.live)."""
     from worker.live import process_frame
 
-    return process_frame(client_id, jpeg_b64, store().redis, detector(), classifier(), settings())
+    return process_frame(client_id, jpeg_b64, store().redis, live_detector(), classifier(), settings())
