@@ -232,7 +232,7 @@ def main() -> None:
                 allowed = 0 if cut is not None and index >= cut else people
                 clip_false += max(0, len(detector.detect(frame)) - allowed)
         found = sum(hits.values())
-        ms = [scan_ms(detector, img, args.repeat) for img in sizes]
+        ms = [scan_ms(detector, img, args.repeat) for img in sizes.values()]
         print(
             f"| {label} | {found}/{total} = {found / total:.0%} | "
             + " | ".join(f"{hits[k]}" for k in kind_names)
