@@ -211,7 +211,9 @@ class BatchPass:
         self.writer.write(pending.frame, pts)
         self.clock.lap("encode")
 
-    def run(self, storage: LocalStorage, job_id: str) -> BatchRecord:
+    def run(self, storage: LocalStorage, job_id: str, fence=None) -> BatchRecord:
+        """Process the batch; `fence` (a fencing check) runs before each output is put in place and may
+        raise to stop that."""
         settings, plan, window = self.settings, self.plan, self.window
         started, usage = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
         display = DisplayFrames(plan.info.rotation, plan.output_size)
@@ -249,7 +251,7 @@ class BatchPass:
                 self.finish(self.buffer.popleft())
             if self.writer is None:
                 raise_no_frames(window.start)
-            written = self.writer.close()
+            written = self.writer.close(before_replace=fence)
         except BaseException:
             if self.writer is not None:
                 self.writer.abort()
@@ -274,6 +276,8 @@ class BatchPass:
             peak_rss_mib=round(now.ru_maxrss / 1024, 1),
             worker=f"{socket.gethostname()}:{os.getpid()}",
         )
+        if fence is not None:
+            fence()
         write_atomically(
             storage.path(job_id, job_files.batch_record(self.batch_index)), record.model_dump_json()
         )
@@ -307,6 +311,8 @@ def run_batch(
     classifier: EmotionClassifier,
     overlay: EmojiOverlay,
     settings: WorkerSettings,
+    fence=None,
 ) -> BatchRecord:
-    """Analyse, draw and encode one batch: writes pieces/<batch>.mp4 and batches/<batch>.json."""
-    return BatchPass(plan, batch_index, detector, classifier, overlay, settings).run(storage, job_id)
+    """Analyse, draw and encode one batch: writes pieces/<batch>.mp4 and batches/<batch>.json. `fence` (a
+    fencing check) runs before each is put in place and may raise to stop that."""
+    return BatchPass(plan, batch_index, detector, classifier, overlay, settings).run(storage, job_id, fence)

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from common import job_files
 from common.errors import VideoError
 from common.media import VideoInfo, frame_index, probe, stream_timing
+from common.media_policy import MediaLimits
 from common.storage import LocalStorage
 from worker.settings import WorkerSettings
 from worker.video_io import DecodeWindow, even
@@ -34,6 +35,9 @@ class Plan(BaseModel):
     container_start_s: float
     full_range: bool = False
     output_size: tuple[int, int]
+    # The file's timestamps repeated or went back (e.g. an MPEG-TS joined to itself): they were counted
+    # afresh from the frame rate, and the job decodes in one batch (seeking by time would be ambiguous).
+    timestamps_repaired: bool = False
 
     @property
     def frames(self) -> int:
@@ -88,20 +92,29 @@ def plan_job(storage: LocalStorage, job_id: str, settings: WorkerSettings) -> Pl
     source = storage.path(job_id, job_files.INPUT)
     if not source.exists():
         raise VideoError("the uploaded file is missing; upload the video again")
-    info = probe(source)
+    # The gateway checked the limits already; checked again here as the plan is what the work will cost.
+    info = probe(source, MediaLimits.from_settings(settings))
     timestamps, keyframes = frame_index(source)
     if not timestamps:
         raise VideoError("the video has no frames; upload a video that plays")
     timing = stream_timing(source)
+    repaired = not strictly_increasing(timestamps)
+    if repaired:
+        timestamps = [round(timestamps[0] + i * 1000.0 / info.fps, 3) for i in range(len(timestamps))]
     plan = Plan(
         info=info,
         timestamps_ms=timestamps,
         keyframes=keyframes,
-        batches=plan_batches(timestamps, keyframes, settings.batch_frames, settings.preroll_ms),
+        batches=(
+            [(0, len(timestamps))]
+            if repaired
+            else plan_batches(timestamps, keyframes, settings.batch_frames, settings.preroll_ms)
+        ),
         video_start_s=timing.video_start_s,
         container_start_s=timing.container_start_s,
         full_range=timing.full_range,
         output_size=(even(info.width), even(info.height)),
+        timestamps_repaired=repaired,
     )
     write_plan(storage, job_id, plan)
     logger.info(
@@ -114,6 +127,11 @@ def plan_job(storage: LocalStorage, job_id: str, settings: WorkerSettings) -> Pl
         len(plan.batches),
     )
     return plan
+
+
+def strictly_increasing(times: list[float]) -> bool:
+    """Whether every frame has its own time (sorted packet times repeat when a stream restarts its clock)."""
+    return all(b > a for a, b in zip(times, times[1:], strict=False))
 
 
 def write_plan(storage: LocalStorage, job_id: str, plan: Plan) -> None:

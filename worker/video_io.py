@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from common import processes
 from common.errors import VideoError
 from common.media import ALLOWED_INPUT_FORMATS, safe_input_args
 
@@ -55,6 +55,16 @@ def atomic_target(path: Path) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
     os.close(fd)
     return Path(tmp)
+
+
+def remove_stale_temps(path: Path) -> int:
+    """Remove temporary files a killed run left beside `path` (see atomic_target); call only while holding
+    the batch's lock, when no other run can be writing them. Returns how many were removed."""
+    removed = 0
+    for tmp in Path(path).parent.glob(f".{Path(path).stem}.*{Path(path).suffix}"):
+        tmp.unlink(missing_ok=True)
+        removed += 1
+    return removed
 
 
 def open_upload(path: Path, input_format: str) -> av.container.InputContainer:
@@ -134,7 +144,9 @@ def _decode(path, input_format, times_ms, keyframe, first, end, threads):
             )
             stream.codec_context.skip_frame = "NONREF" if before_first else "DEFAULT"
             for frame in packet.decode():
-                if index is None:
+                if index is None and first == 0 and keyframe == 0:
+                    index = 0  # from the start: the first frame is frame 0, whatever its time says
+                elif index is None:
                     t_ms = float((frame.pts - origin) * base) * 1000 if frame.pts is not None else wanted_ms
                     if t_ms < wanted_ms - TIME_TOLERANCE_MS:
                         continue
@@ -239,11 +251,14 @@ class PieceWriter:
             self.container.mux(packet)
         self.frames += 1
 
-    def close(self) -> int:
-        """Finish the encode and move the piece into place; returns the frames written."""
+    def close(self, before_replace=None) -> int:
+        """Finish the encode and move the piece into place; returns the frames written. `before_replace`
+        (e.g. a fencing check) runs just before the piece is put in place, and may raise to stop that."""
         for packet in self.stream.encode(None):
             self.container.mux(packet)
         self.container.close()
+        if before_replace is not None:
+            before_replace()
         os.replace(self.tmp, self.target)
         return self.frames
 
@@ -297,10 +312,10 @@ def join_pieces(
         cmd += ["-map", "0:v:0"]
     cmd += ["-c:v", "copy", "-fps_mode", "passthrough", "-movflags", "+faststart", "-f", "mp4", str(tmp)]
     try:
-        result = subprocess.run(cmd, capture_output=True, timeout=timeout_s, check=False)
-    except subprocess.TimeoutExpired as exc:
+        result = processes.run(cmd, timeout_s, "ffmpeg (joining)")
+    except BaseException:
         tmp.unlink(missing_ok=True)
-        raise VideoError(f"joining the video took longer than {timeout_s:.0f} s") from exc
+        raise
     finally:
         listing.unlink(missing_ok=True)
     if result.returncode != 0:

@@ -13,15 +13,16 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 
 from common import job_files
-from common.errors import JobNotFound, VideoError
+from common.errors import JobNotFound, MediaRefused, VideoError
 from common.jobs import Job, JobStatus, JobStore
 from common.media import probe
+from common.media_policy import MediaLimits
 from common.queue import TASK_START_JOB, VIDEO_QUEUE
 from common.storage import LocalStorage
 from gateway.deps import CeleryDep, JobIdDep, SettingsDep, StorageDep, StoreDep
 from gateway.errors import JobNotReady, ResultMissing
 from gateway.schemas import JobCreated, JobLinks, JobPublic, JobsPublic
-from gateway.uploads import check_content_length, stream_upload
+from gateway.uploads import BodyLimits, check_content_length, stream_upload
 
 logger = logging.getLogger(__name__)
 
@@ -95,11 +96,15 @@ def result_file(
     openapi_extra={"requestBody": UPLOAD_BODY},
     responses={
         413: {"description": "over the upload limit", "content": ERROR_EXAMPLE},
+        400: {"description": "an unusable multipart body (e.g. its boundary)", "content": ERROR_EXAMPLE},
         415: {"description": "not a video we can read", "content": ERROR_EXAMPLE},
         422: {
-            "description": "not a multipart form with a `file`, or an empty file",
+            "description": "not a multipart form with a `file`, an empty file, or a video over one of the "
+            "limits (the code names the limit: video_dimensions, frame_pixels, too_many_frames, too_long, "
+            "too_many_streams, video_track_count, codec_not_allowed, container_not_allowed)",
             "content": ERROR_EXAMPLE,
         },
+        507: {"description": "the server's disk is full", "content": ERROR_EXAMPLE},
     },
 )
 async def create_job(
@@ -110,7 +115,8 @@ async def create_job(
     storage: StorageDep,
     celery: CeleryDep,
 ) -> JobCreated:
-    """Upload a video (multipart field `file`); it is checked with ffprobe and queued."""
+    """Upload a video (multipart field `file`); it is checked with ffprobe against the limits on what a video
+    may cost, and queued."""
     check_content_length(request.headers.get("content-length"), settings.max_upload_bytes)
     job_id = uuid.uuid4().hex
     dest = storage.path(job_id, job_files.INPUT)
@@ -121,9 +127,16 @@ async def create_job(
             dest,
             settings.max_upload_bytes,
             settings.upload_chunk_bytes,
+            BodyLimits(
+                settings.upload_max_parts,
+                settings.upload_max_field_bytes,
+                settings.upload_max_part_header_bytes,
+            ),
         )
         try:
-            info = await asyncio.to_thread(probe, dest)
+            info = await asyncio.to_thread(probe, dest, MediaLimits.from_settings(settings))
+        except MediaRefused:
+            raise  # its message names the limit, not the stored path
         except VideoError as exc:
             # ffprobe's detail names the stored path; the user knows the file by its own name.
             message = str(exc).replace(f"file:{dest.resolve()}", repr(upload.filename))
@@ -223,7 +236,9 @@ def get_timeline_csv(job_id: JobIdDep, store: StoreDep, storage: StorageDep) -> 
 def delete_job(job_id: JobIdDep, store: StoreDep, storage: StorageDep) -> Response:
     """Delete a job and all its files."""
     known = store.exists(job_id)
-    if not known and not storage.job_dir(job_id).exists():
+    # Files without a record (a worker's late write, an expired record) go too, but only a job answers 204.
+    storage.delete_job(job_id)
+    if not known:
         raise JobNotFound(f"no job with id {job_id}; it may already have been deleted")
     store.delete(job_id)
     storage.delete_job(job_id)
