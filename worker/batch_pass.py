@@ -249,9 +249,8 @@ class BatchPass:
                 self.clock.last = time.thread_time()
             while self.buffer:
                 self.finish(self.buffer.popleft())
-            if self.writer is None:
-                raise_no_frames(window.start)
-            written = self.writer.close(before_replace=fence)
+            # No frame decoded (a damaged stretch): no piece; the task counts the frames as lost.
+            written = self.writer.close(before_replace=fence) if self.writer is not None else 0
         except BaseException:
             if self.writer is not None:
                 self.writer.abort()
@@ -294,12 +293,6 @@ class BatchPass:
             ", ".join(f"{k} {v:.2f}" for k, v in record.cpu_s.items()),
         )
         return record
-
-
-def raise_no_frames(start: int) -> None:
-    from common.errors import VideoError
-
-    raise VideoError(f"no frame could be decoded from frame {start} on; the file may be damaged")
 
 
 def run_batch(

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from common import job_files
+from common.errors import VideoError
 from common.storage import LocalStorage
 from worker.batch_pass import run_batch
 from worker.plan import Plan, load_plan, plan_job
@@ -91,10 +92,14 @@ def finish_job(
     write_json(storage.path(job_id, job_files.TIMELINE_JSON), timeline)
     write_csv(storage.path(job_id, job_files.TIMELINE_CSV), timeline)
     times = plan.timestamps_ms
+    # Batches of a damaged stretch may have decoded nothing and have no piece. Each piece lasts until the
+    # next piece's first frame, so the joined frames keep the source's times (lost frames leave a gap).
+    present = [(r.batch_index, r.start) for r in records if r.frames]
+    if not present:
+        raise VideoError("no frame of the video could be decoded; the file is damaged")
     pieces = []
-    for index, (start, end) in enumerate(plan.batches):
-        # Each piece lasts until the next one's first frame, so the joined frames keep the source's times.
-        duration = (times[end] - times[start]) / 1000 if end < len(times) else None
+    for (index, start), following in zip(present, present[1:] + [None], strict=True):
+        duration = (times[following[1]] - times[start]) / 1000 if following else None
         pieces.append((storage.path(job_id, job_files.piece(index)), duration))
     missing = [p.name for p, _ in pieces if not p.exists()]
     if missing:

@@ -151,7 +151,11 @@ def _decode(path, input_format, times_ms, keyframe, first, end, threads):
                     if t_ms < wanted_ms - TIME_TOLERANCE_MS:
                         continue
                     if t_ms > wanted_ms + TIME_TOLERANCE_MS:
-                        raise _Overshot()
+                        if keyframe > 0:
+                            raise _Overshot()
+                        # Decoded from the start and still past it: the wanted frames are damaged.
+                        logger.warning("frame %d of %s could not be decoded", first, path)
+                        return
                     index = first
                 else:
                     index += 1
@@ -160,9 +164,8 @@ def _decode(path, input_format, times_ms, keyframe, first, end, threads):
                 produced += 1
                 yield index, frame
     except av.FFmpegError as exc:
-        if index is None or produced == 0:
-            raise VideoError(f"the video could not be decoded: {exc}") from exc
-        logger.warning("decoding %s stopped after frame %d: %s", path, index, exc)
+        # A damaged stretch: the batch ends here, its lost frames are counted (and warned about) by the task.
+        logger.warning("decoding %s stopped after frame %s: %s", path, index, exc)
     finally:
         container.close()
     if produced < end - first:
