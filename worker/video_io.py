@@ -10,6 +10,7 @@ itself; measured in docs/benchmarks.md. Every read of the upload stays locked do
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import tempfile
@@ -121,6 +122,12 @@ def decode_frames(
         yield from _decode(path, input_format, times_ms, 0, first, end, threads)
 
 
+def _planned_index(times_ms: list[float], t_ms: float) -> int | None:
+    """The plan's index of the frame shown at `t_ms`, if the plan has one there."""
+    i = bisect.bisect_left(times_ms, t_ms - TIME_TOLERANCE_MS)
+    return i if i < len(times_ms) and abs(times_ms[i] - t_ms) <= TIME_TOLERANCE_MS else None
+
+
 def _decode(path, input_format, times_ms, keyframe, first, end, threads):
     import av
 
@@ -136,6 +143,7 @@ def _decode(path, input_format, times_ms, keyframe, first, end, threads):
             container.seek(origin + int(times_ms[keyframe] / 1000 / base), stream=stream, backward=True)
         index = None
         produced = 0
+        damaged = 0
         for packet in container.demux(stream):
             before_first = (
                 index is None
@@ -143,28 +151,40 @@ def _decode(path, input_format, times_ms, keyframe, first, end, threads):
                 and float((packet.pts - origin) * base) * 1000 < wanted_ms - TIME_TOLERANCE_MS
             )
             stream.codec_context.skip_frame = "NONREF" if before_first else "DEFAULT"
-            for frame in packet.decode():
-                if index is None and first == 0 and keyframe == 0:
+            try:
+                frames = packet.decode()
+            except av.FFmpegError as exc:
+                # A damaged packet: its frame is lost (the task counts and reports lost frames), go on.
+                damaged += 1
+                logger.warning("a damaged packet of %s after frame %s: %s", path, index, exc)
+                continue
+            for frame in frames:
+                t_ms = float((frame.pts - origin) * base) * 1000 if frame.pts is not None else None
+                if index is None and first == 0 and keyframe == 0 and not damaged:
                     index = 0  # from the start: the first frame is frame 0, whatever its time says
                 elif index is None:
-                    t_ms = float((frame.pts - origin) * base) * 1000 if frame.pts is not None else wanted_ms
+                    t_ms = wanted_ms if t_ms is None else t_ms
                     if t_ms < wanted_ms - TIME_TOLERANCE_MS:
                         continue
                     if t_ms > wanted_ms + TIME_TOLERANCE_MS:
-                        if keyframe > 0:
+                        if keyframe > 0 and not damaged:
                             raise _Overshot()
-                        # Decoded from the start and still past it: the wanted frames are damaged.
-                        logger.warning("frame %d of %s could not be decoded", first, path)
-                        return
-                    index = first
+                        # The wanted frames were damaged: go on from the first one that decoded.
+                        located = _planned_index(times_ms, t_ms)
+                        if located is None:
+                            return
+                        index = located
+                    else:
+                        index = first
                 else:
-                    index += 1
+                    # After a damaged stretch the frame's own time says which it is.
+                    located = _planned_index(times_ms, t_ms) if damaged and t_ms is not None else None
+                    index = located if located is not None and located > index else index + 1
                 if index >= end:
                     return
                 produced += 1
                 yield index, frame
     except av.FFmpegError as exc:
-        # A damaged stretch: the batch ends here, its lost frames are counted (and warned about) by the task.
         logger.warning("decoding %s stopped after frame %s: %s", path, index, exc)
     finally:
         container.close()
