@@ -1,7 +1,7 @@
 """Job records in Redis: what the gateway shows and what the worker's tasks update.
 
-A job's progress is counted per stage ("analyze": faces found and classified, "render": emoji drawn and
-encoded) as frames of finished batches. Batches record themselves in a hash keyed by batch index, so a
+A job's progress is counted as frames of finished batches (stage "batch": faces found, classified, emoji
+drawn and encoded, in one pass). Batches record themselves in a hash keyed by batch index, so a
 batch that runs twice (a worker died, the task came back) counts once.
 
 Every change a worker makes is conditional, in one Lua script: on the record existing and being queued or
@@ -20,9 +20,9 @@ from pydantic import BaseModel
 
 from common.errors import JobNotFound
 
-STAGES: tuple[str, ...] = ("analyze", "render")
-# Share of the progress bar each stage fills; the last 5% is joining the pieces and muxing audio.
-STAGE_WEIGHTS: dict[str, float] = {"analyze": 0.55, "render": 0.40}
+STAGES: tuple[str, ...] = ("batch",)
+# Share of the progress bar each stage fills; the last 5% is the timeline and joining the pieces with audio.
+STAGE_WEIGHTS: dict[str, float] = {"batch": 0.95}
 KEY_PREFIX = "emoji:job:"
 # Every key of one job: the record, the stages' batch counts, its warnings, its tasks' delivery counts.
 PARTS: tuple[str, ...] = ("", *STAGES, "warnings", "deliveries")

@@ -12,6 +12,7 @@ from pathlib import PurePosixPath
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 
+from common import job_files
 from common.errors import JobNotFound, MediaRefused, VideoError
 from common.jobs import Job, JobStatus, JobStore
 from common.media import probe
@@ -27,10 +28,6 @@ logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 
-INPUT_NAME = "input"
-VIDEO_NAME = "result.mp4"
-TIMELINE_NAME = "timeline.json"
-TIMELINE_CSV_NAME = "timeline.csv"
 TERMINAL = (JobStatus.succeeded, JobStatus.failed)
 
 UPLOAD_BODY = {
@@ -122,7 +119,7 @@ async def create_job(
     may cost, and queued."""
     check_content_length(request.headers.get("content-length"), settings.max_upload_bytes)
     job_id = uuid.uuid4().hex
-    dest = storage.path(job_id, INPUT_NAME)
+    dest = storage.path(job_id, job_files.INPUT)
     try:
         upload = await stream_upload(
             request.stream(),
@@ -204,7 +201,7 @@ def get_job(job_id: JobIdDep, store: StoreDep) -> JobPublic:
 )
 def get_video(job_id: JobIdDep, store: StoreDep, storage: StorageDep, download: bool = False) -> FileResponse:
     """The annotated MP4 (HTTP Range supported); `?download=true` asks the browser to save it."""
-    return result_file(store, storage, job_id, VIDEO_NAME, "video/mp4", "emoji.mp4", download)
+    return result_file(store, storage, job_id, job_files.RESULT, "video/mp4", "emoji.mp4", download)
 
 
 @router.head("/{job_id}/timeline", include_in_schema=False)
@@ -217,7 +214,9 @@ def get_timeline(
     job_id: JobIdDep, store: StoreDep, storage: StorageDep, download: bool = False
 ) -> FileResponse:
     """The emotion timeline as JSON (schema in docs/timeline.md)."""
-    return result_file(store, storage, job_id, TIMELINE_NAME, "application/json", "timeline.json", download)
+    return result_file(
+        store, storage, job_id, job_files.TIMELINE_JSON, "application/json", "timeline.json", download
+    )
 
 
 @router.head("/{job_id}/timeline.csv", include_in_schema=False)
@@ -229,7 +228,7 @@ def get_timeline(
 def get_timeline_csv(job_id: JobIdDep, store: StoreDep, storage: StorageDep) -> FileResponse:
     """The timeline as CSV, one row per frame and person, as a download."""
     return result_file(
-        store, storage, job_id, TIMELINE_CSV_NAME, "text/csv; charset=utf-8", "timeline.csv", download=True
+        store, storage, job_id, job_files.TIMELINE_CSV, "text/csv; charset=utf-8", "timeline.csv", True
     )
 
 
