@@ -165,11 +165,14 @@ def stack_env(redis_url, storage_dir, model_server) -> dict[str, str]:
         "EMOJI_MODEL_SERVER_ADDRESS": model_server,
         # Short, so that a task of a SIGKILLed worker comes back within the test (tasks here take seconds).
         "EMOJI_VISIBILITY_TIMEOUT_S": "20",
+        # The tests' webhook receivers listen on 127.0.0.1, which production refuses; retries come fast.
+        "EMOJI_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.1/32",
+        "EMOJI_WEBHOOK_RETRY_BASE_S": "0.5",
     }
 
 
-def start_worker(env: dict[str, str], log_dir: Path, name: str = "worker", queues: str = "video,live",
-                 concurrency: int = 2) -> ServiceProcess:
+def start_worker(env: dict[str, str], log_dir: Path, name: str = "worker",
+                 queues: str = "video,live,webhooks", concurrency: int = 2) -> ServiceProcess:
     args = [CELERY, "-A", "worker.app", "worker", "-Q", queues, "--concurrency", str(concurrency),
             "--loglevel", "INFO", "--hostname", f"{name}-{os.getpid()}-{time.monotonic_ns()}@%h",
             "--without-gossip", "--without-mingle"]

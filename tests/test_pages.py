@@ -215,7 +215,11 @@ def test_upload_page_checks_the_size_limit_before_sending(browser, stack_env, se
 def test_failed_job_page_shows_the_error_and_what_to_do(page, gateway, redis_url):
     store = JobStore.from_url(redis_url)
     job_id = "f" * 32
-    store.create(
+    # The job must be this browser's: the first page visit gives it its session, whose id names the owner.
+    page.goto(gateway)
+    session = next(c["value"] for c in page.context.cookies() if c["name"] == "emoji_session")
+    store.create_for(
+        "anon:" + session.split(".")[0],
         job_id,
         "broken.mp4",
         {"frames": 50, "width": 640, "height": 480, "fps": 25.0, "duration_s": 2.0, "has_audio": False},

@@ -24,6 +24,7 @@ from worker.app import app
 # and shared by the pool's processes; each process opens its own gRPC channel on first use.
 from worker.model_client import EmotionClient
 from worker.settings import WorkerSettings
+from worker.webhooks import notify_finished
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +91,7 @@ def fail(job_id: str, code: str, message: str) -> None:
     if store().exists(job_id):
         store().mark_failed(job_id, code, message)
         logger.error("job %s failed: %s: %s", job_id, code, message)
+        notify_finished(job_id)
 
 
 @contextmanager
@@ -204,6 +206,7 @@ def finish_job(self: Task, job_id: str) -> None:
         ensure_active(job_id)
         store().mark_succeeded(job_id)
         logger.info("job %s succeeded", job_id)
+        notify_finished(job_id)
 
 
 @app.task(name=TASK_LIVE_FRAME)
