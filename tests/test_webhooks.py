@@ -1,0 +1,156 @@
+"""Webhooks on the real stack: a receiver started here on 127.0.0.1 (allowed only through the test stack's
+EMOJI_WEBHOOK_ALLOWED_NETWORKS), the real worker delivering, signatures checked with the owner's secret.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+
+from tests.conftest import make_astronaut_video
+from tests.keys_helpers import bearer, create_key, upload, wait_done
+
+pytestmark = pytest.mark.e2e
+
+
+class Receiver:
+    """An HTTP server that records every POST and answers from a script per path."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+        self.script: dict[str, list[int]] = {}
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (http.server's name)
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                receiver.calls.append({"path": self.path, "headers": dict(self.headers), "body": body,
+                                       "at": time.monotonic()})
+                answers = receiver.script.get(self.path, [])
+                status = answers.pop(0) if answers else 200
+                self.send_response(status)
+                if status in (301, 302, 307, 308):
+                    self.send_header("Location", receiver.url("/redirect-target"))
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+
+    def to(self, path: str) -> list[dict]:
+        return [c for c in self.calls if c["path"] == path]
+
+    def wait_for(self, path: str, count: int, timeout_s: float = 60) -> list[dict]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and len(self.to(path)) < count:
+            time.sleep(0.1)
+        return self.to(path)
+
+
+@pytest.fixture(scope="module")
+def receiver():
+    server = Receiver()
+    yield server
+    server.server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def short_clip(tmp_path_factory):
+    return make_astronaut_video(tmp_path_factory.mktemp("hooks") / "short.mp4", seconds=1.0)
+
+
+@pytest.fixture(scope="module")
+def owner(redis_url) -> dict:
+    return create_key(redis_url, "webhook-owner")
+
+
+def _check_signature(call: dict, secret: str) -> None:
+    """What a receiver must do: recompute HMAC-SHA256 over "<t>." + body and compare."""
+    fields = dict(part.split("=", 1) for part in call["headers"]["Emoji-Signature"].split(","))
+    signed = fields["t"].encode() + b"." + call["body"]
+    expected = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+    assert hmac.compare_digest(fields["v1"], expected), "bad signature"
+    assert abs(time.time() - int(fields["t"])) < 300
+    assert fields["v1"] != hmac.new(b"another secret", signed, hashlib.sha256).hexdigest()
+
+
+def test_one_signed_delivery_per_finished_job(gateway, receiver, short_clip, owner):
+    key = bearer(owner["key"])
+    reply = upload(gateway, short_clip, headers=key, data={"callback_url": receiver.url("/ok")})
+    assert reply.status_code == 202, reply.text
+    job_id = reply.json()["id"]
+    job = wait_done(gateway, job_id, key)
+    assert job["status"] == "succeeded"
+    calls = receiver.wait_for("/ok", 1)
+    time.sleep(3)  # a second call would come within the retry base (0.5 s) and the finishing steps
+    calls = receiver.to("/ok")
+    assert len(calls) == 1, f"{len(calls)} deliveries"
+    call = calls[0]
+    # The secret: the one the CLI printed, the same as /api/v1/me shows the owner.
+    assert httpx.get(f"{gateway}/api/v1/me", headers=key).json()["webhook_secret"] == owner["webhook secret"]
+    _check_signature(call, owner["webhook secret"])
+    body = json.loads(call["body"])
+    assert body["type"] == "job.succeeded" and call["headers"]["Emoji-Event"] == "job.succeeded"
+    assert body["job"]["id"] == job_id and body["job"]["status"] == "succeeded"
+    assert body["job"]["frames_total"] == job["frames_total"]
+    shown = httpx.get(f"{gateway}/api/v1/jobs/{job_id}", headers=key).json()["webhook"]
+    assert shown["url"] == receiver.url("/ok") and shown["status"] == "delivered"
+    assert [a["status_code"] for a in shown["attempts"]] == [200]
+
+
+def test_a_failing_receiver_gets_the_third_try_and_redirects_are_not_followed(
+    gateway, receiver, short_clip, owner
+):
+    receiver.script["/flaky"] = [500, 302]
+    key = bearer(owner["key"])
+    reply = upload(gateway, short_clip, headers=key, data={"callback_url": receiver.url("/flaky")})
+    assert reply.status_code == 202, reply.text
+    job_id = reply.json()["id"]
+    wait_done(gateway, job_id, key)
+    calls = receiver.wait_for("/flaky", 3)
+    assert len(calls) == 3
+    time.sleep(2)
+    assert len(receiver.to("/flaky")) == 3 and receiver.to("/redirect-target") == []
+    assert [c["headers"]["Emoji-Attempt"] for c in calls] == ["1", "2", "3"]
+    for call in calls:
+        _check_signature(call, owner["webhook secret"])
+    # Exponential backoff: the second wait is about twice the first (0.5 s, then 1 s in the test stack).
+    first_wait, second_wait = calls[1]["at"] - calls[0]["at"], calls[2]["at"] - calls[1]["at"]
+    assert first_wait >= 0.5 and second_wait >= 1.0
+    shown = httpx.get(f"{gateway}/api/v1/jobs/{job_id}", headers=key).json()["webhook"]
+    assert shown["status"] == "delivered"
+    assert [a["status_code"] for a in shown["attempts"]] == [500, 302, 200]
+    assert "redirects are not followed" in shown["attempts"][1]["error"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://10.1.2.3/hook",  # private
+        "http://192.168.0.10:8080/hook",
+        "http://169.254.169.254/latest/meta-data/",  # link-local (cloud metadata)
+        "http://[::1]/hook",  # loopback, IPv6 (only 127.0.0.1 is allowed in the test stack)
+        "http://0.0.0.0/hook",
+        "ftp://example.com/hook",
+        "http://user:pass@example.com/hook",
+    ],
+)
+def test_a_private_or_odd_callback_is_refused_at_submit(gateway, short_clip, owner, storage_dir, url):
+    before = {p.name for p in storage_dir.iterdir()}
+    reply = upload(gateway, short_clip, headers=bearer(owner["key"]), data={"callback_url": url})
+    assert reply.status_code == 422, reply.text
+    assert reply.json()["error"]["code"] == "callback_url_refused"
+    assert {p.name for p in storage_dir.iterdir()} == before
