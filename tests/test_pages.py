@@ -145,10 +145,12 @@ def test_upload_form_to_results_with_video_chart_and_downloads(page, gateway, as
     shot(page, "job-done")
 
     expected = {"#dl-video": "video/mp4", "#dl-json": "application/json", "#dl-csv": "text/csv"}
+    # The job is this browser's: the downloads go with its session cookie.
+    cookies = {c["name"]: c["value"] for c in page.context.cookies()}
     for selector, content_type in expected.items():
         href = page.get_attribute(selector, "href")
         assert href.startswith(f"/api/v1/jobs/{job_id}/")
-        reply = httpx.get(f"{gateway}{href}", timeout=60)
+        reply = httpx.get(f"{gateway}{href}", timeout=60, cookies=cookies)
         assert reply.status_code == 200, f"{selector} -> {reply.status_code}"
         assert reply.headers["content-type"].startswith(content_type)
         assert reply.headers.get("content-disposition", "").startswith("attachment")

@@ -154,3 +154,26 @@ def test_a_private_or_odd_callback_is_refused_at_submit(gateway, short_clip, own
     assert reply.status_code == 422, reply.text
     assert reply.json()["error"]["code"] == "callback_url_refused"
     assert {p.name for p in storage_dir.iterdir()} == before
+
+
+def test_a_failed_job_is_delivered_as_job_failed(redis_url, stack_env, worker, receiver, owner):
+    """The worker's delivery task on a job that failed (recorded here as the worker's fail() leaves it)."""
+    from common.jobs import JobStore
+    from common.queue import TASK_DELIVER_WEBHOOK, WEBHOOK_QUEUE, make_celery
+    from common.settings import CommonSettings
+
+    store = JobStore.from_url(redis_url)
+    job_id = "e" * 32
+    store.create_for("key:" + owner["id"], job_id, "broken.mp4", {"frames": 10},
+                     callback_url=receiver.url("/failed"))
+    store.mark_failed(job_id, "invalid_video", "the video stops after 2 frames; upload it again")
+    celery = make_celery(CommonSettings(redis_url=redis_url))
+    celery.send_task(TASK_DELIVER_WEBHOOK, args=[job_id, time.time()], queue=WEBHOOK_QUEUE)
+    calls = receiver.wait_for("/failed", 1)
+    assert len(calls) == 1
+    _check_signature(calls[0], owner["webhook secret"])
+    body = json.loads(calls[0]["body"])
+    assert body["type"] == "job.failed" and body["job"]["status"] == "failed"
+    assert body["job"]["error"] == {"code": "invalid_video",
+                                    "message": "the video stops after 2 frames; upload it again"}
+    store.delete(job_id)
