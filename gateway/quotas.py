@@ -148,6 +148,10 @@ class Quotas:
             3600,
         )
 
+    def storage_full(self, owner: Owner, incoming: int) -> QuotaExceeded:
+        """The error for an upload that did not fit in what was left of the owner's storage."""
+        return self._storage_full(self.stored_bytes(owner), owner.limits.max_stored_bytes, incoming)
+
     def room_for(self, owner: Owner, declared_bytes: int) -> int | None:
         """Bytes the owner may still store (None: no limit); refuses now when the declared size cannot fit."""
         limit = owner.limits.max_stored_bytes

@@ -134,6 +134,17 @@ def test_bytes_stored(gateways, quota_redis, quota_storage, astronaut_video):
     _refused(reply, "storage_quota_exceeded")
     assert "delete finished jobs" in reply.json()["error"]["message"]
     assert {p.name for p in quota_storage.iterdir()} == folders
+    # Without Content-Length (chunked) the upload is stopped while streaming, at what is left.
+    boundary = "quota-boundary"
+    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.mp4"\r\n'
+            "Content-Type: video/mp4\r\n\r\n").encode()
+    body = head + astronaut_video.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    chunked = httpx.post(
+        f"{gateways[1]}/api/v1/jobs", content=iter([body[i:i + 65536] for i in range(0, len(body), 65536)]),
+        headers={**key, "Content-Type": f"multipart/form-data; boundary={boundary}"}, timeout=60,
+    )
+    _refused(chunked, "storage_quota_exceeded")
+    assert {p.name for p in quota_storage.iterdir()} == folders
     me = httpx.get(f"{gateways[1]}/api/v1/me", headers=key).json()
     assert me["usage"]["stored_bytes"] == size
     assert httpx.delete(f"{gateways[1]}/api/v1/jobs/{first.json()['id']}", headers=key).status_code == 204

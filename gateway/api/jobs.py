@@ -13,12 +13,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 
-from common.errors import JobNotFound, VideoError
+from common.errors import JobNotFound, UploadTooLarge, VideoError
 from common.jobs import Job, JobStatus, JobStore
 from common.media import probe
 from common.queue import TASK_START_JOB, VIDEO_QUEUE
 from common.storage import LocalStorage
-from common.webhooks import CallbackRefused, check_callback_url, delivery_state, owner_secret
+from common.webhooks import CallbackRefused, check_callback_url, delivery_state
 from gateway.auth import Owner, current_owner
 from gateway.deps import CeleryDep, JobIdDep, SettingsDep, StorageDep, StoreDep
 from gateway.errors import BadRequestField, JobNotReady, ResultMissing
@@ -26,7 +26,7 @@ from gateway.form_fields import FormFields
 from gateway.idempotency import Idempotency, checked_key, file_sha256
 from gateway.quotas import Quotas
 from gateway.schemas import JobCreated, JobLinks, JobPublic, JobsPublic
-from gateway.uploads import check_content_length, stream_upload
+from gateway.uploads import MULTIPART_OVERHEAD_BYTES, check_content_length, stream_upload
 
 logger = logging.getLogger(__name__)
 
@@ -159,22 +159,25 @@ async def create_job(
         claim = await asyncio.to_thread(idempotency.claim, owner.id, key, job_id)
         if claim is not None:
             return await _replay(request, response, settings, storage, idempotency, owner, key)
-    declared = int(request.headers.get("content-length") or 0) if (
-        request.headers.get("content-length") or ""
-    ).isdigit() else 0
+    length = request.headers.get("content-length") or ""
+    declared = int(length) if length.isdigit() else 0
     fields = FormFields(request.headers.get("content-type"), ("callback_url",))
     dest = storage.path(job_id, INPUT_NAME)
     try:
         await asyncio.to_thread(quotas.hit_upload, owner)
         await asyncio.to_thread(quotas.reserve_active, owner, job_id)
-        room = await asyncio.to_thread(quotas.room_for, owner, max(declared - 64 * 1024, 0))
-        upload = await stream_upload(
-            fields.tee(request.stream()),
-            request.headers.get("content-type"),
-            dest,
-            settings.max_upload_bytes if room is None else min(settings.max_upload_bytes, room),
-            settings.upload_chunk_bytes,
-        )
+        room = await asyncio.to_thread(quotas.room_for, owner, max(declared - MULTIPART_OVERHEAD_BYTES, 0))
+        cap = settings.max_upload_bytes if room is None else min(settings.max_upload_bytes, room)
+        try:
+            upload = await stream_upload(
+                fields.tee(request.stream()), request.headers.get("content-type"), dest, cap,
+                settings.upload_chunk_bytes,
+            )
+        except UploadTooLarge:
+            if cap == settings.max_upload_bytes:
+                raise
+            # Stopped at what is left of the owner's storage, not at the upload limit: say so.
+            raise await asyncio.to_thread(quotas.storage_full, owner, cap + 1) from None
         callback_url = fields.get("callback_url")
         if callback_url:
             try:
@@ -194,8 +197,6 @@ async def create_job(
             raise type(exc)(message) from exc
         digest = await asyncio.to_thread(file_sha256, dest) if idempotency_key is not None else None
         await asyncio.to_thread(quotas.add_stored, owner, job_id, upload.size)
-        if callback_url:
-            await asyncio.to_thread(owner_secret, store.redis, owner.id)  # so the owner can read it first
         await asyncio.to_thread(
             store.create_for, owner.id, job_id, upload.filename, info.to_dict(), callback_url=callback_url
         )
