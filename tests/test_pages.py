@@ -6,6 +6,7 @@ Screenshots of every page go to tests/artifacts/ (git-ignored) so a person can l
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import httpx
@@ -93,6 +94,19 @@ def live_gateway(stack_env, service_logs, worker):
     service.stop()
 
 
+def wait_until(page, expression: str, timeout: float = 30_000):
+    """Poll a JavaScript expression until it is truthy; its value. page.evaluate, not wait_for_function:
+    the pages' Content-Security-Policy forbids the string evaluation wait_for_function polls with."""
+    deadline = time.monotonic() + timeout / 1000
+    while True:
+        value = page.evaluate(expression)
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true after {timeout / 1000:.0f} s: {expression}")
+        time.sleep(0.1)
+
+
 def shot(page, name: str, full_page: bool = True) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=full_page)
@@ -100,7 +114,7 @@ def shot(page, name: str, full_page: bool = True) -> None:
 
 def test_upload_form_to_results_with_video_chart_and_downloads(page, gateway, astronaut_video):
     page.goto(f"{gateway}/")
-    page.wait_for_function("document.getElementById('limits-hint').textContent.includes('up to')")
+    wait_until(page, "document.getElementById('limits-hint').textContent.includes('up to')")
     shot(page, "upload-empty")
     page.set_input_files("#file-input", str(astronaut_video))
     page.wait_for_selector("#file-row:not(.hidden)")
@@ -113,13 +127,10 @@ def test_upload_form_to_results_with_video_chart_and_downloads(page, gateway, as
 
     page.wait_for_selector("#result-card:not(.hidden)", timeout=JOB_TIMEOUT_MS)
     assert page.text_content("#job-badge").strip() == "Done"
-    duration = page.wait_for_function(
-        "() => { const v = document.getElementById('player'); return v.readyState >= 1 && v.duration; }",
-        timeout=30_000,
-    ).json_value()
+    duration = wait_until(page, "(v => v.readyState >= 1 && v.duration)(document.getElementById('player'))")
     assert duration == pytest.approx(3.0, abs=0.1)
 
-    page.wait_for_function("document.getElementById('chart').dataset.drawn === 'true'", timeout=30_000)
+    wait_until(page, "document.getElementById('chart').dataset.drawn === 'true'", timeout=30_000)
     lanes = int(page.get_attribute("#chart", "data-lanes"))
     points = int(page.get_attribute("#chart", "data-points"))
     assert lanes >= 1, "the chart shows no person although the astronaut's face is in every frame"
@@ -202,7 +213,7 @@ def test_upload_page_checks_the_size_limit_before_sending(browser, stack_env, se
         posts: list[str] = []
         page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
         page.goto(f"{url}/")
-        page.wait_for_function("document.getElementById('limits-hint').textContent.includes('19.5 KB')")
+        wait_until(page, "document.getElementById('limits-hint').textContent.includes('19.5 KB')")
         page.set_input_files("#file-input", str(astronaut_video))
         page.wait_for_selector("#upload-error:not(.hidden)")
         assert "over the 19.5 KB limit" in page.text_content("#upload-error")
@@ -273,7 +284,8 @@ def test_pages_fit_a_phone(browser, gateway):
 def test_live_page_draws_an_emoji_on_the_fake_cameras_face(page, live_gateway):
     page.goto(f"{live_gateway}/live")
     page.click("#start-button")
-    page.wait_for_function(
+    wait_until(
+        page,
         "window.liveState.answers >= 5 && window.liveState.facesSeen > 0 && window.liveState.emojiDrawn > 0",
         timeout=90_000,
     )
