@@ -77,6 +77,10 @@ return count + 1
 LIVE_TTL_S = 60.0
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def _key(kind: str, owner: Owner | str) -> str:
     return f"{PREFIX}{kind}:{owner.id if isinstance(owner, Owner) else owner}"
 
@@ -121,8 +125,8 @@ class Quotas:
         if count < 0:
             raise QuotaExceeded(
                 "too_many_active_jobs",
-                f"you have {-count} jobs queued or running, your limit is {limit}; wait until one has "
-                "finished, or delete one, and upload again",
+                f"you have {_count(-count, 'job')} queued or running, your limit is {limit}; wait until "
+                "one has finished, or delete one, and upload again",
                 30,
             )
 
@@ -190,7 +194,8 @@ class Quotas:
         if count < 0:
             raise QuotaExceeded(
                 "too_many_live_viewers",
-                f"you already have {-count} live pages open, your limit is {limit}; close one and reconnect",
+                f"you already have {_count(-count, 'live page')} open, your limit is {limit}; close one "
+                "and start again",
                 30,
             )
 
