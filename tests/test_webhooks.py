@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,7 +19,57 @@ import pytest
 from tests.conftest import make_astronaut_video
 from tests.keys_helpers import bearer, create_key, upload, wait_done
 
-pytestmark = pytest.mark.e2e
+# --- unit: no services -----------------------------------------------------------------------------
+
+
+def test_the_delivery_task_module_stays_light():
+    code = "import sys, worker.webhooks; print([m for m in ('tensorflow', 'cv2') if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_retry_delays_double_and_stay_under_the_visibility_timeout():
+    from common.settings import CommonSettings
+    from worker.webhooks import retry_delay_s
+
+    s = CommonSettings(webhook_retry_base_s=30, webhook_retry_max_delay_s=3600, visibility_timeout_s=600)
+    assert [retry_delay_s(n, s) for n in range(1, 7)] == [30, 60, 120, 240, 480, 480]
+
+
+def test_signatures_verify_only_with_the_secret_the_body_and_a_fresh_timestamp():
+    from common.webhooks import sign, verify
+
+    body = b'{"type":"job.succeeded"}'
+    header = sign("whsec_a", body)
+    assert verify("whsec_a", body, header)
+    assert not verify("whsec_b", body, header)
+    assert not verify("whsec_a", body + b" ", header)
+    assert not verify("whsec_a", body, sign("whsec_a", body, timestamp=int(time.time()) - 3600))
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed", "ok"),
+    [
+        ("http://127.0.0.1:9/x", "", False),
+        ("http://127.0.0.1:9/x", "127.0.0.1/32", True),
+        ("http://[::ffff:10.0.0.1]/x", "", False),  # IPv4-mapped private address
+        ("http://100.64.0.1/x", "", False),  # carrier-grade NAT, not public
+        ("https://93.184.215.14/x", "", True),  # a public address
+        ("file:///etc/passwd", "", False),
+        ("http:///nohost", "", False),
+    ],
+)
+def test_callback_addresses(url, allowed, ok):
+    from common.webhooks import CallbackRefused, check_callback_url
+
+    if ok:
+        assert check_callback_url(url, allowed)
+    else:
+        with pytest.raises(CallbackRefused):
+            check_callback_url(url, allowed)
+
+
+# --- the real stack ---------------------------------------------------------------------------------
 
 
 class Receiver:
@@ -87,6 +139,7 @@ def _check_signature(call: dict, secret: str) -> None:
     assert fields["v1"] != hmac.new(b"another secret", signed, hashlib.sha256).hexdigest()
 
 
+@pytest.mark.e2e
 def test_one_signed_delivery_per_finished_job(gateway, receiver, short_clip, owner):
     key = bearer(owner["key"])
     reply = upload(gateway, short_clip, headers=key, data={"callback_url": receiver.url("/ok")})
@@ -111,6 +164,7 @@ def test_one_signed_delivery_per_finished_job(gateway, receiver, short_clip, own
     assert [a["status_code"] for a in shown["attempts"]] == [200]
 
 
+@pytest.mark.e2e
 def test_a_failing_receiver_gets_the_third_try_and_redirects_are_not_followed(
     gateway, receiver, short_clip, owner
 ):
@@ -136,6 +190,7 @@ def test_a_failing_receiver_gets_the_third_try_and_redirects_are_not_followed(
     assert "redirects are not followed" in shown["attempts"][1]["error"]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "url",
     [
@@ -156,6 +211,7 @@ def test_a_private_or_odd_callback_is_refused_at_submit(gateway, short_clip, own
     assert {p.name for p in storage_dir.iterdir()} == before
 
 
+@pytest.mark.e2e
 def test_a_failed_job_is_delivered_as_job_failed(redis_url, stack_env, worker, receiver, owner):
     """The worker's delivery task on a job that failed (recorded here as the worker's fail() leaves it)."""
     from common.jobs import JobStore

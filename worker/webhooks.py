@@ -1,6 +1,8 @@
 """Webhook delivery: when a job with a callback_url succeeds or fails, POST the job (JSON) to the URL,
 signed with the owner's secret, and retry with exponential backoff until `webhook_retry_window_s` after the
-job ended. Every attempt is recorded on the job. Light on purpose: httpx, no TensorFlow, no OpenCV.
+job ended. Every attempt is recorded on the job. Light on purpose: httpx, no TensorFlow, no OpenCV; the
+task is a shared task, registered on whichever Celery app imports this module (worker.app does), so this
+module never imports the worker's app and its TensorFlow.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 
 import httpx
-from celery import Task
+from celery import Task, shared_task
 
 from common.jobs import LEGACY_OWNER, JobStatus, JobStore
 from common.queue import TASK_DELIVER_WEBHOOK, WEBHOOK_QUEUE
@@ -27,7 +29,6 @@ from common.webhooks import (
     owner_secret,
     sign,
 )
-from worker.app import app
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ def payload(job_id: str) -> tuple[str, bytes]:
     return event, json.dumps(body, separators=(",", ":")).encode()
 
 
-@app.task(name=TASK_DELIVER_WEBHOOK, bind=True, ignore_result=True)
+@shared_task(name=TASK_DELIVER_WEBHOOK, bind=True, ignore_result=True)
 def deliver_webhook(self: Task, job_id: str, ended_at: float) -> None:
     """One delivery attempt; on failure the task retries itself later with the same arguments."""
     s = settings()
