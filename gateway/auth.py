@@ -18,7 +18,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastapi import Depends, Request, Security
+from fastapi import Request, Security
 from fastapi.security import APIKeyCookie, HTTPBearer
 from starlette.requests import HTTPConnection
 
@@ -158,5 +158,3 @@ def set_session_cookie(response, cookie: str, settings: GatewaySettings) -> None
         samesite="lax", secure=settings.cookie_secure,
     )
 
-
-OwnerDep = Depends(current_owner)
