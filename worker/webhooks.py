@@ -16,6 +16,7 @@ from functools import lru_cache
 
 import httpx
 from celery import Task, shared_task
+from celery.utils.time import get_exponential_backoff_interval
 
 from common.jobs import LEGACY_OWNER, JobStatus, JobStore
 from common.queue import TASK_DELIVER_WEBHOOK, WEBHOOK_QUEUE
@@ -67,7 +68,7 @@ def retry_delay_s(attempt: int, s: CommonSettings) -> float:
     """Seconds before attempt `attempt + 1`: base * 2^(attempt-1), capped; kept under the visibility timeout
     because Redis hands a task that waits longer than that to another worker (a second call)."""
     cap = min(s.webhook_retry_max_delay_s, 0.8 * s.visibility_timeout_s)
-    return min(s.webhook_retry_base_s * 2 ** (attempt - 1), cap)
+    return get_exponential_backoff_interval(s.webhook_retry_base_s, attempt - 1, cap)
 
 
 def _record(job_id: str, attempt: int, started: float, status_code: int | None, error: str | None) -> None:
