@@ -233,3 +233,26 @@ def test_a_failed_job_is_delivered_as_job_failed(redis_url, stack_env, worker, r
     assert body["job"]["error"] == {"code": "invalid_video",
                                     "message": "the video stops after 2 frames; upload it again"}
     store.delete(job_id)
+
+
+@pytest.mark.e2e
+def test_a_webhook_a_dead_worker_never_queued_is_sent_by_the_next_task(redis_url, worker, receiver, owner):
+    """A worker that died between marking the job succeeded and queueing its webhook: its finishing task
+    comes back (acks_late), finds the job finished, and queues the webhook then; once only."""
+    from common.jobs import JobStore
+    from common.queue import make_celery
+    from common.settings import CommonSettings
+
+    store = JobStore.from_url(redis_url)
+    job_id = "d" * 32
+    store.create_for("key:" + owner["id"], job_id, "done.mp4", {"frames": 10},
+                     callback_url=receiver.url("/recovered"))
+    store.mark_succeeded(job_id)
+    celery = make_celery(CommonSettings(redis_url=redis_url))
+    for _ in range(2):  # the task coming back, twice
+        celery.send_task("worker.finish_job", args=[job_id], queue="video")
+    calls = receiver.wait_for("/recovered", 1)
+    time.sleep(3)
+    assert len(receiver.to("/recovered")) == 1
+    assert json.loads(calls[0]["body"])["type"] == "job.succeeded"
+    store.delete(job_id)

@@ -102,6 +102,7 @@ def job_step(task: Task, job_id: str, what: str):
         yield
     except JobGone as exc:
         logger.info("job %s: %s skipped: %s", job_id, what, exc)
+        notify_finished(job_id)  # a finished job whose webhook a dead worker never queued gets it now
     except ModelServerUnavailable as exc:
         s = settings()
         retries = task.request.retries

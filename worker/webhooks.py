@@ -45,11 +45,13 @@ def store() -> JobStore:
 
 
 def notify_finished(job_id: str) -> None:
-    """Queue the job's webhook, once: a finishing step that runs twice must not call the receiver twice.
-    Never raises; a webhook problem must not change the job's fate."""
+    """Queue the webhook of a finished job, once: a finishing step that runs twice must not call the
+    receiver twice, and one that died before calling this is covered by the next task that finds the job
+    finished. Never raises; a webhook problem must not change the job's fate."""
     try:
         redis = store().redis
-        if not redis.hget(store().key(job_id), "callback_url"):
+        url, status = redis.hmget(store().key(job_id), "callback_url", "status")
+        if not url or status not in (JobStatus.succeeded.value, JobStatus.failed.value):
             return
         queued = f"{store().key(job_id)}:webhook-queued"
         if not redis.set(queued, "1", nx=True, ex=settings().job_ttl_s):
