@@ -15,14 +15,19 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
 
 
 @pytest.fixture(scope="module")
-def browser():
+def playwright():
     sync_api = pytest.importorskip("playwright.sync_api")
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is missing; `make install` installs Debian's chromium")
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield browser
-        browser.close()
+        yield p
+
+
+@pytest.fixture(scope="module")
+def browser(playwright):
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+    yield browser
+    browser.close()
 
 
 def _context(browser):
@@ -88,36 +93,33 @@ def test_a_second_browser_sees_none_of_the_first_ones_jobs(browser, gateway, ast
         second.close()
 
 
-def test_a_browser_over_its_live_viewer_limit_is_told_so(stack_env, service_logs, worker):
+def test_a_browser_over_its_live_viewer_limit_is_told_so(playwright, stack_env, service_logs, worker):
     """With one live page allowed per browser, the second page of the same browser says which limit."""
-    from playwright.sync_api import sync_playwright
-
     from tests.conftest import start_gateway
 
     service, url = start_gateway({**stack_env, "EMOJI_ANON_MAX_LIVE_VIEWERS": "1"}, service_logs,
                                  "gateway-live-limit")
     args = [*ARGS, "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=args)
     try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=args)
-            context = _context(browser)
-            first, second = context.new_page(), context.new_page()
-            for page in (first, second):
-                page.goto(f"{url}/live")
-            first.click("#start-button")
-            first.wait_for_selector("#live-status:text('Connected')", timeout=30_000)
-            second.click("#start-button")
-            second.wait_for_selector("#live-error:not(.hidden)", timeout=30_000)
-            text = second.text_content("#live-error")
-            assert "Too many live pages open" in text and "1 live page open, your limit is 1" in text
-            shot(second, "live-over-limit")
-            # The first page is still connected; a second browser has its own allowance.
-            assert first.is_hidden("#live-error")
-            other = _context(browser).new_page()
-            other.goto(f"{url}/live")
-            other.click("#start-button")
-            other.wait_for_selector("#live-status:text('Connected')", timeout=30_000)
-            assert context.problems == []
-            browser.close()
+        context = _context(browser)
+        first, second = context.new_page(), context.new_page()
+        for page in (first, second):
+            page.goto(f"{url}/live")
+        first.click("#start-button")
+        first.wait_for_selector("#live-status:text('Connected')", timeout=30_000)
+        second.click("#start-button")
+        second.wait_for_selector("#live-error:not(.hidden)", timeout=30_000)
+        text = second.text_content("#live-error")
+        assert "Too many live pages open" in text and "1 live page open, your limit is 1" in text
+        shot(second, "live-over-limit")
+        # The first page is still connected; a second browser has its own allowance.
+        assert first.is_hidden("#live-error")
+        other = _context(browser).new_page()
+        other.goto(f"{url}/live")
+        other.click("#start-button")
+        other.wait_for_selector("#live-status:text('Connected')", timeout=30_000)
+        assert context.problems == []
     finally:
+        browser.close()
         service.stop()
