@@ -70,6 +70,18 @@ def check_callback_url(url: str, allowed_networks: str = "") -> list[str]:
     return addresses
 
 
+def pinned_request(url: str, address: str) -> tuple[str, dict[str, str], dict]:
+    """(URL, headers, httpx extensions) that reach `url`'s host at the already checked `address`, so a
+    name that resolves elsewhere a moment later (DNS rebinding) cannot redirect the call: the connection
+    goes to the address, Host names the host, and HTTPS checks the certificate against the host name."""
+    parts = urlsplit(url)
+    ip = f"[{address}]" if ":" in address else address
+    netloc = ip + (f":{parts.port}" if parts.port else "")
+    host = parts.hostname + (f":{parts.port}" if parts.port else "")
+    extensions = {"sni_hostname": parts.hostname} if parts.scheme == "https" else {}
+    return parts._replace(netloc=netloc).geturl(), {"Host": host}, extensions
+
+
 def owner_secret(client: redis.Redis, owner: str) -> str:
     """The owner's webhook signing secret, made on first use and kept with the owner (the same secret for
     every job of that owner, as Stripe and GitHub do per endpoint)."""

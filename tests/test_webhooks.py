@@ -69,6 +69,24 @@ def test_callback_addresses(url, allowed, ok):
             check_callback_url(url, allowed)
 
 
+@pytest.mark.parametrize(
+    ("url", "address", "expected"),
+    [
+        ("https://hooks.example.com/a?b=1", "93.184.215.14",
+         ("https://93.184.215.14/a?b=1", {"Host": "hooks.example.com"},
+          {"sni_hostname": "hooks.example.com"})),
+        ("http://hooks.example.com:8080/a", "2606:2800:21f:cb07::1",
+         ("http://[2606:2800:21f:cb07::1]:8080/a", {"Host": "hooks.example.com:8080"}, {})),
+    ],
+)
+def test_deliveries_go_to_the_checked_address(url, address, expected):
+    """The POST connects to the address the check approved (no second DNS answer), names the host in Host,
+    and checks an HTTPS certificate against the host name (SNI)."""
+    from common.webhooks import pinned_request
+
+    assert pinned_request(url, address) == expected
+
+
 # --- the real stack ---------------------------------------------------------------------------------
 
 

@@ -28,6 +28,7 @@ from common.webhooks import (
     attempts_key,
     check_callback_url,
     owner_secret,
+    pinned_request,
     sign,
 )
 
@@ -113,9 +114,11 @@ def deliver_webhook(self: Task, job_id: str, ended_at: float) -> None:
     started = time.perf_counter()
     status_code = error = None
     try:
-        check_callback_url(url, s.webhook_allowed_networks)
+        addresses = check_callback_url(url, s.webhook_allowed_networks)
+        target, host, extensions = pinned_request(url, addresses[0])
         event, body = payload(job_id)
         headers = {
+            **host,
             "Content-Type": "application/json",
             "User-Agent": "emoji-video-webhooks/1.0",
             "Emoji-Event": event,
@@ -124,8 +127,8 @@ def deliver_webhook(self: Task, job_id: str, ended_at: float) -> None:
             SIGNATURE_HEADER: sign(owner_secret(redis, raw.get("owner") or LEGACY_OWNER), body),
         }
         # No redirects: a public URL answering 307 to an internal address would walk around the check above.
-        response = httpx.post(url, content=body, headers=headers, timeout=s.webhook_timeout_s,
-                              follow_redirects=False)
+        with httpx.Client(timeout=s.webhook_timeout_s, follow_redirects=False) as client:
+            response = client.post(target, content=body, headers=headers, extensions=extensions)
         status_code = response.status_code
         if not 200 <= status_code < 300:
             error = f"the receiver answered {status_code}" + (
