@@ -9,13 +9,14 @@ import logging
 import time
 import uuid
 
+import redis
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from redis.asyncio.client import PubSub
 
 from gateway.auth import resolve_owner
 from gateway.deps import LiveHubDep, SettingsDep
 from gateway.errors import QuotaExceeded, Unauthorized
-from gateway.live_hub import LiveFrameError, LiveHub
+from gateway.live_hub import QUEUE_DOWN, LiveFrameError, LiveHub
 from gateway.quotas import LIVE_TTL_S
 from gateway.settings import GatewaySettings
 
@@ -49,6 +50,11 @@ async def live(ws: WebSocket, hub: LiveHubDep, settings: SettingsDep) -> None:
         await ws.send_text(_error(exc.code, str(exc), **extra))
         code = CLOSE_TRY_AGAIN if isinstance(exc, QuotaExceeded) else CLOSE_POLICY
         await ws.close(code=code, reason=exc.code)
+        return
+    except redis.RedisError:
+        logger.error("live viewer refused: Redis unreachable while checking the key or the live limit")
+        await ws.send_text(_error("queue_unavailable", QUEUE_DOWN, retry_after_s=30))
+        await ws.close(code=CLOSE_TRY_AGAIN, reason="queue unavailable")
         return
     heartbeat = asyncio.create_task(_keep_counted(quotas, owner, client_id))
     if not hub.join():

@@ -124,9 +124,8 @@ function connect() {
     if (!running) return;
     // The server says why before it closes: all slots taken, this browser's own limit, or not allowed.
     if (event.code === 1013 || event.code === 1008) {
-      const title = event.code === 1008 ? "The live stream is not available"
-        : closingError && closingError.code === "too_many_live_viewers" ? "Too many live pages open"
-          : "The live service is full";
+      const titles = { too_many_live_viewers: "Too many live pages open", too_many_viewers: "The live service is full" };
+      const title = (closingError && titles[closingError.code]) || "The live stream is not available";
       showError(title, closingError ? capitalize(closingError.message)
         : "All live slots are in use. Try again in a minute.");
       closingError = null;
