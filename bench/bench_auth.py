@@ -16,8 +16,9 @@ import time
 import httpx
 
 from common.jobs import JobStore
+from common.webhooks import OWNER_PREFIX
 from gateway.auth import Owner
-from gateway.keys import KeyRefused, KeyStore, Limits
+from gateway.keys import KEY_INDEX, KEY_PREFIX, KeyRefused, KeyStore, Limits, hash_key
 from gateway.quotas import Quotas
 
 
@@ -36,9 +37,19 @@ def main() -> None:
 
     client = JobStore.from_url(args.redis_url).redis
     keys = KeyStore(client)
-    valid, _ = keys.create("bench-valid")
+    valid, valid_record = keys.create("bench-valid")
     revoked, record = keys.create("bench-revoked")
     keys.revoke(record.id)
+    try:
+        run(args, client, keys, valid, revoked)
+    finally:  # leave no bench keys behind in the developer's Redis
+        for token, key in ((valid, valid_record), (revoked, record)):
+            client.delete(KEY_PREFIX + hash_key(token))
+            client.hdel(KEY_INDEX, key.id)
+            client.delete(OWNER_PREFIX + key.owner)
+
+
+def run(args, client, keys: KeyStore, valid: str, revoked: str) -> None:
     tokens = {"malformed": "not-a-key", "unknown": "ek_" + "Q" * 43, "revoked": revoked, "valid": valid}
 
     http = {name: [] for name in tokens}
