@@ -3,6 +3,9 @@
 A job's progress is counted per stage ("analyze": faces found and classified, "render": emoji drawn and
 encoded) as frames of finished batches. Batches record themselves in a hash keyed by batch index, so a
 batch that runs twice (a worker died, the task came back) counts once.
+
+Every change a worker makes is conditional, in one Lua script: on the record existing and being queued or
+running. A job deleted (or finished) meanwhile is never re-created or revived by a late write.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ STAGES: tuple[str, ...] = ("analyze", "render")
 # Share of the progress bar each stage fills; the last 5% is joining the pieces and muxing audio.
 STAGE_WEIGHTS: dict[str, float] = {"analyze": 0.55, "render": 0.40}
 KEY_PREFIX = "emoji:job:"
+# Every key of one job: the record, the stages' batch counts, its warnings, its tasks' delivery counts.
+PARTS: tuple[str, ...] = ("", *STAGES, "warnings", "deliveries")
 JOB_INDEX_KEY = "emoji:jobs"
 # Each owner's jobs (see gateway/auth.py), newest last; jobs recorded before owners existed belong to the one
 # shared local owner.
@@ -40,6 +45,13 @@ class JobError(BaseModel):
     message: str
 
 
+class JobWarning(BaseModel):
+    code: str
+    message: str
+    # The frames concerned, [first, last], when the warning is about some frames only.
+    frames: list[int] | None = None
+
+
 class Job(BaseModel):
     id: str
     status: JobStatus
@@ -53,6 +65,45 @@ class Job(BaseModel):
     error: JobError | None = None
     video: dict | None = None
     batches_total: int = 0
+    warnings: list[JobWarning] = []
+
+
+ACTIVE = (JobStatus.queued.value, JobStatus.running.value)
+
+# KEYS[1] the job's hash; ARGV[1] how many active states follow, then the states, then field/value pairs.
+# Sets the fields only if the record exists and is in one of the states; returns 1 if it did, else 0.
+_SET_IF = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return 0 end
+local n = tonumber(ARGV[1])
+local ok = false
+for i = 2, n + 1 do if ARGV[i] == status then ok = true end end
+if not ok then return 0 end
+for i = n + 2, #ARGV, 2 do
+  if ARGV[i] == 'started_at' then redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1])
+  else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+return 1
+"""
+
+# KEYS[1] the job's hash, KEYS[2] the hash to write into; ARGV field, value. Only while the job is active.
+_HSET_IF_ACTIVE = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'queued' and status ~= 'running' then return -1 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3]))
+redis.call('HSET', KEYS[1], 'heartbeat_at', ARGV[4])
+return redis.call('HLEN', KEYS[2])
+"""
+
+
+# KEYS[1] the job's hash, KEYS[2] its delivery counts; ARGV field, increment, ttl. Only for an existing job.
+_COUNT_IF_EXISTS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local n = redis.call('HINCRBY', KEYS[2], ARGV[1], tonumber(ARGV[2]))
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3]))
+return n
+"""
 
 
 def _now() -> str:
@@ -69,6 +120,16 @@ class JobStore:
     def __init__(self, client: redis.Redis, ttl_s: int = 7 * 24 * 3600) -> None:
         self.redis = client
         self.ttl_s = ttl_s
+        self._set_if = client.register_script(_SET_IF)
+        self._hset_if_active = client.register_script(_HSET_IF_ACTIVE)
+        self._count_if_exists = client.register_script(_COUNT_IF_EXISTS)
+
+    def _set_when(self, job_id: str, states: tuple[str, ...], mapping: dict) -> bool:
+        """Set `mapping` on the record only if it exists and its status is one of `states`."""
+        args = [len(states), *states]
+        for field_name, value in mapping.items():
+            args += [field_name, value]
+        return bool(self._set_if(keys=[self.key(job_id)], args=args))
 
     @classmethod
     def from_url(cls, url: str, ttl_s: int = 7 * 24 * 3600) -> JobStore:
@@ -101,9 +162,18 @@ class JobStore:
         pipe.hgetall(self.key(job_id))
         for stage in STAGES:
             pipe.hvals(self.key(job_id, stage))
-        raw, *stage_values = pipe.execute()
+        pipe.hvals(self.key(job_id, "warnings"))
+        raw, *stage_values, warnings = pipe.execute()
         if not raw:
             raise JobNotFound(f"no job with id {job_id}")
+        try:
+            return self._parse(job_id, raw, stage_values, warnings)
+        except (KeyError, ValueError) as exc:
+            # A record missing its core fields (written by a late worker before conditional writes, or by
+            # hand) is not a job; the API answers 404 for it, never 500.
+            raise JobNotFound(f"no job with id {job_id} (its record is incomplete)") from exc
+
+    def _parse(self, job_id: str, raw: dict, stage_values: list, warnings: list) -> Job:
         total = int(raw.get("frames_total", 0))
         counts = zip(STAGES, stage_values, strict=True)
         done = {stage: sum(int(v) for v in values) for stage, values in counts}
@@ -130,6 +200,9 @@ class JobStore:
             error=error,
             video=json.loads(raw["video"]) if raw.get("video") else None,
             batches_total=int(raw.get("batches_total", 0)),
+            warnings=sorted(
+                (JobWarning.model_validate_json(w) for w in warnings), key=lambda w: (w.frames or [0])[0]
+            ),
         )
 
     def list_ids(self, limit: int = 50) -> list[str]:
@@ -140,45 +213,90 @@ class JobStore:
         pipe.zrevrange(JOB_INDEX_KEY, 0, limit - 1)
         return list(pipe.execute()[1])
 
-    def update(self, job_id: str, **fields) -> None:
-        """Set plain fields (e.g. frames_total, batches_total) on an existing job."""
-        if fields:
-            self.redis.hset(self.key(job_id), mapping={k: v for k, v in fields.items() if v is not None})
+    def update(self, job_id: str, **fields) -> bool:
+        """Set plain fields (e.g. frames_total, batches_total) on a job still queued or running."""
+        mapping = {k: v for k, v in fields.items() if v is not None}
+        return self._set_when(job_id, ACTIVE, {**mapping, "heartbeat_at": time.time()})
 
-    def mark_running(self, job_id: str) -> None:
-        pipe = self.redis.pipeline()
-        pipe.hsetnx(self.key(job_id), "started_at", _now())
-        pipe.hset(self.key(job_id), "status", JobStatus.running.value)
-        pipe.execute()
+    def mark_running(self, job_id: str) -> bool:
+        """Queued (or running, for a task that came back) -> running; False if the job is gone or over."""
+        return self._set_when(
+            job_id,
+            ACTIVE,
+            {"started_at": _now(), "status": JobStatus.running.value, "heartbeat_at": time.time()},
+        )
 
     def mark_batch_done(self, job_id: str, stage: str, batch_index: int, frames: int) -> int:
-        """Record a finished batch; returns how many batches of that stage are done."""
+        """Record a finished batch; returns how many batches of that stage are done, -1 if the job is gone."""
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        keys = [self.key(job_id), self.key(job_id, stage)]
+        return int(self._hset_if_active(keys=keys, args=[batch_index, frames, self.ttl_s, time.time()]))
+
+    def batch_done(self, job_id: str, stage: str, batch_index: int) -> bool:
+        return bool(self.redis.hexists(self.key(job_id, stage), str(batch_index)))
+
+    def add_warning(self, job_id: str, key: str, warning: JobWarning) -> bool:
+        """Attach a warning to an active job, once per `key` (a batch that runs twice warns once)."""
+        return int(
+            self._hset_if_active(
+                keys=[self.key(job_id), self.key(job_id, "warnings")],
+                args=[key, warning.model_dump_json(), self.ttl_s, time.time()],
+            )
+        ) >= 0
+
+    def count_delivery(self, job_id: str, task_key: str) -> int:
+        """A task of the job starts: how many of its deliveries have not ended (this one included). A worker
+        killed mid-task never calls `end_delivery`, so the count grows by one per lost worker."""
+        keys = [self.key(job_id), self.key(job_id, "deliveries")]
+        return int(self._count_if_exists(keys=keys, args=[task_key, 1, self.ttl_s]))
+
+    def end_delivery(self, job_id: str, task_key: str) -> None:
+        """The task ended in its own hands (success, failure, retry): it does not count as a lost worker."""
+        keys = [self.key(job_id), self.key(job_id, "deliveries")]
+        self._count_if_exists(keys=keys, args=[task_key, -1, self.ttl_s])
+
+    def active_jobs(self) -> list[tuple[str, str, float]]:
+        """(id, status, seconds since its last sign of life) of every queued or running job in the index."""
+        ids = list(self.redis.zrange(JOB_INDEX_KEY, 0, -1))
         pipe = self.redis.pipeline()
-        pipe.hset(self.key(job_id, stage), str(batch_index), frames)
-        pipe.hlen(self.key(job_id, stage))
-        return int(pipe.execute()[1])
+        for job_id in ids:
+            pipe.hmget(self.key(job_id), "status", "heartbeat_at", "created_at")
+        now = time.time()
+        out = []
+        for job_id, (status, heartbeat, created) in zip(ids, pipe.execute(), strict=True):
+            if status not in ACTIVE:
+                continue
+            last = float(heartbeat) if heartbeat else (
+                datetime.fromisoformat(created).timestamp() if created else 0.0
+            )
+            out.append((job_id, status, now - last))
+        return out
 
     def reset_stage(self, job_id: str, stage: str) -> None:
         self.redis.delete(self.key(job_id, stage))
 
-    def _finish(self, job_id: str, mapping: dict) -> None:
+    def _finish(self, job_id: str, mapping: dict) -> bool:
+        """Active -> finished, once: a deleted job stays deleted and the first outcome stays."""
+        if not self._set_when(job_id, ACTIVE, {**mapping, "finished_at": _now()}):
+            return False
         pipe = self.redis.pipeline()
-        pipe.hset(self.key(job_id), mapping={**mapping, "finished_at": _now()})
-        for part in ("", *STAGES):
+        for part in PARTS:
             pipe.expire(self.key(job_id, part), self.ttl_s)
         pipe.execute()
+        return True
 
-    def mark_succeeded(self, job_id: str) -> None:
-        self._finish(job_id, {"status": JobStatus.succeeded.value})
+    def mark_succeeded(self, job_id: str) -> bool:
+        return self._finish(job_id, {"status": JobStatus.succeeded.value})
 
-    def mark_failed(self, job_id: str, code: str, message: str) -> None:
-        self._finish(job_id, {"status": JobStatus.failed.value, "error_code": code, "error_message": message})
+    def mark_failed(self, job_id: str, code: str, message: str) -> bool:
+        return self._finish(
+            job_id, {"status": JobStatus.failed.value, "error_code": code, "error_message": message}
+        )
 
     def delete(self, job_id: str) -> None:
         pipe = self.redis.pipeline()
-        pipe.delete(*(self.key(job_id, part) for part in ("", *STAGES)))
+        pipe.delete(*(self.key(job_id, part) for part in PARTS))
         pipe.zrem(JOB_INDEX_KEY, job_id)
         pipe.execute()
 

@@ -7,12 +7,13 @@ container formats that cannot point at other files (no HLS, no concat lists, no 
 from __future__ import annotations
 
 import json
-import subprocess
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
 
-from common.errors import VideoError
+from common import processes
+from common.errors import TimedOut, VideoError
+from common.media_policy import MediaLimits, check_media, video_streams
 
 # Demuxer names as ffmpeg spells them; "mov" covers mp4/m4v/3gp, "matroska" covers webm.
 ALLOWED_INPUT_FORMATS = ("mov", "mp4", "matroska", "webm", "avi", "mpegts", "flv", "mpeg", "ogg", "asf")
@@ -56,8 +57,8 @@ def _run_ffprobe(path: Path, *extra: str) -> dict:
     # ffprobe takes its input without -i too, but -i keeps the same locked-down form as ffmpeg.
     cmd = args + safe_input_args(path)
     try:
-        result = subprocess.run(cmd, capture_output=True, timeout=PROBE_TIMEOUT_S, check=False)
-    except subprocess.TimeoutExpired as exc:
+        result = processes.run(cmd, PROBE_TIMEOUT_S, "ffprobe")
+    except TimedOut as exc:
         raise VideoError("the file took too long to read; it may be damaged") from exc
     if result.returncode != 0:
         detail = result.stderr.decode(errors="replace").strip().splitlines()
@@ -75,16 +76,19 @@ def _rotation(stream: dict) -> int:
     return int(stream.get("tags", {}).get("rotate", 0)) % 360
 
 
-def probe(path: Path) -> VideoInfo:
-    """Read the container and the first video stream; raise VideoError if it is not a usable video."""
+def probe(path: Path, limits: MediaLimits | None = None) -> VideoInfo:
+    """Read the container and the first video stream; raise VideoError if it is not a usable video, and
+    MediaRefused if it is over one of `limits` (common/media_policy.py)."""
     data = _run_ffprobe(
         path, "-count_packets", "-show_format", "-show_streams"
     )
     streams = data.get("streams", [])
-    video = next((s for s in streams if s.get("codec_type") == "video"
-                  and not s.get("disposition", {}).get("attached_pic")), None)
-    if video is None:
+    videos = video_streams(data)
+    if not videos:
         raise VideoError("the file has no video stream; upload a video file")
+    if limits is not None:
+        check_media(data, limits)
+    video = videos[0]
     audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
     frames = int(video.get("nb_read_packets") or 0)
     duration = float(video.get("duration") or data.get("format", {}).get("duration") or 0.0)
@@ -92,7 +96,9 @@ def probe(path: Path) -> VideoInfo:
         raise VideoError("the video has no frames; upload a video that plays")
     rate = video.get("avg_frame_rate") or video.get("r_frame_rate") or "0/1"
     fps = float(Fraction(rate)) if rate not in ("0/0", "0/1") else frames / duration
-    width, height = int(video["width"]), int(video["height"])
+    width, height = int(video.get("width") or 0), int(video.get("height") or 0)
+    if width <= 0 or height <= 0:
+        raise VideoError(f"the video's size ({width}x{height}) is not usable; its header may be damaged")
     rotation = _rotation(video)
     if rotation in (90, 270):
         width, height = height, width

@@ -3,11 +3,16 @@
 Reliability settings live here so the sender and the worker cannot disagree: a task is acknowledged only
 after it ran (acks_late), a task whose worker process died goes back to the queue (reject_on_worker_lost),
 a worker takes one task at a time (prefetch 1), and Redis hands an unacknowledged task to another worker
-after the visibility timeout (keep it above the longest task).
+after the visibility timeout. Every task has a soft and a hard time limit below that timeout, so a task is
+never still running when Redis hands it to a second worker.
 """
 
 from __future__ import annotations
 
+import json
+import re
+
+import redis
 from celery import Celery
 
 from common.settings import CommonSettings
@@ -44,7 +49,39 @@ def make_celery(settings: CommonSettings | None = None) -> Celery:
             "unacked_restore_throttle": 1,
         },
         result_backend_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        task_soft_time_limit=settings.task_soft_time_limit_s,
+        task_time_limit=settings.task_time_limit_s,
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
     )
     return app
+
+
+JOB_ID = re.compile(r"\b[0-9a-f]{32}\b")
+
+
+def pending_job_ids(client: redis.Redis, queues: tuple[str, ...] = (VIDEO_QUEUE,)) -> set[str]:
+    """Job ids named by a task that is waiting in a queue or delivered and not yet acknowledged (running, or
+    held for a retry's countdown): the jobs that still have a task somewhere.
+
+    Reads kombu's Redis layout: one list per queue and priority ("video", "video\x06\x163", ...) and the
+    "unacked" hash of delivered messages; each message's headers carry the task's arguments.
+    """
+    messages: list[str] = []
+    for queue in queues:
+        for key in client.scan_iter(match=f"{queue}*", count=1000):
+            if client.type(key) in ("list", b"list"):
+                messages += client.lrange(key, 0, -1)
+    messages += [v for v in client.hvals("unacked")]
+    ids: set[str] = set()
+    for raw in messages:
+        try:
+            message = json.loads(raw)
+            if isinstance(message, list):  # unacked entries are [message, exchange, routing key]
+                message = message[0]
+            args = message.get("headers", {}).get("argsrepr") or ""
+        except (ValueError, AttributeError, IndexError, TypeError):
+            continue
+        # argsrepr is "('<job id>', ...)" or "['<job id>']"; a job id is 32 hex digits.
+        ids.update(JOB_ID.findall(args))
+    return ids

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from common.media import ALLOWED_INPUT_FORMATS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,6 +40,14 @@ class CommonSettings(BaseSettings):
 
     # Redis re-delivers a task whose worker died after this many seconds: keep it above the longest task.
     visibility_timeout_s: int = 600
+    # Every task gets SoftTimeLimitExceeded after this long (the job fails with `timed_out`)...
+    task_soft_time_limit_s: int = Field(540, ge=1)
+    # ...and its process is killed after this long; both stay below the visibility timeout, so Redis never
+    # hands a task that is still running to a second worker.
+    task_time_limit_s: int = Field(570, ge=1)
+    # A task whose worker died (OOM kill, decoder crash) more often than this fails its job with
+    # `resource_exhausted` instead of coming back forever.
+    max_lost_workers: int = Field(3, ge=0)
     # How long Redis keeps a finished job's record; the gateway's storage sweep then removes its files.
     job_ttl_s: int = 7 * 24 * 3600
 
@@ -50,3 +61,33 @@ class CommonSettings(BaseSettings):
     webhook_retry_base_s: float = 30.0
     webhook_retry_max_delay_s: float = 3600.0
     webhook_retry_window_s: float = 24 * 3600.0
+
+    # What one upload may cost (common/media_policy.py): checked on ffprobe's answer before queueing.
+    # Largest width and height, either way round (portrait videos too).
+    max_video_width: int = Field(4096, ge=16)
+    max_video_height: int = Field(4096, ge=16)
+    # Pixels per frame (decode memory and time grow with it): 3840x2160.
+    max_frame_pixels: int = Field(3840 * 2160, ge=256)
+    # Frames and duration of the video track (20 minutes; 30 minutes at 30 fps).
+    max_video_frames: int = Field(54_000, ge=1)
+    max_video_duration_s: float = Field(1200.0, gt=0)
+    # Streams of every kind (video, audio, subtitles, data, attachments) in the container.
+    max_streams: int = Field(8, ge=1)
+    # Video codecs as ffprobe names them; others (ProRes, raw video, ...) are refused.
+    allowed_video_codecs: tuple[str, ...] = (
+        "h264", "hevc", "mpeg4", "vp8", "vp9", "av1", "mpeg2video", "mpeg1video", "mjpeg", "h263",
+        "flv1", "theora", "msmpeg4v2", "msmpeg4v3", "wmv1", "wmv2", "wmv3", "vc1",
+    )
+    # Containers (ffmpeg's demuxer names); ffmpeg never opens any other kind of file for an upload.
+    allowed_containers: tuple[str, ...] = ALLOWED_INPUT_FORMATS
+
+    @model_validator(mode="after")
+    def _time_limits_in_order(self):
+        if not self.task_soft_time_limit_s < self.task_time_limit_s < self.visibility_timeout_s:
+            raise ValueError(
+                "time limits must satisfy task_soft_time_limit_s < task_time_limit_s < visibility_timeout_s"
+                f" (got {self.task_soft_time_limit_s}, {self.task_time_limit_s}, "
+                f"{self.visibility_timeout_s}): "
+                "a task still running past the visibility timeout is handed to a second worker"
+            )
+        return self

@@ -16,6 +16,7 @@ import json
 import secrets
 import socket
 import time
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import redis
@@ -110,6 +111,27 @@ def verify(secret: str, body: bytes, header: str, tolerance_s: float = 300.0) ->
         return False
     expected = sign(secret, body, timestamp).split("v1=", 1)[1]
     return hmac.compare_digest(expected, fields.get("v1", ""))
+
+
+def queue_delivery(client: redis.Redis, job_key: str, send: Callable[[float], None], ttl_s: int) -> bool:
+    """Queue the webhook of a finished job, once whoever calls (the worker that finished it, a task that
+    finds it finished, the gateway's reconciler that failed it): `send(ended_at)` sends the delivery task.
+    False when there is nothing to send or it was sent already."""
+    url, status = client.hmget(job_key, "callback_url", "status")
+    if isinstance(status, bytes):
+        status = status.decode()
+    if not url or status not in ("succeeded", "failed"):
+        return False
+    queued = f"{job_key}:webhook-queued"
+    if not client.set(queued, "1", nx=True, ex=ttl_s):
+        return False
+    client.hset(job_key, STATE_FIELD, "pending")
+    try:
+        send(time.time())
+    except Exception:
+        client.delete(queued)
+        raise
+    return True
 
 
 def attempts_key(job_id: str) -> str:

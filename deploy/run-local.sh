@@ -31,10 +31,14 @@ start() {  # name, command...: runs in the background, logs to var/logs/<name>.l
     echo "started $name (pid $!, log $LOGS/$name.log)"
 }
 
+# Our own Redis with its append-only file in var/redis: queued jobs and their records survive a restart
+# (docs/reliability.md). A Redis already on the port is reused, with whatever persistence it has.
 if redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; then
-    echo "reusing the Redis on 127.0.0.1:$REDIS_PORT"
+    echo "reusing the Redis on 127.0.0.1:$REDIS_PORT (appendonly: $(redis-cli -p "$REDIS_PORT" config get appendonly | tail -1))"
 else
-    start redis redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no
+    mkdir -p var/redis
+    start redis redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$PWD/var/redis" \
+        --appendonly yes --appendfsync everysec --save ""
 fi
 
 start model_server "$BIN/python" -m model_server --port "$MODEL_SERVER_PORT" --rest_api_port 0 \

@@ -24,6 +24,7 @@ from gateway.live_hub import LiveHub
 from gateway.pages import STATIC_DIR
 from gateway.pages import router as pages_router
 from gateway.quotas import Quotas
+from gateway.reconciler import reconcile_forever
 from gateway.security import SecurityMiddleware
 from gateway.settings import GatewaySettings
 from gateway.storage_sweep import sweep_forever
@@ -83,9 +84,21 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                     settings.orphan_grace_s,
                 )
             )
+        reconciler = None
+        if settings.reconcile_interval_s > 0:
+            reconciler = asyncio.create_task(
+                reconcile_forever(
+                    app.state.store,
+                    app.state.celery,
+                    settings.reconcile_interval_s,
+                    settings.reconcile_grace_s,
+                    settings.reconcile_max_requeues,
+                )
+            )
         yield
-        if sweeper:
-            sweeper.cancel()
+        for task in (sweeper, reconciler):
+            if task:
+                task.cancel()
         await app.state.live_hub.close()
 
     # docs_url=None: /docs is served below from vendored Swagger UI files, so it works offline too.

@@ -17,8 +17,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from common.errors import (
     EmojiServiceError,
     JobNotFound,
+    MediaRefused,
     ModelServerError,
     ModelServerUnavailable,
+    StorageFull,
     UploadTooLarge,
     VideoError,
 )
@@ -30,6 +32,20 @@ class BadUpload(VideoError):
     """The request is not a multipart form with a `file` field, or the file is empty."""
 
     code = "bad_upload"
+
+
+class MalformedRequest(BadUpload):
+    """The request cannot even be parsed as the form it claims to be (e.g. an unusable multipart boundary)."""
+
+    code = "bad_request"
+
+
+class UploadLimit(UploadTooLarge):
+    """One of the limits on a multipart body other than the file's size: parts, a field's size, headers."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class JobNotReady(EmojiServiceError):
@@ -92,7 +108,9 @@ STATUS_BY_ERROR: tuple[tuple[type[EmojiServiceError], int], ...] = (
     (BadRequestField, 422),
     (RequestInProgress, 409),
     (UploadTooLarge, 413),
+    (MalformedRequest, 400),
     (BadUpload, 422),
+    (MediaRefused, 422),
     (VideoError, 415),
     (JobNotFound, 404),
     (JobNotReady, 409),
@@ -100,6 +118,7 @@ STATUS_BY_ERROR: tuple[tuple[type[EmojiServiceError], int], ...] = (
     (QueueUnavailable, 503),
     (ModelServerUnavailable, 503),
     (ModelServerError, 502),
+    (StorageFull, 507),
 )
 
 HTTP_CODES = {

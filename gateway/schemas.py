@@ -6,7 +6,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
-from common.jobs import Job, JobError, JobStatus
+from common.jobs import Job, JobError, JobStatus, JobWarning
 
 
 class JobLinks(BaseModel):
@@ -68,6 +68,9 @@ class JobPublic(BaseModel):
     finished_at: datetime | None
     error: JobError | None
     video: dict | None = Field(default=None, description="what ffprobe found in the upload")
+    warnings: list[JobWarning] = Field(
+        default=[], description="what went less than well in a job that still succeeded (e.g. frames lost)"
+    )
     webhook: WebhookState | None = Field(default=None, description="only for a job with a callback_url")
     links: JobLinks
 

@@ -17,6 +17,12 @@ class GatewaySettings(CommonSettings):
 
     # Bigger uploads are refused while streaming (and before, when Content-Length says so).
     max_upload_bytes: int = Field(default=2 * 1024**3, gt=0)
+    # Parts of the multipart form (the `file` and any other fields); more is refused with 413.
+    upload_max_parts: int = Field(default=16, gt=0)
+    # Each part other than `file` (a form field) may hold this many bytes.
+    upload_max_field_bytes: int = Field(default=64 * 1024, gt=0)
+    # The headers of one part, all together.
+    upload_max_part_header_bytes: int = Field(default=16 * 1024, gt=0)
     # Bytes read from the socket per chunk while streaming an upload to storage.
     upload_chunk_bytes: int = Field(default=1024 * 1024, gt=0)
     recent_jobs_limit: int = Field(default=20, gt=0)
@@ -34,6 +40,15 @@ class GatewaySettings(CommonSettings):
     storage_sweep_interval_s: float = Field(default=3600.0, ge=0)
     # A folder without a record is left alone until nothing in it has changed for this long (uploads).
     orphan_grace_s: float = Field(default=3600.0, ge=0)
+
+    # How often the gateway looks for queued or running jobs whose tasks are gone from Redis (a Redis that
+    # restarted without its data, a queue flushed by hand) and re-queues them (0: never).
+    reconcile_interval_s: float = Field(default=60.0, ge=0)
+    # A job is only taken for lost when nothing happened to it for this long and no task names it: longer
+    # than a task can be silent (a batch under the hard time limit) plus a task's trip through the queue.
+    reconcile_grace_s: float = Field(default=900.0, ge=0)
+    # A job whose tasks were lost this many times already fails with `tasks_lost` instead.
+    reconcile_max_requeues: int = Field(default=2, ge=0)
 
     # The emoji PNGs, served to the live page.
     emojis_dir: Path = REPO_ROOT / "emojis"

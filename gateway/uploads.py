@@ -1,7 +1,9 @@
 """Streaming a multipart upload straight to storage: the file never sits whole in memory.
 
 Starlette's own form parser spools files to a temporary file first and cannot stop at a size limit while
-reading; this one writes the `file` field to its final place as it arrives and stops at the limit.
+reading; this one writes the `file` field to its final place as it arrives and stops at the limit. Every
+other part of the body is bounded too: the number of parts, each field's size, each part's headers, the
+whole body.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import unicodedata
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -18,8 +21,8 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import parse_options_header
 from starlette.requests import ClientDisconnect
 
-from common.errors import UploadTooLarge
-from gateway.errors import BadUpload
+from common.errors import StorageFull, UploadTooLarge, is_storage_full
+from gateway.errors import BadUpload, MalformedRequest, UploadLimit
 
 logger = logging.getLogger(__name__)
 
@@ -61,13 +64,32 @@ def boundary_of(content_type: str | None) -> bytes:
     return options[b"boundary"]
 
 
+def make_parser(content_type: str | None, callbacks: dict) -> MultipartParser:
+    boundary = boundary_of(content_type)
+    try:
+        return MultipartParser(boundary, callbacks)
+    except (ValueError, TypeError) as exc:  # e.g. a boundary longer than RFC 2046's 70 characters
+        raise MalformedRequest(f"the multipart boundary is not usable ({exc}); {HOW_TO_SEND}") from exc
+
+
 def clean_filename(raw: bytes | None) -> str:
-    """The uploaded file's base name, for display only (storage never uses it)."""
+    """The uploaded file's base name, for display only (storage never uses it). Control and format
+    characters go: bidi overrides (U+202E) would make "gpj.exe" read as "exe.jpg", zero-width ones hide."""
     if not raw:
         return "upload"
     name = raw.decode("utf-8", errors="replace").replace("\\", "/")
-    name = PurePosixPath(name).name.strip().replace("\x00", "")
+    name = "".join(c for c in name if unicodedata.category(c) not in ("Cc", "Cf"))
+    name = PurePosixPath(name).name.strip()
     return name[:200] or "upload"
+
+
+@dataclass(frozen=True)
+class BodyLimits:
+    """What a multipart body may hold besides the file (see GatewaySettings)."""
+
+    max_parts: int = 16
+    max_field_bytes: int = 64 * 1024
+    max_header_bytes: int = 16 * 1024
 
 
 @dataclass
@@ -79,8 +101,12 @@ class UploadResult:
 class _FileFieldWriter:
     """Parser callbacks that keep only the `file` field's bytes, in a buffer flushed by the caller."""
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, limits: BodyLimits | None = None) -> None:
         self.max_bytes = max_bytes
+        self.limits = limits or BodyLimits()
+        self.parts = 0
+        self.field_bytes = 0
+        self.header_bytes = 0
         self.size = 0
         self.filename: str | None = None
         self.found = False
@@ -106,11 +132,29 @@ class _FileFieldWriter:
     def _part_begin(self) -> None:
         self._disposition = b""
         self._in_file = False
+        self.parts += 1
+        self.field_bytes = self.header_bytes = 0
+        if self.parts > self.limits.max_parts:
+            raise UploadLimit(
+                "too_many_parts",
+                f"the form has more than {self.limits.max_parts} parts; {HOW_TO_SEND}",
+            )
+
+    def _count_header(self, size: int) -> None:
+        self.header_bytes += size
+        if self.header_bytes > self.limits.max_header_bytes:
+            raise UploadLimit(
+                "headers_too_large",
+                f"a part's headers are longer than {human_bytes(self.limits.max_header_bytes)}; "
+                + HOW_TO_SEND,
+            )
 
     def _header_field(self, data: bytes, start: int, end: int) -> None:
+        self._count_header(end - start)
         self._header_name += data[start:end]
 
     def _header_value_cb(self, data: bytes, start: int, end: int) -> None:
+        self._count_header(end - start)
         self._header_value += data[start:end]
 
     def _header_end(self) -> None:
@@ -127,7 +171,17 @@ class _FileFieldWriter:
             self.filename = clean_filename(options.get(b"filename"))
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
-        if not self._in_file or self.over_limit:
+        if not self._in_file:
+            # Not the file: read past it, but only so far (a 192 MiB "field" is no field).
+            self.field_bytes += end - start
+            if self.field_bytes > self.limits.max_field_bytes:
+                raise UploadLimit(
+                    "field_too_large",
+                    f"a form field other than 'file' is larger than "
+                    f"{human_bytes(self.limits.max_field_bytes)}; {HOW_TO_SEND}",
+                )
+            return
+        if self.over_limit:
             return
         self.size += end - start
         if self.size > self.max_bytes:
@@ -156,20 +210,45 @@ async def _until_disconnect(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes
         raise BadUpload("the upload broke off before the end; upload the file again") from exc
 
 
+async def _write(out, data: bytes) -> None:
+    try:
+        await asyncio.to_thread(out.write, data)
+    except OSError as exc:
+        if is_storage_full(exc):
+            raise StorageFull(
+                f"the server's disk is full ({exc.strerror}); nothing was kept, try again later"
+            ) from exc
+        raise
+
+
 async def stream_upload(
-    chunks: AsyncIterator[bytes], content_type: str | None, dest: Path, max_bytes: int, flush_bytes: int
+    chunks: AsyncIterator[bytes],
+    content_type: str | None,
+    dest: Path,
+    max_bytes: int,
+    flush_bytes: int,
+    limits: BodyLimits | None = None,
 ) -> UploadResult:
-    """Write the form's `file` field to `dest` as it arrives; raise UploadTooLarge or BadUpload.
+    """Write the form's `file` field to `dest` as it arrives; raise UploadTooLarge, BadUpload or
+    StorageFull.
 
     The caller removes `dest` when this raises.
     """
     started = time.perf_counter()
-    writer = _FileFieldWriter(max_bytes)
-    parser = MultipartParser(boundary_of(content_type), writer.callbacks())
+    limits = limits or BodyLimits()
+    writer = _FileFieldWriter(max_bytes, limits)
+    parser = make_parser(content_type, writer.callbacks())
+    # The whole body: the file, the other parts (each bounded above) and the framing.
+    per_part = limits.max_field_bytes + limits.max_header_bytes
+    max_body = max_bytes + MULTIPART_OVERHEAD_BYTES + limits.max_parts * per_part
+    received = 0
     # Disk writes run in a thread so a slow disk never stalls the event loop (and other requests).
     out = await asyncio.to_thread(open, dest, "wb")
     try:
         async for chunk in _until_disconnect(chunks):
+            received += len(chunk)
+            if received > max_body:
+                raise too_large(max_bytes)
             try:
                 parser.write(chunk)
             except MultipartParseError as exc:
@@ -179,15 +258,18 @@ async def stream_upload(
             if writer.over_limit:
                 raise too_large(max_bytes)
             if writer.pending_bytes >= flush_bytes:
-                await asyncio.to_thread(out.write, writer.take())
+                await _write(out, writer.take())
         try:
             parser.finalize()
         except MultipartParseError as exc:
             raise BadUpload(f"the upload ended early or is malformed ({exc}); {HOW_TO_SEND}") from exc
         if writer.pending_bytes:
-            await asyncio.to_thread(out.write, writer.take())
+            await _write(out, writer.take())
     finally:
-        out.close()  # directly: an await here would not run in a cancelled request
+        try:
+            out.close()  # directly: an await here would not run in a cancelled request
+        except OSError:
+            pass  # a full disk fails the flush too; the caller removes the file
     if not writer.found:
         raise BadUpload(f"the form has no field named 'file'; {HOW_TO_SEND}")
     if writer.size == 0:

@@ -163,8 +163,12 @@ def stack_env(redis_url, storage_dir, model_server) -> dict[str, str]:
         "EMOJI_REDIS_URL": redis_url,
         "EMOJI_STORAGE_DIR": str(storage_dir),
         "EMOJI_MODEL_SERVER_ADDRESS": model_server,
-        # Short, so that a task of a SIGKILLed worker comes back within the test (tasks here take seconds).
-        "EMOJI_VISIBILITY_TIMEOUT_S": "20",
+        # Short, so that a task of a SIGKILLed worker comes back within the test (tasks here take seconds);
+        # the time limits stay below it, as the settings require.
+        "EMOJI_VISIBILITY_TIMEOUT_S": "60",
+        "EMOJI_TASK_SOFT_TIME_LIMIT_S": "50",
+        "EMOJI_TASK_TIME_LIMIT_S": "55",
+        "EMOJI_FFMPEG_TIMEOUT_S": "45",
         # The tests' webhook receivers listen on 127.0.0.1, which production refuses; retries come fast.
         "EMOJI_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.1/32",
         "EMOJI_WEBHOOK_RETRY_BASE_S": "0.5",

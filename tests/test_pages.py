@@ -251,6 +251,28 @@ def test_failed_job_page_shows_the_error_and_what_to_do(page, gateway, redis_url
         store.delete(job_id)
 
 
+def test_job_page_shows_the_frames_a_damaged_video_lost(page, gateway, redis_url):
+    from common.jobs import JobWarning
+
+    store = JobStore.from_url(redis_url)
+    job_id = "9" * 32
+    store.create(
+        job_id,
+        "damaged.mp4",
+        {"frames": 100, "width": 320, "height": 240, "fps": 25.0, "duration_s": 4.0, "has_audio": False},
+    )
+    message = "frames 30-54 could not be decoded (the file is damaged there)"
+    store.add_warning(job_id, "analyze:0", JobWarning(code="frames_lost", message=message, frames=[30, 54]))
+    try:
+        page.goto(f"{gateway}/jobs/{job_id}")
+        page.wait_for_selector("#job-warnings:not(.hidden)")
+        text = page.text_content("#job-warnings")
+        assert "frames 30-54 could not be decoded" in text.lower()
+        assert "frames_lost" in text
+    finally:
+        store.delete(job_id)
+
+
 def test_unknown_job_page_says_so(page, gateway):
     page.goto(f"{gateway}/jobs/{'0' * 32}")
     page.wait_for_selector("#job-error:not(.hidden)")

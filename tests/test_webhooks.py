@@ -274,3 +274,30 @@ def test_a_webhook_a_dead_worker_never_queued_is_sent_by_the_next_task(redis_url
     assert len(receiver.to("/recovered")) == 1
     assert json.loads(calls[0]["body"])["type"] == "job.succeeded"
     store.delete(job_id)
+
+
+@pytest.mark.e2e
+def test_a_job_the_reconciler_fails_gets_its_webhook(redis_url, worker, receiver, owner):
+    """A job whose tasks were lost is failed by the gateway's reconciler, not by a worker step: the
+    reconciler queues its webhook, and the real worker delivers it."""
+    from common.jobs import JobStore
+    from common.queue import make_celery
+    from common.settings import CommonSettings
+    from gateway.reconciler import reconcile
+
+    store = JobStore.from_url(redis_url)
+    job_id = "c" * 32
+    store.create_for("key:" + owner["id"], job_id, "lost.mp4", {"frames": 10},
+                     callback_url=receiver.url("/reconciled"))
+    try:
+        # Silent for two hours; the round looks only at jobs silent for over an hour, i.e. only this one.
+        store.redis.hset(store.key(job_id), "heartbeat_at", time.time() - 7200)
+        celery = make_celery(CommonSettings(redis_url=redis_url))
+        found = reconcile(store, celery, grace_s=3600, max_requeues=0)
+        assert job_id in found["failed"]
+        calls = receiver.wait_for("/reconciled", 1)
+        assert len(calls) == 1
+        body = json.loads(calls[0]["body"])
+        assert body["type"] == "job.failed" and body["job"]["error"]["code"] == "tasks_lost"
+    finally:
+        store.delete(job_id)

@@ -21,6 +21,7 @@ from common.classes import NUM_CLASSES
 from common.errors import EmojiServiceError, ModelServerError, VideoError
 from common.face_crop import FACE_SIZE, crop_faces
 from common.media import VideoInfo, _run_ffprobe, frame_timestamps_ms, probe
+from common.media_policy import MediaLimits
 from common.storage import LocalStorage
 from worker.detection import FaceBoxes, FaceDetector, iou_matrix, non_max_suppression
 from worker.overlay import EmojiOverlay
@@ -70,6 +71,9 @@ class Plan:
     # The decoder's pixel format and range, so analysis can take the luma plane as decoded (see read_frames).
     pix_fmt: str | None = None
     full_range: bool = False
+    # The file's timestamps repeated or went back (e.g. an MPEG-TS joined to itself): they were counted
+    # afresh from the frame rate, and the job decodes in one batch (seeking by time would be ambiguous).
+    timestamps_repaired: bool = False
     extra: dict = field(default_factory=dict)
 
     @property
@@ -88,6 +92,7 @@ class Plan:
             "detect_every": self.detect_every,
             "pix_fmt": self.pix_fmt,
             "full_range": self.full_range,
+            "timestamps_repaired": self.timestamps_repaired,
         }
 
     @classmethod
@@ -103,6 +108,7 @@ class Plan:
             detect_every=int(data["detect_every"]),
             pix_fmt=data.get("pix_fmt"),
             full_range=bool(data.get("full_range", False)),
+            timestamps_repaired=bool(data.get("timestamps_repaired", False)),
         )
 
     def seek(self, start: int) -> tuple[float, int]:
@@ -201,12 +207,18 @@ def plan_job(storage: LocalStorage, job_id: str, settings: WorkerSettings) -> Pl
     source = storage.path(job_id, INPUT)
     if not source.exists():
         raise VideoError("the uploaded file is missing; upload the video again")
-    info = probe(source)
+    # The gateway checked the limits already; checked again here as the plan is what the work will cost.
+    info = probe(source, MediaLimits.from_settings(settings))
     timestamps = frame_timestamps_ms(source)
     if not timestamps:
         raise VideoError("the video has no frames; upload a video that plays")
     video_start, container_start, pix_fmt, full_range = _stream_starts(source, info.format_name)
-    batches = plan_batches(len(timestamps), keyframe_indices(source, timestamps), settings.batch_frames)
+    repaired = not strictly_increasing(timestamps)
+    if repaired:
+        timestamps = [round(timestamps[0] + i * 1000.0 / info.fps, 3) for i in range(len(timestamps))]
+        batches = [(0, len(timestamps))]
+    else:
+        batches = plan_batches(len(timestamps), keyframe_indices(source, timestamps), settings.batch_frames)
     out_w, out_h = even(info.width), even(info.height)
     analysis_w = even(min(info.width, settings.analysis_max_width))
     analysis_h = even(round(info.height * analysis_w / info.width))
@@ -221,6 +233,7 @@ def plan_job(storage: LocalStorage, job_id: str, settings: WorkerSettings) -> Pl
         settings.detect_every,
         pix_fmt,
         full_range,
+        repaired,
     )
     write_json(storage.path(job_id, PLAN), plan.to_dict())
     logger.info(
@@ -233,6 +246,11 @@ def plan_job(storage: LocalStorage, job_id: str, settings: WorkerSettings) -> Pl
         len(batches),
     )
     return plan
+
+
+def strictly_increasing(times: list[float]) -> bool:
+    """Whether every frame has its own time (sorted packet times repeat when a stream restarts its clock)."""
+    return all(b > a for a, b in zip(times, times[1:], strict=False))
 
 
 def load_plan(storage: LocalStorage, job_id: str) -> Plan:
@@ -392,9 +410,11 @@ def analyze_batch(
     detector: FaceDetector,
     classifier: EmotionClassifier,
     settings: WorkerSettings,
+    fence=None,
 ) -> int:
     """Decode the batch's frames (grayscale), find and follow faces, classify every crop; writes
-    analysis/<batch>.json and returns the frames analysed."""
+    analysis/<batch>.json and returns the frames analysed. `fence` (a fencing check) runs before the write
+    and may raise to stop it."""
     start, end = plan.batches[batch_index]
     source = storage.path(job_id, INPUT)
     aw, ah = plan.analysis_size
@@ -456,6 +476,8 @@ def analyze_batch(
         "crop_ms": (t3 - t2) * 1000,
         "classify_ms": (t4 - t3) * 1000,
     }
+    if fence is not None:
+        fence()
     write_json(
         storage.path(job_id, analysis_name(batch_index)),
         {
@@ -538,6 +560,7 @@ def render_batch(
     overlay: EmojiOverlay,
     settings: WorkerSettings,
     timeline: dict | None = None,
+    fence=None,
 ) -> int:
     """Decode the batch's frames (yuv420p), draw each face's shown emoji, encode pieces/<batch>.mp4."""
     start, end = plan.batches[batch_index]
@@ -593,7 +616,7 @@ def render_batch(
                 ]
                 overlay.draw_yuv420p(frame, width, height, boxes, matrix)
             writer.write(frame)
-        frames = writer.close()
+        frames = writer.close(before_replace=fence)
     except BaseException:
         writer.abort()
         raise

@@ -58,10 +58,17 @@ class WorkerSettings(CommonSettings):
 
     # Crops per Predict call (2.3 KB each): far below gRPC's 4 MiB default message limit.
     predict_batch: int = Field(512, ge=1)
-    # Model server down: retries with exponential backoff, then the job fails.
-    model_retries: int = Field(5, ge=0)
+    # Model server down: retries with exponential backoff (2, 4, 8, ... s, at most the max), then the job
+    # fails. The defaults wait about 6 minutes in all (at least half that with jitter) before giving up.
+    model_retries: int = Field(10, ge=0)
     model_retry_backoff_s: float = Field(2.0, ge=0)
     model_retry_backoff_max_s: float = Field(60.0, ge=0)
+    # Each wait is drawn between half and all of its backoff, so batches that failed together do not all
+    # come back in the same second.
+    model_retry_jitter: bool = True
+    # A damaged video whose decoder gave fewer frames than it has succeeds with a warning naming the frames
+    # lost, unless more than this share of them is lost: then the job fails with `video_damaged`.
+    max_lost_frames_fraction: float = Field(0.5, ge=0, le=1)
 
     # Emoji placement: "badge" at the face's upper-right corner (the face stays visible) or "cover".
     overlay_mode: Literal["badge", "cover"] = "badge"
@@ -73,7 +80,9 @@ class WorkerSettings(CommonSettings):
     x264_crf: int = Field(23, ge=0, le=51)
     # Audio codecs that go into MP4 unchanged; anything else is re-encoded to AAC.
     mp4_audio_codecs: tuple[str, ...] = ("aac", "mp3", "ac3", "eac3", "alac")
-    ffmpeg_timeout_s: float = Field(540.0, gt=0)
+    # Wall-clock deadline of each ffmpeg process (enforced while blocked, see common/processes.py); below the
+    # task's soft time limit, so a stuck decoder fails the job with `timed_out` before Celery steps in.
+    ffmpeg_timeout_s: float = Field(480.0, gt=0)
 
     # Live webcam frames: per-client tracking state lives in Redis this long after the last frame.
     live_state_ttl_s: int = Field(60, ge=1)
@@ -81,6 +90,15 @@ class WorkerSettings(CommonSettings):
     # Live whole-frame scans look at a copy this wide (faces in front of a webcam are large; a 640 px scan
     # would cost several times the 100 ms budget); the search near followed faces keeps full resolution.
     live_detect_width: int = Field(320, ge=64)
+
+    @model_validator(mode="after")
+    def _ffmpeg_within_task_limit(self) -> WorkerSettings:
+        if self.ffmpeg_timeout_s >= self.task_soft_time_limit_s:
+            raise ValueError(
+                f"ffmpeg_timeout_s ({self.ffmpeg_timeout_s}) must be below task_soft_time_limit_s "
+                f"({self.task_soft_time_limit_s})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _batch_multiple_of_k(self) -> WorkerSettings:

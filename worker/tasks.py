@@ -3,27 +3,45 @@
 Chain: start_job -> analyze_batch xN -> build_timeline -> render_batch xN -> finish_job. The last batch of a
 stage to finish (counted per batch index in Redis) enqueues the next step; a step that runs twice only
 overwrites its own files, so duplicates are harmless. A job deleted or failed meanwhile stops quietly.
+
+Costs are bounded: every task has Celery's soft and hard time limits (common/queue.py) and every ffmpeg a
+deadline; a batch runs once at a time (worker/batch_lock.py); a task whose worker keeps dying fails its job
+with `resource_exhausted` after `max_lost_workers` deaths instead of coming back forever.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 from contextlib import contextmanager
 from functools import lru_cache
 
-from celery import Task
+from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from celery import Task, signals
+from celery.utils.time import get_exponential_backoff_interval
 
-from common.errors import EmojiServiceError, ModelServerError, ModelServerUnavailable, VideoError
-from common.jobs import JobStatus, JobStore
+from common.errors import (
+    EmojiServiceError,
+    ModelServerError,
+    ModelServerUnavailable,
+    ResourceExhausted,
+    StorageFull,
+    TimedOut,
+    VideoError,
+    is_storage_full,
+)
+from common.jobs import JobStatus, JobStore, JobWarning
 from common.queue import TASK_LIVE_FRAME, TASK_START_JOB, VIDEO_QUEUE
 from common.storage import LocalStorage
 from worker import pipeline
 from worker.app import app
+from worker.batch_lock import BatchLock, LockLost
 
 # Imported before Celery forks its pool: the client's protos import TensorFlow (seconds, ~600 MB), paid once
 # and shared by the pool's processes; each process opens its own gRPC channel on first use.
 from worker.model_client import EmotionClient
 from worker.settings import WorkerSettings
+from worker.video_io import remove_stale_temps
 from worker.webhooks import notify_finished
 
 logger = logging.getLogger(__name__)
@@ -36,6 +54,10 @@ TASK_FINISH_JOB = "worker.finish_job"
 
 class JobGone(Exception):
     """The job was deleted, has failed, or is already done: nothing more to do for it."""
+
+
+class BatchBusy(Exception):
+    """Another run of the same batch holds its lock (Redis handed the task out twice): try again later."""
 
 
 # Per process, created on first use, i.e. after Celery forked its pool (a gRPC channel must not cross a fork).
@@ -88,21 +110,60 @@ def ensure_active(job_id: str) -> None:
 
 
 def fail(job_id: str, code: str, message: str) -> None:
-    if store().exists(job_id):
-        store().mark_failed(job_id, code, message)
+    # Conditional in Redis: a deleted job is not re-created, a finished one keeps its outcome.
+    if store().mark_failed(job_id, code, message):
         logger.error("job %s failed: %s: %s", job_id, code, message)
         notify_finished(job_id)
 
 
+def retry_countdown(retries: int, s: WorkerSettings, rng: random.Random | None = None) -> float:
+    """Seconds before retry number `retries` + 1: exponential, capped, and (with jitter) drawn between half
+    and all of that, so batches that failed together come back spread out."""
+    full = get_exponential_backoff_interval(
+        s.model_retry_backoff_s, retries, s.model_retry_backoff_max_s, full_jitter=False
+    )
+    if not s.model_retry_jitter:
+        return float(full)
+    return full / 2 + (rng or random).uniform(0, full / 2)
+
+
+def task_key(task: Task, *parts) -> str:
+    return ":".join([task.name.rsplit(".", 1)[-1], *(str(p) for p in parts)])
+
+
 @contextmanager
-def job_step(task: Task, job_id: str, what: str):
+def job_step(task: Task, job_id: str, what: str, key: str | None = None):
     """Map errors to the job's fate: gone -> stop quietly, model server down -> retry then fail, bad video or
-    model error -> fail with the message, anything else -> fail as internal error."""
+    model error -> fail with the message, too slow -> `timed_out`, disk full -> `storage_full`, anything
+    else -> fail as internal error.
+
+    Counts the task's deliveries under `key`: one that starts after `max_lost_workers` deliveries whose
+    worker died fails the job with `resource_exhausted`."""
+    key = key or task_key(task)
+    counted = False
     try:
+        deliveries = store().count_delivery(job_id, key)
+        counted = True
+        lost = deliveries - 1
+        if lost > settings().max_lost_workers:
+            # Failed here, the step's own first check (ensure_active) then stops it before any work.
+            fail(
+                job_id,
+                ResourceExhausted.code,
+                f"the worker processing this video died {lost} times while {what} (out of memory or a "
+                f"decoder crash; limit EMOJI_MAX_LOST_WORKERS={settings().max_lost_workers}); "
+                "try a shorter or smaller video",
+            )
         yield
     except JobGone as exc:
         logger.info("job %s: %s skipped: %s", job_id, what, exc)
         notify_finished(job_id)  # a finished job whose webhook a dead worker never queued gets it now
+    except LockLost as exc:
+        logger.warning("job %s: %s stopped without writing: %s", job_id, what, exc)
+    except BatchBusy as exc:
+        countdown = max(1.0, settings().task_time_limit_s / 4)
+        logger.warning("job %s: %s: %s; again in %.0f s", job_id, what, exc, countdown)
+        raise task.retry(exc=exc, countdown=countdown, max_retries=None) from exc
     except ModelServerUnavailable as exc:
         s = settings()
         retries = task.request.retries
@@ -113,7 +174,7 @@ def job_step(task: Task, job_id: str, what: str):
                 f"the emotion model server did not answer after {retries + 1} tries; try again later ({exc})",
             )
             return
-        countdown = min(s.model_retry_backoff_s * 2**retries, s.model_retry_backoff_max_s)
+        countdown = retry_countdown(retries, s)
         logger.warning(
             "job %s: %s: model server unavailable, retry %d/%d in %.1f s: %s",
             job_id,
@@ -124,29 +185,75 @@ def job_step(task: Task, job_id: str, what: str):
             exc,
         )
         raise task.retry(exc=exc, countdown=countdown, max_retries=s.model_retries) from exc
-    except (VideoError, ModelServerError) as exc:
+    except (VideoError, ModelServerError, TimedOut, StorageFull, ResourceExhausted) as exc:
         fail(job_id, exc.code, str(exc))
+    except SoftTimeLimitExceeded:
+        fail(
+            job_id,
+            TimedOut.code,
+            f"the worker took longer than {settings().task_soft_time_limit_s} s while {what} "
+            "(EMOJI_TASK_SOFT_TIME_LIMIT_S) and stopped; try a shorter video",
+        )
     except Exception as exc:
+        if is_storage_full(exc):
+            fail(job_id, StorageFull.code, f"the disk is full ({exc.strerror}) while {what}; try again later")
+            return
         if not store().exists(job_id):
-            # Deleted while we worked: our writes may have recreated its folder; remove it again.
-            storage().delete_job(job_id)
             logger.info("job %s: %s stopped, the job was deleted", job_id, what)
             return
         logger.exception("job %s: %s failed", job_id, what)
         fail(job_id, "internal_error", f"the worker failed while {what}: {type(exc).__name__}: {exc}")
-    else:
+    finally:
+        # Reached on every end this process sees (a retry too); never when the process is killed.
+        if counted:
+            store().end_delivery(job_id, key)
         if not store().exists(job_id):
+            # Deleted while we worked (or before): our writes may have re-created its folder; remove it.
             storage().delete_job(job_id)
+
+
+@contextmanager
+def batch_lock(job_id: str, stage: str, batch_index: int, outputs):
+    """Hold the batch's lock while it runs (BatchBusy if another run has it), after removing the temporary
+    files of a run that was killed; yields the fencing check to call before writing."""
+    lock = BatchLock(store(), job_id, stage, batch_index, settings().task_time_limit_s + 30)
+    if not lock.acquire():
+        raise BatchBusy(f"{stage} batch {batch_index} is running elsewhere")
+    try:
+        for output in outputs:
+            remove_stale_temps(storage().path(job_id, output))
+        yield lock.check
+    finally:
+        lock.release()
+
+
+@signals.task_failure.connect
+def _hard_time_limit(sender=None, task_id=None, exception=None, args=None, **_) -> None:
+    """Celery killed a task's process at the hard time limit (in the worker's main process): the task will
+    not report anything itself, so its job fails here."""
+    if isinstance(exception, TimeLimitExceeded) and args and isinstance(args[0], str):
+        fail(
+            args[0],
+            TimedOut.code,
+            f"the worker took longer than {settings().task_time_limit_s} s (EMOJI_TASK_TIME_LIMIT_S) and "
+            "was stopped; try a shorter video",
+        )
 
 
 @app.task(name=TASK_START_JOB, bind=True)
 def start_job(self: Task, job_id: str) -> None:
     """Probe the upload, split it into batches, enqueue their analysis."""
     with job_step(self, job_id, "reading the video"):
-        ensure_active(job_id)
-        store().mark_running(job_id)
+        if not store().mark_running(job_id):
+            raise JobGone(f"job {job_id} is gone or finished")
         plan = pipeline.plan_job(storage(), job_id, settings())
         store().update(job_id, frames_total=plan.frames, batches_total=len(plan.batches))
+        if plan.timestamps_repaired:
+            store().add_warning(job_id, "timestamps", JobWarning(
+                code="timestamps_repaired",
+                message="the video's timestamps repeat or go back (e.g. a file joined to itself); the "
+                "frames were timed from the frame rate instead",
+            ))
         ensure_active(job_id)
         for index, (start, end) in enumerate(plan.batches):
             analyze_batch.apply_async((job_id, index, start, end), queue=VIDEO_QUEUE)
@@ -155,18 +262,45 @@ def start_job(self: Task, job_id: str) -> None:
 @app.task(name=TASK_ANALYZE_BATCH, bind=True)
 def analyze_batch(self: Task, job_id: str, batch_index: int, start: int, end: int) -> None:
     """Find, follow and classify the faces of frames [start, end); the last batch enqueues the timeline."""
-    with job_step(self, job_id, f"analysing frames {start}-{end - 1}"):
+    with (
+        job_step(self, job_id, f"analysing frames {start}-{end - 1}", task_key(self, batch_index)),
+        batch_lock(job_id, "analyze", batch_index, [pipeline.analysis_name(batch_index)]) as fence,
+    ):
         ensure_active(job_id)
+        if store().batch_done(job_id, "analyze", batch_index):
+            raise JobGone(f"analyze batch {batch_index} is done already")
         plan = pipeline.load_plan(storage(), job_id)
         if tuple(plan.batches[batch_index]) != (start, end):
             raise JobGone(f"batch {batch_index} ({start}-{end}) is not in the job's plan")
         frames = pipeline.analyze_batch(
-            storage(), job_id, batch_index, plan, detector(), classifier(), settings()
+            storage(), job_id, batch_index, plan, detector(), classifier(), settings(), fence=fence
         )
+        if frames < end - start:
+            lost = JobWarning(
+                code="frames_lost",
+                message=f"frames {start + frames}-{end - 1} could not be decoded (the file is damaged "
+                "there); they are missing from the video and the timeline",
+                frames=[start + frames, end - 1],
+            )
+            store().add_warning(job_id, f"analyze:{batch_index}", lost)
+        fence()
         done = store().mark_batch_done(job_id, "analyze", batch_index, frames)
         if done >= len(plan.batches):
             ensure_active(job_id)
             build_timeline.apply_async((job_id,), queue=VIDEO_QUEUE)
+
+
+def check_frames_lost(job_id: str, plan: pipeline.Plan) -> None:
+    """Fail a job that lost more of its frames than `max_lost_frames_fraction` (damaged file); fewer lost
+    frames leave a `frames_lost` warning (added by the batch) and the job goes on."""
+    decoded = int(sum(int(v) for v in store().redis.hvals(store().key(job_id, "analyze"))))
+    lost = plan.frames - decoded
+    if lost and lost > settings().max_lost_frames_fraction * plan.frames:
+        raise VideoError(
+            f"only {decoded} of the video's {plan.frames} frames could be decoded; the file is damaged "
+            f"(more than EMOJI_MAX_LOST_FRAMES_FRACTION={settings().max_lost_frames_fraction} lost). "
+            "Upload an undamaged copy"
+        )
 
 
 @app.task(name=TASK_BUILD_TIMELINE, bind=True)
@@ -175,6 +309,7 @@ def build_timeline(self: Task, job_id: str) -> None:
     with job_step(self, job_id, "building the timeline"):
         ensure_active(job_id)
         plan = pipeline.load_plan(storage(), job_id)
+        check_frames_lost(job_id, plan)
         model = {"name": settings().model_name, "version": pipeline.model_version_of(storage(), job_id, plan)}
         pipeline.make_timeline(storage(), job_id, plan, settings(), model)
         ensure_active(job_id)
@@ -185,12 +320,20 @@ def build_timeline(self: Task, job_id: str) -> None:
 @app.task(name=TASK_RENDER_BATCH, bind=True)
 def render_batch(self: Task, job_id: str, batch_index: int, start: int, end: int) -> None:
     """Draw the emoji on frames [start, end) and encode the piece; the last batch enqueues the join."""
-    with job_step(self, job_id, f"drawing frames {start}-{end - 1}"):
+    with (
+        job_step(self, job_id, f"drawing frames {start}-{end - 1}", task_key(self, batch_index)),
+        batch_lock(job_id, "render", batch_index, [pipeline.piece_name(batch_index)]) as fence,
+    ):
         ensure_active(job_id)
+        if store().batch_done(job_id, "render", batch_index):
+            raise JobGone(f"render batch {batch_index} is done already")
         plan = pipeline.load_plan(storage(), job_id)
         if tuple(plan.batches[batch_index]) != (start, end):
             raise JobGone(f"batch {batch_index} ({start}-{end}) is not in the job's plan")
-        frames = pipeline.render_batch(storage(), job_id, batch_index, plan, overlay(), settings())
+        frames = pipeline.render_batch(
+            storage(), job_id, batch_index, plan, overlay(), settings(), fence=fence
+        )
+        fence()
         done = store().mark_batch_done(job_id, "render", batch_index, frames)
         if done >= len(plan.batches):
             ensure_active(job_id)

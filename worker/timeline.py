@@ -182,13 +182,24 @@ def build_timeline(
 def write_json(path: Path, data: dict) -> None:
     """Write JSON atomically: readers see the old file or the new one, never half of one."""
     tmp = atomic_target(Path(path))
-    tmp.write_text(json.dumps(data, separators=(",", ":")))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, separators=(",", ":")))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a full disk or an error: no half-written file stays behind
 
 
 def write_csv(path: Path, timeline: dict) -> None:
     """One row per frame per person, raw (p_*) and smoothed (s_*) probabilities; written atomically."""
     tmp = atomic_target(Path(path))
+    try:
+        _write_rows(tmp, timeline)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_rows(tmp: Path, timeline: dict) -> None:
     with tmp.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(CSV_COLUMNS)
@@ -207,4 +218,3 @@ def write_csv(path: Path, timeline: dict) -> None:
                     + [face["probabilities"][e] for e in EMOTIONS]
                     + [face["smoothed_probabilities"][e] for e in EMOTIONS]
                 )
-    os.replace(tmp, path)

@@ -15,8 +15,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from common import processes
 from common.errors import VideoError
 from common.media import safe_input_args
+from common.processes import DeadlineProcess
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +55,16 @@ def atomic_target(path: Path) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
     os.close(fd)
     return Path(tmp)
+
+
+def remove_stale_temps(path: Path) -> int:
+    """Remove temporary files a killed run left beside `path` (see atomic_target); call only while holding
+    the batch's lock, when no other run can be writing them. Returns how many were removed."""
+    removed = 0
+    for tmp in Path(path).parent.glob(f".{Path(path).stem}.*{Path(path).suffix}"):
+        tmp.unlink(missing_ok=True)
+        removed += 1
+    return removed
 
 
 def read_frames(
@@ -127,7 +139,10 @@ def read_frames(
         "pipe:1",
     ]
     with tempfile.TemporaryFile() as errors:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errors, bufsize=0)
+        # The deadline holds while this generator is blocked reading the pipe (a stopped or hung decoder):
+        # the process group is killed, the read sees end-of-file.
+        proc = DeadlineProcess(cmd, timeout_s, "ffmpeg (decoding)", stdout=subprocess.PIPE, stderr=errors,
+                               bufsize=0)
         produced = 0
         try:
             index = 0
@@ -136,7 +151,7 @@ def read_frames(
                 view = memoryview(buffer)
                 got = 0
                 while got < frame_bytes:
-                    n = proc.stdout.readinto(view[got:])
+                    n = proc.proc.stdout.readinto(view[got:])
                     if not n:
                         break
                     got += n
@@ -149,13 +164,11 @@ def read_frames(
                     yield buffer
                 index += 1
         finally:
-            proc.stdout.close()
-            try:
-                code = proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                code = proc.wait()
-            # The generator may be closed early on purpose (killing ffmpeg then is fine); a short read is not.
+            # Closed early on purpose (the caller stopped reading), ffmpeg dies of the closed pipe; a stuck
+            # one dies at its deadline. Either way it is reaped here.
+            proc.proc.stdout.close()
+            code = proc.wait()
+        proc.check(code, _stderr_tail(errors))
         if produced < count and code != 0:
             raise VideoError(f"ffmpeg could not decode the video: {_stderr_tail(errors)}")
         if produced < count:
@@ -211,7 +224,10 @@ class PieceWriter:
             cmd += ["-threads", str(threads)]
         cmd += ["-f", "mp4", str(self.tmp)]
         self.errors = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=self.errors, bufsize=0)
+        self.process = DeadlineProcess(
+            cmd, timeout_s, "ffmpeg (encoding)", stdin=subprocess.PIPE, stderr=self.errors, bufsize=0
+        )
+        self.proc = self.process.proc
 
     def write(self, frame: np.ndarray) -> None:
         if frame.size != self.frame_bytes:
@@ -223,28 +239,32 @@ class PieceWriter:
         self.frames += 1
 
     def _fail(self) -> str:
-        self.proc.kill()
-        self.proc.wait()
+        """Stop the encoder, remove its temporary file; raise TimedOut/StorageFull if that is what stopped
+        it, else return its last error line."""
+        self.process.kill()
+        code = self.process.wait()
         self.tmp.unlink(missing_ok=True)
-        return _stderr_tail(self.errors)
+        tail = _stderr_tail(self.errors)
+        self.process.check(code, tail)
+        return tail
 
-    def close(self) -> int:
-        """Finish the encode and move the piece into place; returns the frames written."""
+    def close(self, before_replace=None) -> int:
+        """Finish the encode and move the piece into place; returns the frames written. `before_replace`
+        (e.g. a fencing check) runs just before the piece is put in place, and may raise to stop that."""
         self.proc.stdin.close()
-        try:
-            code = self.proc.wait(timeout=self.timeout_s)
-        except subprocess.TimeoutExpired as exc:
-            raise VideoError(f"encoding took longer than {self.timeout_s:.0f} s") from exc
-        if code != 0:
+        code = self.process.wait()
+        if code != 0 or self.process.timed_out:
             raise VideoError(f"ffmpeg could not encode the video: {self._fail()}")
         self.errors.close()
+        if before_replace is not None:
+            before_replace()
         os.replace(self.tmp, self.target)
         return self.frames
 
     def abort(self) -> None:
         if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+            self.process.kill()
+        self.process.wait()
         self.errors.close()
         self.tmp.unlink(missing_ok=True)
 
@@ -285,10 +305,10 @@ def join_pieces(
         cmd += ["-map", "0:v:0"]
     cmd += ["-c:v", "copy", "-movflags", "+faststart", "-f", "mp4", str(tmp)]
     try:
-        result = subprocess.run(cmd, capture_output=True, timeout=timeout_s, check=False)
-    except subprocess.TimeoutExpired as exc:
+        result = processes.run(cmd, timeout_s, "ffmpeg (joining)")
+    except BaseException:
         tmp.unlink(missing_ok=True)
-        raise VideoError(f"joining the video took longer than {timeout_s:.0f} s") from exc
+        raise
     finally:
         listing.unlink(missing_ok=True)
     if result.returncode != 0:

@@ -29,6 +29,7 @@ from common.webhooks import (
     check_callback_url,
     owner_secret,
     pinned_request,
+    queue_delivery,
     sign,
 )
 
@@ -50,19 +51,12 @@ def notify_finished(job_id: str) -> None:
     receiver twice, and one that died before calling this is covered by the next task that finds the job
     finished. Never raises; a webhook problem must not change the job's fate."""
     try:
-        redis = store().redis
-        url, status = redis.hmget(store().key(job_id), "callback_url", "status")
-        if not url or status not in (JobStatus.succeeded.value, JobStatus.failed.value):
-            return
-        queued = f"{store().key(job_id)}:webhook-queued"
-        if not redis.set(queued, "1", nx=True, ex=settings().job_ttl_s):
-            return
-        redis.hset(store().key(job_id), STATE_FIELD, "pending")
-        try:
-            deliver_webhook.apply_async((job_id, time.time()), queue=WEBHOOK_QUEUE)
-        except Exception:
-            redis.delete(queued)
-            raise
+        queue_delivery(
+            store().redis,
+            store().key(job_id),
+            lambda ended_at: deliver_webhook.apply_async((job_id, ended_at), queue=WEBHOOK_QUEUE),
+            settings().job_ttl_s,
+        )
     except Exception:
         logger.exception("job %s: could not queue its webhook", job_id)
 

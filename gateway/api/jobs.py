@@ -13,9 +13,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 
-from common.errors import JobNotFound, UploadTooLarge, VideoError
+from common.errors import JobNotFound, MediaRefused, UploadTooLarge, VideoError
 from common.jobs import Job, JobStatus, JobStore
 from common.media import probe
+from common.media_policy import MediaLimits
 from common.queue import TASK_START_JOB, VIDEO_QUEUE
 from common.storage import LocalStorage
 from common.webhooks import CallbackRefused, check_callback_url, delivery_state
@@ -26,7 +27,7 @@ from gateway.form_fields import FormFields
 from gateway.idempotency import Idempotency, checked_key, file_sha256
 from gateway.quotas import Quotas
 from gateway.schemas import JobCreated, JobLinks, JobPublic, JobsPublic
-from gateway.uploads import MULTIPART_OVERHEAD_BYTES, check_content_length, stream_upload
+from gateway.uploads import MULTIPART_OVERHEAD_BYTES, BodyLimits, check_content_length, stream_upload
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,12 @@ ERROR_EXAMPLE = {"application/json": {"example": {"error": {"code": "...", "mess
 def not_found(job_id: str) -> JobNotFound:
     return JobNotFound(
         f"no job with id {job_id}; it may have been deleted or expired. Upload the video again."
+    )
+
+
+def body_limits(settings) -> BodyLimits:
+    return BodyLimits(
+        settings.upload_max_parts, settings.upload_max_field_bytes, settings.upload_max_part_header_bytes
     )
 
 
@@ -126,13 +133,17 @@ def result_file(
         409: {"description": "the first request with this Idempotency-Key is still running",
               "content": ERROR_EXAMPLE},
         413: {"description": "over the upload limit", "content": ERROR_EXAMPLE},
+        400: {"description": "an unusable multipart body (e.g. its boundary)", "content": ERROR_EXAMPLE},
         415: {"description": "not a video we can read", "content": ERROR_EXAMPLE},
         422: {
-            "description": "not a multipart form with a `file`, an empty file, a refused callback_url, or an "
-            "Idempotency-Key used before with another file",
+            "description": "not a multipart form with a `file`, an empty file, a refused callback_url, an "
+            "Idempotency-Key used before with another file, or a video over one of the limits (the code "
+            "names the limit: video_dimensions, frame_pixels, too_many_frames, too_long, too_many_streams, "
+            "video_track_count, codec_not_allowed, container_not_allowed)",
             "content": ERROR_EXAMPLE,
         },
         429: {"description": "over one of the owner's limits (see Retry-After)", "content": ERROR_EXAMPLE},
+        507: {"description": "the server's disk is full", "content": ERROR_EXAMPLE},
     },
 )
 async def create_job(
@@ -148,8 +159,9 @@ async def create_job(
         Header(description="the same key (and file) again within 24 h answers with the same job"),
     ] = None,
 ) -> JobCreated:
-    """Upload a video (multipart field `file`, optional `callback_url`); it is checked with ffprobe and
-    queued. The job belongs to the caller: its API key, its browser session, or the shared local owner."""
+    """Upload a video (multipart field `file`, optional `callback_url`); it is checked with ffprobe against
+    the limits on what a video may cost, and queued. The job belongs to the caller: its API key, its browser
+    session, or the shared local owner."""
     check_content_length(request.headers.get("content-length"), settings.max_upload_bytes)
     quotas: Quotas = request.app.state.quotas
     idempotency: Idempotency = request.app.state.idempotency
@@ -170,8 +182,12 @@ async def create_job(
         cap = settings.max_upload_bytes if room is None else min(settings.max_upload_bytes, room)
         try:
             upload = await stream_upload(
-                fields.tee(request.stream()), request.headers.get("content-type"), dest, cap,
+                fields.tee(request.stream()),
+                request.headers.get("content-type"),
+                dest,
+                cap,
                 settings.upload_chunk_bytes,
+                body_limits(settings),
             )
         except UploadTooLarge:
             if cap == settings.max_upload_bytes:
@@ -185,7 +201,9 @@ async def create_job(
             except CallbackRefused as exc:
                 raise BadRequestField(f"{exc}", code="callback_url_refused") from exc
         try:
-            info = await asyncio.to_thread(probe, dest)
+            info = await asyncio.to_thread(probe, dest, MediaLimits.from_settings(settings))
+        except MediaRefused:
+            raise  # its message names the limit, not the stored path
         except VideoError as exc:
             # ffprobe's detail names the stored path; the user knows the file by its own name.
             message = str(exc).replace(f"file:{dest.resolve()}", repr(upload.filename))
@@ -248,7 +266,7 @@ async def _replay(
     try:
         await stream_upload(
             request.stream(), request.headers.get("content-type"), storage.path(scratch, INPUT_NAME),
-            settings.max_upload_bytes, settings.upload_chunk_bytes,
+            settings.max_upload_bytes, settings.upload_chunk_bytes, body_limits(settings),
         )
         digest = await asyncio.to_thread(file_sha256, storage.path(scratch, INPUT_NAME))
     finally:
@@ -337,8 +355,12 @@ def delete_job(
     request: Request, job_id: JobIdDep, store: StoreDep, storage: StorageDep, owner: OwnerDep
 ) -> Response:
     """Delete a job and all its files."""
-    if store.owner_of(job_id) != owner.id:
-        # Files without a record (an expired job) go with the storage sweep, not through the API.
+    known_owner = store.owner_of(job_id)
+    if known_owner is None:
+        # Files without a record (a late write, an expired record) go too, but only a job answers 204.
+        storage.delete_job(job_id)
+    if known_owner != owner.id:
+        # Another owner's job: "not found" too, and its files stay.
         raise JobNotFound(f"no job with id {job_id}; it may already have been deleted")
     store.delete(job_id)
     store.forget_owned(owner.id, job_id)

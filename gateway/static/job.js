@@ -11,6 +11,7 @@ const progressEl = document.getElementById("job-progress");
 const progressText = document.getElementById("progress-text");
 const etaText = document.getElementById("eta-text");
 const errorBox = document.getElementById("job-error");
+const warningsBox = document.getElementById("job-warnings");
 const deleteButton = document.getElementById("delete-button");
 
 let finished = false;
@@ -75,6 +76,14 @@ function showJob(job) {
         `(job ${job.id}${job.error ? `, code ${job.error.code}` : ""}).` }),
     );
     errorBox.classList.remove("hidden");
+  }
+  // A job can succeed with parts missing (a damaged file): say which, never silently.
+  if (job.warnings && job.warnings.length) {
+    warningsBox.replaceChildren(
+      el("strong", { text: "Part of this video could not be processed" }),
+      ...job.warnings.map((w) => el("span", { text: `${capitalize(w.message)} (${w.code}). ` })),
+    );
+    warningsBox.classList.remove("hidden");
   }
   if ((job.status === "succeeded" || job.status === "failed") && !finished) {
     finished = true;
