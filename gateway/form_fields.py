@@ -28,14 +28,20 @@ class FormFields:
         kind, options = parse_options_header(content_type)
         self._parser = None
         if kind == b"multipart/form-data" and options.get(b"boundary"):
-            self._parser = MultipartParser(options[b"boundary"], {
-                "on_part_begin": self._part_begin,
-                "on_header_field": lambda d, s, e: self._add("_header_name", d[s:e]),
-                "on_header_value": lambda d, s, e: self._add("_header_value", d[s:e]),
-                "on_header_end": self._header_end,
-                "on_part_data": self._part_data,
-                "on_part_end": self._part_end,
-            })
+            try:
+                self._parser = self._make_parser(options[b"boundary"])
+            except (ValueError, TypeError):  # an unusable boundary: the upload parser answers 400
+                self._parser = None
+
+    def _make_parser(self, boundary: bytes) -> MultipartParser:
+        return MultipartParser(boundary, {
+            "on_part_begin": self._part_begin,
+            "on_header_field": lambda d, s, e: self._add("_header_name", d[s:e]),
+            "on_header_value": lambda d, s, e: self._add("_header_value", d[s:e]),
+            "on_header_end": self._header_end,
+            "on_part_data": self._part_data,
+            "on_part_end": self._part_end,
+        })
 
     def _add(self, attr: str, data: bytes) -> None:
         setattr(self, attr, getattr(self, attr) + data)
