@@ -107,6 +107,13 @@ def wait_until(page, expression: str, timeout: float = 30_000):
         time.sleep(0.1)
 
 
+def browser_owner(page, gateway: str) -> str:
+    """The owner of this browser's jobs: the first page visit gives it a session, whose id names it."""
+    page.goto(gateway)
+    session = next(c["value"] for c in page.context.cookies() if c["name"] == "emoji_session")
+    return "anon:" + session.split(".")[0]
+
+
 def shot(page, name: str, full_page: bool = True) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=full_page)
@@ -228,11 +235,8 @@ def test_upload_page_checks_the_size_limit_before_sending(browser, stack_env, se
 def test_failed_job_page_shows_the_error_and_what_to_do(page, gateway, redis_url):
     store = JobStore.from_url(redis_url)
     job_id = "f" * 32
-    # The job must be this browser's: the first page visit gives it its session, whose id names the owner.
-    page.goto(gateway)
-    session = next(c["value"] for c in page.context.cookies() if c["name"] == "emoji_session")
     store.create_for(
-        "anon:" + session.split(".")[0],
+        browser_owner(page, gateway),
         job_id,
         "broken.mp4",
         {"frames": 50, "width": 640, "height": 480, "fps": 25.0, "duration_s": 2.0, "has_audio": False},
@@ -256,7 +260,8 @@ def test_job_page_shows_the_frames_a_damaged_video_lost(page, gateway, redis_url
 
     store = JobStore.from_url(redis_url)
     job_id = "9" * 32
-    store.create(
+    store.create_for(
+        browser_owner(page, gateway),
         job_id,
         "damaged.mp4",
         {"frames": 100, "width": 320, "height": 240, "fps": 25.0, "duration_s": 4.0, "has_audio": False},
