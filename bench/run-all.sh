@@ -16,3 +16,5 @@ echo "## model server"; $PY -m bench.bench_model_server
 echo "## whole pipeline"; $PY -m bench.bench_pipeline --url "$URL"
 echo "## live latency"; $PY -m bench.bench_live --url "$URL"
 echo "## tracking and smoothing"; $PY -m bench.bench_tracking
+echo "## face detection"; $PY -m bench.bench_detection
+echo "## face crop calibration"; $PY -m bench.bench_face_crop

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from common.classes import EMOTIONS
-from worker.overlay import EmojiOverlay, load_emoji, overlay_image, sprite, yuv420p_planes
+from worker.overlay import EmojiOverlay, hidden_fraction, load_emoji, overlay_image, sprite, yuv420p_planes
 
 H, W = 120, 160
 
@@ -71,11 +71,14 @@ def test_draw_bgr_changes_only_the_emoji_region_and_never_fails_at_edges(box):
     overlay = EmojiOverlay("badge", 0.6)
     frame = np.zeros((H, W, 3), np.uint8)
     overlay.draw_bgr(frame, [(box, "happy")])
-    x, y, size = overlay.placement(box)
+    x, y, size = overlay.placement(box, frame_wh=(W, H))
     outside = np.ones((H, W), bool)
     outside[max(y, 0) : max(y + size, 0), max(x, 0) : max(x + size, 0)] = False
     assert not frame[outside].any()
-    if not outside.all():
+    # Where an opaque part of the emoji lies inside the frame, something was drawn there.
+    alpha = sprite("happy", size).alpha[:, :, 0]
+    visible = alpha[max(0, -y) : max(0, H - y), max(0, -x) : max(0, W - x)]
+    if (visible > 0.5).any():
         assert frame[~outside].any()
 
 
@@ -98,11 +101,55 @@ def test_yuv_draw_touches_only_the_emoji_region():
     frame = np.full(width * height * 3 // 2, 77, np.uint8)
     overlay.draw_yuv420p(frame, width, height, [((20, 10, 50, 40), "fear")])
     luma, chroma = yuv420p_planes(frame, width, height)
-    x, y, size = overlay.placement((20, 10, 50, 40))
+    x, y, size = overlay.placement((20, 10, 50, 40), frame_wh=(width, height))
     assert x % 2 == 0 and y % 2 == 0
     mask = np.ones_like(luma, bool)
     mask[max(y, 0) : y + size, max(x, 0) : x + size] = False
     assert (luma[mask] == 77).all() and (luma[~mask] != 77).any()
+
+
+def hides(spot, box) -> float:
+    x, y, size = spot
+    return hidden_fraction((x, y, x + size, y + size), np.asarray([box], np.float64))
+
+
+@pytest.mark.parametrize(
+    "neighbour",
+    [
+        (95, 20, 155, 80),  # right beside: the usual upper-right badge would cover their face
+        (70, 0, 110, 40),  # close at the upper right, a little higher
+        (0, 0, 120, 12),  # a row of faces just above the head
+    ],
+)
+def test_a_badge_never_hides_another_face_when_there_is_room(neighbour):
+    overlay = EmojiOverlay("badge", 0.6)
+    face = (40, 30, 100, 90)
+    usual = overlay.placement(face)
+    spot = overlay.placement(face, [neighbour], frame_wh=(400, 300))
+    assert hides(spot, neighbour) == 0
+    assert spot[2] >= usual[2] // 2  # smaller at most by half
+    # It still sits on or at the face it belongs to.
+    x, y, size = spot
+    assert x < face[2] and x + size > face[0] and y < face[3] and y + size > face[1] - size
+
+
+def test_in_a_tight_row_every_badge_keeps_off_the_other_faces():
+    overlay = EmojiOverlay("badge", 0.6)
+    row = [(x, 100, x + 60, 160) for x in (0, 62, 124, 186, 248)]
+    frame = np.zeros((300, 320, 3), np.uint8)
+    spots = overlay.placements(row, (320, 300))
+    for i, spot in enumerate(spots):
+        assert all(hides(spot, other) == 0 for j, other in enumerate(row) if j != i), (i, spot)
+    overlay.draw_bgr(frame, [(box, "happy") for box in row])  # draws where placements says
+    x, y, size = spots[2]
+    assert frame[y : y + size, x : x + size].any()
+
+
+def test_without_neighbours_the_badge_stays_at_the_upper_right_corner():
+    overlay = EmojiOverlay("badge", 0.6)
+    x, y, size = overlay.placement((40, 30, 100, 90), [(300, 200, 340, 240)], frame_wh=(400, 300))
+    assert (x, y, size) == overlay.placement((40, 30, 100, 90))
+    assert x + size / 2 > 70 and y + size / 2 < 60
 
 
 def test_sprites_are_cached():

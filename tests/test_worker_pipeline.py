@@ -14,14 +14,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from skimage.data import astronaut
 
 from common.classes import NUM_CLASSES
 from common.errors import ModelServerUnavailable, VideoError
 from common.media import probe
 from common.storage import LocalStorage
 from worker import pipeline
-from worker.detection import FaceBoxes, HaarFaceDetector
+from worker.detection import FaceBoxes
 from worker.overlay import EmojiOverlay
 from worker.settings import WorkerSettings
 from worker.video_io import read_frames
@@ -86,14 +85,12 @@ def write_video(path: Path, extra_args: tuple[str, ...] = (), audio: bool = True
 class SquareDetector:
     """Stand-in: the bounding box of the bright pixels, if any."""
 
-    def detect(self, gray: np.ndarray) -> FaceBoxes:
-        ys, xs = np.nonzero(gray > 150)
+    def detect(self, image_bgr: np.ndarray) -> FaceBoxes:
+        assert image_bgr.dtype == np.uint8 and image_bgr.ndim == 3 and image_bgr.shape[2] == 3
+        ys, xs = np.nonzero(cv2.cvtColor(image_bgr, cv2.COLOR_BGR2GRAY) > 150)
         if not len(xs):
             return FaceBoxes()
         return FaceBoxes([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], [0.9])
-
-    def detect_near(self, gray: np.ndarray, boxes_xyxy) -> FaceBoxes:
-        return self.detect(gray)
 
 
 class StandInClassifier:
@@ -355,16 +352,6 @@ def test_detection_schedule():
     assert pipeline.detection_frames(0, 1, 3) == [0]
 
 
-def test_real_detector_finds_the_astronaut_face():
-    gray = cv2.cvtColor(astronaut()[:, :, ::-1], cv2.COLOR_BGR2GRAY)
-    found = HaarFaceDetector().detect(gray)
-    assert len(found) == 1
-    x1, y1, x2, y2 = found.xyxy[0]
-    assert 150 < (x1 + x2) / 2 < 300 and 60 < (y1 + y2) / 2 < 170
-    near = HaarFaceDetector().detect_near(gray, found.xyxy)
-    assert len(near) == 1 and near.xyxy[0] == pytest.approx(found.xyxy[0], abs=15)
-
-
 @pytest.mark.parametrize(
     ("frames", "keyframes", "size", "expected"),
     [
@@ -448,58 +435,21 @@ def test_cut_inside_a_group_of_pictures_and_mid_batch_seeks_are_exact(video, sto
         assert len(got) == 5
 
 
-def test_live_scan_on_a_smaller_copy_gives_boxes_in_the_frame_pixels():
-    from worker.live import detect_downscaled
-
-    gray = cv2.cvtColor(astronaut()[:, :, ::-1], cv2.COLOR_BGR2GRAY)
-    full = HaarFaceDetector().detect(gray)
-    small = detect_downscaled(HaarFaceDetector(), gray, 256)
-    assert len(full) == len(small) == 1
-    assert small.xyxy[0] == pytest.approx(full.xyxy[0], abs=20)
-
-
-@pytest.mark.parametrize(
-    ("where", "changed"),
-    [
-        (None, False),  # nothing moved
-        ((300, 200), False),  # inside the followed face
-        ((250, 150), False),  # beside it, within half its size: the person moves there
-        ((40, 40), True),  # far from it: something new may have come into view
-    ],
-)
-def test_change_away_from_followed_faces(where, changed):
-    frame = np.full((480, 640), 90, np.uint8)
-    face = np.array([[280.0, 180.0, 360.0, 260.0]])
-    later = frame.copy()
-    if where:
-        x, y = where
-        later[y : y + 30, x : x + 30] = 200
-    got = pipeline.changed_away_from(pipeline.thumbnail(later), pipeline.thumbnail(frame), face, 640)
-    assert got is changed
-
-
 class CountingDetector(SquareDetector):
     def __init__(self) -> None:
         self.scans = 0
 
-    def detect(self, gray):
+    def detect(self, image_bgr):
         self.scans += 1
-        return super().detect(gray)
-
-    def detect_near(self, gray, boxes_xyxy):
-        return SquareDetector.detect(self, gray)
+        return super().detect(image_bgr)
 
 
-def test_whole_frame_scans_skipped_on_a_still_shot_at_most_max_skips_in_a_row(settings):
-    still = np.full((HEIGHT, WIDTH), 30, np.uint8)
-    still[40 : 40 + SQUARE, 20 : 20 + SQUARE] = 230
-    frames = [still] * 120
-    times = [i * 40.0 for i in range(120)]
-    # Full-scan slots at 0, 18, 36, ..., 108 (7); with 3 skips allowed in a row, 0 and 72 are scanned.
+def test_every_detection_frame_gets_a_whole_frame_scan_in_colour():
+    frame = np.full((HEIGHT, WIDTH, 3), 30, np.uint8)
+    frame[40 : 40 + SQUARE, 20 : 20 + SQUARE] = 230
+    yuv = cv2.cvtColor(frame, cv2.COLOR_BGR2YUV_I420).reshape(-1)
     detector = CountingDetector()
-    found = pipeline.detect_faces(frames, times, 0, 3, 6, detector, settings)
-    assert detector.scans == 2 and all(len(boxes) == 1 for boxes, _ in found.values())
-    never = WorkerSettings(**{**settings.model_dump(), "full_scan_max_skips": 0})
-    detector = CountingDetector()
-    pipeline.detect_faces(frames, times, 0, 3, 6, detector, never)
-    assert detector.scans == 7
+    found = pipeline.detect_faces([yuv] * 12, (WIDTH, HEIGHT), 0, 3, detector)
+    assert sorted(found) == [0, 3, 6, 9, 11] and detector.scans == 5
+    for boxes, _ in found.values():
+        assert boxes.tolist() == [[20, 40, 20 + SQUARE, 40 + SQUARE]]

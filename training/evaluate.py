@@ -147,21 +147,22 @@ def load_frames(frames: Path) -> tuple[np.ndarray, np.ndarray]:
     import cv2
 
     from common.face_crop import crop_face
+    from worker.detection import make_detector
+    from worker.settings import WorkerSettings
 
-    detector = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+    detector = make_detector(WorkerSettings())
     faces, labels = [], []
     for class_dir in sorted(p for p in Path(frames).iterdir() if p.is_dir() and p.name in EMOTION_INDEX):
         for file in sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
             image = cv2.imread(str(file))
             if image is None:
                 continue
-            gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-            found = detector.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(24, 24))
+            found = detector.detect(image).xyxy
             if len(found) == 0:
                 log.info("no face found in %s; skipped", file)
                 continue
-            x, y, w, h = max(found, key=lambda box: box[2] * box[3])
-            faces.append(crop_face(image, (x, y, x + w, y + h)))
+            areas = (found[:, 2] - found[:, 0]) * (found[:, 3] - found[:, 1])
+            faces.append(crop_face(image, found[int(np.argmax(areas))]))
             labels.append(EMOTION_INDEX[class_dir.name])
     if not faces:
         return np.zeros((0, 48, 48, 1), np.uint8), np.zeros((0,), np.int32)

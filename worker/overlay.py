@@ -92,6 +92,17 @@ def overlay_image(scene: np.ndarray, colour: np.ndarray, alpha: np.ndarray, x: i
     return scene
 
 
+def hidden_fraction(square_xyxy, boxes: np.ndarray) -> float:
+    """The largest fraction of any box in `boxes` [N, 4] that the square covers (0 when it hides none)."""
+    if not len(boxes):
+        return 0.0
+    x1, y1, x2, y2 = square_xyxy
+    w = np.clip(np.minimum(boxes[:, 2], x2) - np.maximum(boxes[:, 0], x1), 0, None)
+    h = np.clip(np.minimum(boxes[:, 3], y2) - np.maximum(boxes[:, 1], y1), 0, None)
+    area = np.maximum((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 1e-6)
+    return float((w * h / area).max())
+
+
 def yuv420p_planes(frame: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
     """Views of a flat yuv420p frame: Y [H, W] and UV [2, H/2, W/2] (writes go to the frame)."""
     y_size = width * height
@@ -119,26 +130,59 @@ class EmojiOverlay:
         for emotion in EMOTIONS:  # fail at start-up, not on the first face
             load_emoji(emotion, self.emoji_dir)
 
-    def placement(self, box_xyxy) -> tuple[int, int, int]:
-        """(x, y, size) of the emoji for a face box; x and y even so 4:2:0 chroma lines up."""
+    def placement(self, box_xyxy, others=(), frame_wh: tuple[int, int] | None = None) -> tuple[int, int, int]:
+        """(x, y, size) of the emoji for a face box; x and y even so 4:2:0 chroma lines up.
+
+        A badge goes to the face's upper-right corner unless it would hide one of the `others` (boxes of the
+        other faces in the frame): then to another corner, or above the head, or smaller, whichever first
+        hides none of them (and stays inside the frame, if its size is given); failing all, the spot that
+        hides the least. A cover shrinks from 1.15x to 1x the face when it would hide a neighbour.
+        """
         x1, y1, x2, y2 = (float(v) for v in box_xyxy)
         side = max(x2 - x1, y2 - y1)
+        others = np.asarray(others, np.float64).reshape(-1, 4)
         if self.mode == "cover":
-            size = side * 1.15
-            cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+            spots = [((x1 + x2) / 2, (y1 + y2) / 2, side * f) for f in (1.15, 1.0)]
         else:
-            # A badge centred on the face's upper-right corner: the face itself stays visible.
-            size = side * self.scale
-            cx, cy = x2 - size * 0.15, y1 + size * 0.15
-        size = int(min(max(SIZE_STEP, round(size / SIZE_STEP) * SIZE_STEP), MAX_SIZE))
-        x = int(round(cx - size / 2)) & ~1
-        y = int(round(cy - size / 2)) & ~1
-        return x, y, size
+            spots = []
+            for factor in (1.0, 0.75, 0.5):
+                size = side * self.scale * factor
+                inset = size * 0.15
+                spots += [
+                    (x2 - inset, y1 + inset, size),  # upper right: the usual place
+                    (x1 + inset, y1 + inset, size),  # upper left
+                    ((x1 + x2) / 2, y1 - size * 0.35, size),  # above the head
+                    (x2 - inset, y2 - inset, size),  # lower right
+                    (x1 + inset, y2 - inset, size),  # lower left
+                ]
+        best, best_cost = None, np.inf
+        for cx, cy, size in spots:
+            size = int(min(max(SIZE_STEP, round(size / SIZE_STEP) * SIZE_STEP), MAX_SIZE))
+            x = int(round(cx - size / 2)) & ~1
+            y = int(round(cy - size / 2)) & ~1
+            cost = hidden_fraction((x, y, x + size, y + size), others)
+            if frame_wh is not None and self.mode == "badge":
+                # Half an emoji off the frame is a small fault, far below hiding a face.
+                inside = max(0, min(x + size, frame_wh[0]) - max(x, 0)) * max(
+                    0, min(y + size, frame_wh[1]) - max(y, 0)
+                )
+                cost += 0.01 * (1 - inside / (size * size))
+            if cost <= 0.0:
+                return x, y, size
+            if cost < best_cost:
+                best, best_cost = (x, y, size), cost
+        return best
+
+    def placements(self, boxes, frame_wh: tuple[int, int] | None = None) -> list[tuple[int, int, int]]:
+        """`placement` of every face of one frame, each avoiding all the others."""
+        boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+        return [self.placement(box, np.delete(boxes, i, axis=0), frame_wh) for i, box in enumerate(boxes)]
 
     def draw_bgr(self, frame: np.ndarray, faces) -> np.ndarray:
         """Draw on a BGR frame [H, W, 3] in place; `faces` are (box_xyxy, emotion) pairs."""
-        for box, emotion in faces:
-            x, y, size = self.placement(box)
+        faces = list(faces)
+        spots = self.placements([box for box, _ in faces], (frame.shape[1], frame.shape[0]))
+        for (_, emotion), (x, y, size) in zip(faces, spots, strict=True):
             s = sprite(emotion, size, "bgr", self.emoji_dir)
             overlay_image(frame, s.colour, s.alpha, x, y)
         return frame
@@ -148,8 +192,9 @@ class EmojiOverlay:
     ) -> np.ndarray:
         """Draw on a flat yuv420p frame (uint8 [W*H*3/2]) in place, touching only the emoji's pixels."""
         luma, chroma = yuv420p_planes(frame, width, height)
-        for box, emotion in faces:
-            x, y, size = self.placement(box)
+        faces = list(faces)
+        spots = self.placements([box for box, _ in faces], (width, height))
+        for (_, emotion), (x, y, size) in zip(faces, spots, strict=True):
             s = sprite(emotion, size, matrix, self.emoji_dir)
             overlay_image(luma[:, :, None], s.colour, s.alpha, x, y)
             for plane in (0, 1):

@@ -23,7 +23,7 @@ from common.face_crop import FACE_SIZE, crop_faces
 from common.media import VideoInfo, _run_ffprobe, frame_timestamps_ms, probe
 from common.media_policy import MediaLimits
 from common.storage import LocalStorage
-from worker.detection import FaceBoxes, FaceDetector, iou_matrix, non_max_suppression
+from worker.detection import FaceDetector
 from worker.overlay import EmojiOverlay
 from worker.settings import WorkerSettings
 from worker.smoothing import EmotionSmoother
@@ -293,85 +293,20 @@ def detection_frames(start: int, count: int, every: int) -> list[int]:
     return sorted(chosen | ({0, count - 1} if count else set()))
 
 
-# Change detection between whole-frame scans: the frame's mean brightness over cells 1/THUMB_WIDTH of its
-# width; a cell changed when it moved by more than CHANGE_LEVELS (noise and compression stay far below that).
-THUMB_WIDTH = 64
-CHANGE_LEVELS = 8
-
-
-def thumbnail(gray: np.ndarray) -> np.ndarray:
-    """The frame's cell means (THUMB_WIDTH wide), int16 so differences do not wrap."""
-    height, width = gray.shape
-    size = (THUMB_WIDTH, max(1, round(height * THUMB_WIDTH / width)))
-    return cv2.resize(gray, size, interpolation=cv2.INTER_AREA).astype(np.int16)
-
-
-def changed_away_from(thumb: np.ndarray, reference: np.ndarray, boxes_xyxy: np.ndarray, width: int) -> bool:
-    """Whether any cell changed outside the known faces (each widened by half its size on every side: the
-    followed people move, talk and turn there)."""
-    changed = np.abs(thumb - reference) > CHANGE_LEVELS
-    cell = width / thumb.shape[1]
-    for x1, y1, x2, y2 in np.asarray(boxes_xyxy, np.float64).reshape(-1, 4) / cell:
-        w, h = (x2 - x1) / 2, (y2 - y1) / 2
-        changed[
-            max(0, int(y1 - h)) : max(0, int(np.ceil(y2 + h))),
-            max(0, int(x1 - w)) : max(0, int(np.ceil(x2 + w))),
-        ] = False
-    return bool(changed.any())
-
-
 def detect_faces(
-    frames: list[np.ndarray],
-    times_ms: list[float],
-    start: int,
-    every: int,
-    full_scan_every: int,
-    detector: FaceDetector,
-    settings: WorkerSettings,
+    frames_yuv: list[np.ndarray], size: tuple[int, int], start: int, every: int, detector: FaceDetector
 ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """Detections {local index: (boxes, scores)} on the batch's detection frames: a whole-frame scan on every
-    `full_scan_every`-th of them (and the batch's first), a search near the followed faces on the rest.
-
-    A whole-frame scan is skipped (up to `full_scan_max_skips` in a row) when nothing changed away from the
-    followed faces since the last one: a face that comes into view changes the pixels where it appears."""
-    tracker = IouTracker(min_iou=settings.track_min_iou, max_miss_ms=settings.track_max_miss_ms)
+    """Detections {local index: (boxes, scores)}: a whole-frame scan, in colour, on each detection frame."""
     detections = {}
-    reference, skipped = None, 0
-    for i in detection_frames(start, len(frames), every):
-        known = np.asarray(
-            [t.predict(times_ms[i]) for t in tracker.tracks if times_ms[i] - t.last_ms <= tracker.max_miss_ms]
-        ).reshape(-1, 4)
-        full = i == 0 or (start + i) % (every * full_scan_every) == 0
-        if full:
-            thumb = thumbnail(frames[i])
-            if (
-                reference is not None
-                and skipped < settings.full_scan_max_skips
-                and not changed_away_from(thumb, reference, known, frames[i].shape[1])
-            ):
-                full, skipped = False, skipped + 1
-            else:
-                reference, skipped = thumb, 0
-        if full:
-            found = detector.detect(frames[i])
-            # Followed faces the whole-frame scan missed (turned, tilted) get the closer search too.
-            missed = (
-                known[iou_matrix(known, found.xyxy).max(axis=1, initial=0.0) < 0.3] if len(known) else known
-            )
-            if len(missed):
-                near = detector.detect_near(frames[i], missed)
-                if len(near):
-                    boxes = np.concatenate([found.xyxy, near.xyxy])
-                    scores = np.concatenate([found.scores, near.scores])
-                    keep = non_max_suppression(boxes, scores)
-                    found = FaceBoxes(boxes[keep], scores[keep])
-        elif len(known):
-            found = detector.detect_near(frames[i], known)
-        else:
-            found = FaceBoxes()
-        tracker.update(found.xyxy, times_ms[i])
+    for i in detection_frames(start, len(frames_yuv), every):
+        found = detector.detect(yuv420p_to_bgr(frames_yuv[i], size))
         detections[i] = (found.xyxy, found.scores)
     return detections
+
+
+def yuv420p_to_bgr(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    width, height = size
+    return cv2.cvtColor(frame.reshape(height * 3 // 2, width), cv2.COLOR_YUV2BGR_I420)
 
 
 def follow_faces(
@@ -412,22 +347,21 @@ def analyze_batch(
     settings: WorkerSettings,
     fence=None,
 ) -> int:
-    """Decode the batch's frames (grayscale), find and follow faces, classify every crop; writes
-    analysis/<batch>.json and returns the frames analysed. `fence` (a fencing check) runs before the write
-    and may raise to stop it."""
+    """Decode the batch's frames (yuv420p: half the memory of BGR), find and follow faces, classify every
+    crop; writes analysis/<batch>.json and returns the frames analysed. `fence` (a fencing check) runs before
+    the write and may raise to stop it."""
     start, end = plan.batches[batch_index]
     source = storage.path(job_id, INPUT)
     aw, ah = plan.analysis_size
     seek_s, cut_s, skip = plan.decode_window(start)
     t0 = time.perf_counter()
-    frames = [
-        f.reshape(ah, aw)
-        for f in read_frames(
+    frames = list(
+        read_frames(
             source,
             plan.info.format_name,
             aw,
             ah,
-            "gray",
+            "yuv420p",
             end - start,
             seek_s,
             skip,
@@ -436,19 +370,19 @@ def analyze_batch(
             fast=settings.fast_analysis_decode,
             threads=settings.decode_threads,
             cut_s=cut_s,
-            source_pix_fmt=plan.pix_fmt,
-            source_full_range=plan.full_range,
         )
-    ]
+    )
     count = len(frames)
     times = plan.timestamps_ms[start : start + count]
     t1 = time.perf_counter()
-    detections = detect_faces(
-        frames, times, start, plan.detect_every, settings.full_scan_every, detector, settings
-    )
+    detections = detect_faces(frames, (aw, ah), start, plan.detect_every, detector)
     t2 = time.perf_counter()
     faces = follow_faces(detections, times, count, settings.track_max_miss_ms, settings.track_min_iou)
-    crops = [crop_faces(frames[i], [box for box, _, _ in faces[i]]) for i in range(count)]
+    crops = [
+        crop_faces(yuv420p_to_bgr(frames[i], (aw, ah)), [box for box, _, _ in faces[i]])
+        for i in range(count)
+        if faces[i]
+    ]
     stacked = np.concatenate(crops) if crops else np.zeros((0, FACE_SIZE, FACE_SIZE, 1), np.uint8)
     t3 = time.perf_counter()
     probabilities = classify(classifier, stacked, settings.predict_batch)
@@ -526,8 +460,8 @@ def make_timeline(
     }
     used = {
         "detect_every": settings.detect_every,
-        "detect_width": settings.detect_width,
-        "full_scan_every": settings.full_scan_every,
+        "detect_model": settings.detect_model,
+        "detect_tile_rows": settings.detect_tile_rows,
         "smoothing_ms": settings.smoothing_ms,
         "hysteresis_margin": settings.hysteresis_margin,
         "hysteresis_hold_ms": settings.hysteresis_hold_ms,

@@ -12,10 +12,16 @@ from common.settings import REPO_ROOT, CommonSettings
 class WorkerSettings(CommonSettings):
     # Frames per analyze/render task; a multiple of detect_every so detection frames line up across batches.
     batch_frames: int = Field(120, ge=1)
-    # Detect faces on every k-th frame and follow them in between (1 = detect on every frame).
-    detect_every: int = Field(3, ge=1)
-    # Faces are searched on a grayscale copy this wide (never upscaled): smaller is faster, misses tiny faces.
-    detect_width: int = Field(640, ge=64)
+    # Scan the whole frame for faces on every k-th frame and interpolate boxes in between (1 = every frame).
+    detect_every: int = Field(2, ge=1)
+    # BlazeFace variant (worker/detection.py): "full_range" finds faces near and far, "short_range" (4x
+    # cheaper) only faces close to the camera.
+    detect_model: Literal["full_range", "short_range"] = "full_range"
+    # Lowest face score kept (MediaPipe's own threshold).
+    detect_min_score: float = Field(0.5, gt=0, lt=1)
+    # Besides the whole frame, scan overlapping squares, this many across the frame's short side (0 = none):
+    # finds faces too small for one whole-frame pass (a crowd). 1 = three squares on a 16:9 frame, 4 scans.
+    detect_tile_rows: int = Field(1, ge=0)
     # Decode for analysis without the deblocking filter (faster; the pixels differ slightly, faces do not).
     fast_analysis_decode: bool = True
     # ffmpeg's decoder threads per batch (0 = ffmpeg's choice): the pool's processes already share the cores,
@@ -23,26 +29,8 @@ class WorkerSettings(CommonSettings):
     decode_threads: int = Field(1, ge=0)
     # Frames are kept for cropping at most this wide; faces stay far above the model's 48 px.
     analysis_max_width: int = Field(1280, ge=64)
-    # Smallest face to find: a fraction of the detection frame's shorter side, and at least min_face_px there.
-    min_face_fraction: float = Field(0.04, gt=0, lt=1)
-    min_face_px: int = Field(20, ge=12)
-    # A followed face the upright search misses is searched again turned by these angles (tilted heads).
-    tilt_angles: tuple[float, ...] = (25.0,)
-    # Every n-th detection frame scans the whole frame for new faces; the others look only near known faces.
-    full_scan_every: int = Field(6, ge=1)
-    # A whole-frame scan is skipped when nothing changed away from the followed faces since the last one
-    # (a face coming into view changes pixels), at most this many times in a row (0 = never skip).
-    full_scan_max_skips: int = Field(3, ge=0)
     # OpenCV's own threads per worker process; the pool's processes already share the cores.
     opencv_threads: int = Field(1, ge=0)
-    detect_scale_factor: float = Field(1.1, gt=1.0, lt=2.0)
-    detect_min_neighbors: int = Field(5, ge=1)
-    # OpenCV's frontal cascade file; alt2 found more of the tilted and half-visible faces than "default".
-    frontal_cascade: str = "haarcascade_frontalface_alt2.xml"
-    # Also run the profile cascade (and its mirror) on whole-frame scans: finds turned heads, costs about 3x.
-    detect_profiles: bool = False
-    # Near a followed face, try the profile cascades when the frontal one (upright, tilted) misses; cheap.
-    detect_near_profiles: bool = True
 
     # Tracking: a person keeps their id through this long without a matching face.
     track_max_miss_ms: float = Field(1000.0, ge=0)
@@ -87,9 +75,9 @@ class WorkerSettings(CommonSettings):
     # Live webcam frames: per-client tracking state lives in Redis this long after the last frame.
     live_state_ttl_s: int = Field(60, ge=1)
     live_max_jpeg_bytes: int = Field(2 * 1024 * 1024, ge=1024)
-    # Live whole-frame scans look at a copy this wide (faces in front of a webcam are large; a 640 px scan
-    # would cost several times the 100 ms budget); the search near followed faces keeps full resolution.
-    live_detect_width: int = Field(320, ge=64)
+    # Live frames are scanned whole, without tiles (detect_tile_rows) by default: faces in front of a webcam
+    # are large, and each row of tiles would cost 2-3 more network runs against the 100 ms budget.
+    live_detect_tile_rows: int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _ffmpeg_within_task_limit(self) -> WorkerSettings:

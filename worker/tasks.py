@@ -78,12 +78,16 @@ def store() -> JobStore:
 
 @lru_cache(maxsize=1)
 def detector():
-    import cv2
+    from worker.detection import make_detector
 
-    from worker.detection import HaarFaceDetector
+    return make_detector(settings())
 
-    cv2.setNumThreads(settings().opencv_threads)
-    return HaarFaceDetector.from_settings(settings())
+
+@lru_cache(maxsize=1)
+def live_detector():
+    from worker.detection import make_detector
+
+    return make_detector(settings(), tile_rows=settings().live_detect_tile_rows)
 
 
 @lru_cache(maxsize=1)
@@ -358,4 +362,4 @@ def live_frame(client_id: str, jpeg_b64: str) -> dict:
     """One webcam frame: faces with person ids and the emotion to show (see worker.live)."""
     from worker.live import process_frame
 
-    return process_frame(client_id, jpeg_b64, store().redis, detector(), classifier(), settings())
+    return process_frame(client_id, jpeg_b64, store().redis, live_detector(), classifier(), settings())
