@@ -44,8 +44,9 @@ fi
 start model_server "$BIN/python" -m model_server --port "$MODEL_SERVER_PORT" --rest_api_port 0 \
     --model_name emotion --model_base_path "$PWD/model_server/models/emotion" \
     --enable_batching --batching_parameters_file model_server/batching.config
-# Videos and webcam frames get separate workers, so a long video never delays the live page.
-start worker "$BIN/celery" -A worker.app worker -Q video --concurrency 2 --loglevel INFO -n video@%h
+# Videos and webcam frames get separate workers, so a long video never delays the live page; the video
+# workers also deliver webhooks (light, network-bound tasks on their own queue).
+start worker "$BIN/celery" -A worker.app worker -Q video,webhooks --concurrency 2 --loglevel INFO -n video@%h
 start live_worker "$BIN/celery" -A worker.app worker -Q live --concurrency 1 --loglevel INFO -n live@%h
 start gateway "$BIN/python" -m uvicorn gateway.app:app --host 127.0.0.1 --port "$GATEWAY_PORT"
 

@@ -134,6 +134,8 @@ def test_app_services_build_our_image_and_their_commands_exist():
         assert service["build"]["dockerfile"] == "deploy/Dockerfile"
         assert (REPO_ROOT / service["build"]["context"] / service["build"]["dockerfile"]).is_file()
         env = service["environment"]
+        # Production refuses key-less API calls (docs/api.md); both services see the same setting.
+        assert env["EMOJI_REQUIRE_API_KEY"] == "true"
         assert env["EMOJI_MODEL_SERVER_ADDRESS"] == "model-server:8500"
         assert env["EMOJI_REDIS_URL"].startswith("redis://redis:6379")
         assert f"storage:{env['EMOJI_STORAGE_DIR']}" in service["volumes"], f"{name}: shared storage volume"
@@ -141,7 +143,9 @@ def test_app_services_build_our_image_and_their_commands_exist():
         commands[name] = command if isinstance(command, list) else shlex.split(command)
     worker = commands["worker"]
     assert worker[:4] == ["celery", "-A", "worker.app", "worker"]
-    assert set(worker[worker.index("-Q") + 1].split(",")) == {"video", "live"}
+    from common.queue import LIVE_QUEUE, VIDEO_QUEUE, WEBHOOK_QUEUE
+
+    assert set(worker[worker.index("-Q") + 1].split(",")) == {VIDEO_QUEUE, LIVE_QUEUE, WEBHOOK_QUEUE}
     assert commands["gateway"][:2] == ["uvicorn", "gateway.app:app"]
     for module in ("worker/app.py", "gateway/app.py"):
         assert (REPO_ROOT / module).is_file(), f"{module} is what the compose commands start"

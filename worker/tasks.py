@@ -43,6 +43,7 @@ from worker.batch_lock import BatchLock, LockLost
 from worker.model_client import EmotionClient
 from worker.settings import WorkerSettings
 from worker.video_io import remove_stale_temps
+from worker.webhooks import notify_finished
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +116,7 @@ def fail(job_id: str, code: str, message: str) -> None:
     # Conditional in Redis: a deleted job is not re-created, a finished one keeps its outcome.
     if store().mark_failed(job_id, code, message):
         logger.error("job %s failed: %s: %s", job_id, code, message)
+        notify_finished(job_id)
 
 
 def retry_countdown(retries: int, s: WorkerSettings, rng: random.Random | None = None) -> float:
@@ -158,6 +160,7 @@ def job_step(task: Task, job_id: str, what: str, key: str | None = None):
         yield
     except JobGone as exc:
         logger.info("job %s: %s skipped: %s", job_id, what, exc)
+        notify_finished(job_id)  # a finished job whose webhook a dead worker never queued gets it now
     except LockLost as exc:
         logger.warning("job %s: %s stopped without writing: %s", job_id, what, exc)
     except BatchBusy as exc:
@@ -316,6 +319,7 @@ def finish_job(self: Task, job_id: str) -> None:
         ensure_active(job_id)
         store().mark_succeeded(job_id)
         logger.info("job %s succeeded", job_id)
+        notify_finished(job_id)
 
 
 @app.task(name=TASK_LIVE_FRAME)

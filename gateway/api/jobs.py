@@ -8,25 +8,32 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import PurePosixPath
+from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 
 from common import job_files
-from common.errors import JobNotFound, MediaRefused, VideoError
+from common.errors import JobNotFound, MediaRefused, UploadTooLarge, VideoError
 from common.jobs import Job, JobStatus, JobStore
 from common.media import probe
 from common.media_policy import MediaLimits
 from common.queue import TASK_START_JOB, VIDEO_QUEUE
 from common.storage import LocalStorage
+from common.webhooks import CallbackRefused, check_callback_url, delivery_state
+from gateway.auth import Owner, current_owner
 from gateway.deps import CeleryDep, JobIdDep, SettingsDep, StorageDep, StoreDep
-from gateway.errors import JobNotReady, ResultMissing
+from gateway.errors import BadRequestField, JobNotReady, ResultMissing
+from gateway.form_fields import FormFields
+from gateway.idempotency import Idempotency, checked_key, file_sha256
+from gateway.quotas import Quotas
 from gateway.schemas import JobCreated, JobLinks, JobPublic, JobsPublic
-from gateway.uploads import BodyLimits, check_content_length, stream_upload
+from gateway.uploads import MULTIPART_OVERHEAD_BYTES, BodyLimits, check_content_length, stream_upload
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
+OwnerDep = Annotated[Owner, Depends(current_owner)]
 
 TERMINAL = (JobStatus.succeeded, JobStatus.failed)
 
@@ -36,7 +43,14 @@ UPLOAD_BODY = {
         "multipart/form-data": {
             "schema": {
                 "type": "object",
-                "properties": {"file": {"type": "string", "format": "binary", "description": "the video"}},
+                "properties": {
+                    "file": {"type": "string", "format": "binary", "description": "the video"},
+                    "callback_url": {
+                        "type": "string",
+                        "format": "uri",
+                        "description": "POSTed the job (JSON, signed) when it succeeds or fails",
+                    },
+                },
                 "required": ["file"],
             }
         }
@@ -45,18 +59,35 @@ UPLOAD_BODY = {
 ERROR_EXAMPLE = {"application/json": {"example": {"error": {"code": "...", "message": "what to do"}}}}
 
 
-def load_job(store: JobStore, job_id: str) -> Job:
+def not_found(job_id: str) -> JobNotFound:
+    return JobNotFound(
+        f"no job with id {job_id}; it may have been deleted or expired. Upload the video again."
+    )
+
+
+def body_limits(settings) -> BodyLimits:
+    return BodyLimits(
+        settings.upload_max_parts, settings.upload_max_field_bytes, settings.upload_max_part_header_bytes
+    )
+
+
+def load_job(store: JobStore, job_id: str, owner: Owner) -> Job:
+    """The job if `owner` made it; another owner's job is "not found", word for word like a missing one."""
+    if store.owner_of(job_id) != owner.id:
+        raise not_found(job_id)
     try:
         return store.get(job_id)
     except JobNotFound as exc:
-        raise JobNotFound(
-            f"no job with id {job_id}; it may have been deleted or expired. Upload the video again."
-        ) from exc
+        raise not_found(job_id) from exc
 
 
-def result_path(store: JobStore, storage: LocalStorage, job_id: str, name: str):
+def public(store: JobStore, job: Job) -> JobPublic:
+    return JobPublic.from_job(job, webhook=delivery_state(store.redis, store.key(job.id), job.id))
+
+
+def result_path(store: JobStore, storage: LocalStorage, job_id: str, name: str, owner: Owner):
     """The path of a finished job's file, or the error that says why there is none."""
-    job = load_job(store, job_id)
+    job = load_job(store, job_id, owner)
     if job.status is JobStatus.failed:
         reason = job.error.message if job.error else "unknown error"
         raise JobNotReady(f"the job failed ({reason}), so it has no results; upload the video again")
@@ -77,10 +108,10 @@ def download_name(job: Job, suffix: str) -> str:
 
 def result_file(
     store: JobStore, storage: LocalStorage, job_id: str, name: str, media_type: str, suffix: str,
-    download: bool,
+    download: bool, owner: Owner,
 ) -> FileResponse:
     """A finished job's file, shown in the browser or, with `download`, saved under the upload's name."""
-    job, path = result_path(store, storage, job_id, name)
+    job, path = result_path(store, storage, job_id, name, owner)
     return FileResponse(
         path,
         media_type=media_type,
@@ -95,15 +126,20 @@ def result_file(
     response_model=JobCreated,
     openapi_extra={"requestBody": UPLOAD_BODY},
     responses={
+        401: {"description": "no valid API key where one is needed", "content": ERROR_EXAMPLE},
+        409: {"description": "the first request with this Idempotency-Key is still running",
+              "content": ERROR_EXAMPLE},
         413: {"description": "over the upload limit", "content": ERROR_EXAMPLE},
         400: {"description": "an unusable multipart body (e.g. its boundary)", "content": ERROR_EXAMPLE},
         415: {"description": "not a video we can read", "content": ERROR_EXAMPLE},
         422: {
-            "description": "not a multipart form with a `file`, an empty file, or a video over one of the "
-            "limits (the code names the limit: video_dimensions, frame_pixels, too_many_frames, too_long, "
-            "too_many_streams, video_track_count, codec_not_allowed, container_not_allowed)",
+            "description": "not a multipart form with a `file`, an empty file, a refused callback_url, an "
+            "Idempotency-Key used before with another file, or a video over one of the limits (the code "
+            "names the limit: video_dimensions, frame_pixels, too_many_frames, too_long, too_many_streams, "
+            "video_track_count, codec_not_allowed, container_not_allowed)",
             "content": ERROR_EXAMPLE,
         },
+        429: {"description": "over one of the owner's limits (see Retry-After)", "content": ERROR_EXAMPLE},
         507: {"description": "the server's disk is full", "content": ERROR_EXAMPLE},
     },
 )
@@ -114,25 +150,53 @@ async def create_job(
     store: StoreDep,
     storage: StorageDep,
     celery: CeleryDep,
+    owner: OwnerDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(description="the same key (and file) again within 24 h answers with the same job"),
+    ] = None,
 ) -> JobCreated:
-    """Upload a video (multipart field `file`); it is checked with ffprobe against the limits on what a video
-    may cost, and queued."""
+    """Upload a video (multipart field `file`, optional `callback_url`); it is checked with ffprobe against
+    the limits on what a video may cost, and queued. The job belongs to the caller: its API key, its browser
+    session, or the shared local owner."""
     check_content_length(request.headers.get("content-length"), settings.max_upload_bytes)
+    quotas: Quotas = request.app.state.quotas
+    idempotency: Idempotency = request.app.state.idempotency
     job_id = uuid.uuid4().hex
+    if idempotency_key is not None:
+        key = checked_key(idempotency_key)
+        claim = await asyncio.to_thread(idempotency.claim, owner.id, key, job_id)
+        if claim is not None:
+            return await _replay(request, response, settings, storage, idempotency, owner, key)
+    length = request.headers.get("content-length") or ""
+    declared = int(length) if length.isdigit() else 0
+    fields = FormFields(request.headers.get("content-type"), ("callback_url",))
     dest = storage.path(job_id, job_files.INPUT)
     try:
-        upload = await stream_upload(
-            request.stream(),
-            request.headers.get("content-type"),
-            dest,
-            settings.max_upload_bytes,
-            settings.upload_chunk_bytes,
-            BodyLimits(
-                settings.upload_max_parts,
-                settings.upload_max_field_bytes,
-                settings.upload_max_part_header_bytes,
-            ),
-        )
+        await asyncio.to_thread(quotas.hit_upload, owner)
+        await asyncio.to_thread(quotas.reserve_active, owner, job_id)
+        room = await asyncio.to_thread(quotas.room_for, owner, max(declared - MULTIPART_OVERHEAD_BYTES, 0))
+        cap = settings.max_upload_bytes if room is None else min(settings.max_upload_bytes, room)
+        try:
+            upload = await stream_upload(
+                fields.tee(request.stream()),
+                request.headers.get("content-type"),
+                dest,
+                cap,
+                settings.upload_chunk_bytes,
+                body_limits(settings),
+            )
+        except UploadTooLarge:
+            if cap == settings.max_upload_bytes:
+                raise
+            # Stopped at what is left of the owner's storage, not at the upload limit: say so.
+            raise await asyncio.to_thread(quotas.storage_full, owner, cap + 1) from None
+        callback_url = fields.get("callback_url")
+        if callback_url:
+            try:
+                await asyncio.to_thread(check_callback_url, callback_url, settings.webhook_allowed_networks)
+            except CallbackRefused as exc:
+                raise BadRequestField(f"{exc}", code="callback_url_refused") from exc
         try:
             info = await asyncio.to_thread(probe, dest, MediaLimits.from_settings(settings))
         except MediaRefused:
@@ -146,11 +210,16 @@ async def create_job(
                     ". Check that the file plays on your computer, or convert it to MP4, and upload it again"
                 )
             raise type(exc)(message) from exc
-        await asyncio.to_thread(store.create, job_id, upload.filename, info.to_dict())
+        digest = await asyncio.to_thread(file_sha256, dest) if idempotency_key is not None else None
+        await asyncio.to_thread(quotas.add_stored, owner, job_id, upload.size)
+        await asyncio.to_thread(
+            store.create_for, owner.id, job_id, upload.filename, info.to_dict(), callback_url=callback_url
+        )
     except BaseException:
-        # Refused, broken off or unreadable: nothing of it stays on disk. Called directly, not in a thread:
-        # a cancelled request (client gone) would cancel that await too and leave the file behind.
+        # Refused, broken off or unreadable: nothing of it stays on disk, and it counts for nothing. Called
+        # directly, not in a thread: a cancelled request (client gone) would cancel that await too.
         storage.delete_job(job_id)
+        _forget_quietly(quotas, idempotency, owner, job_id, idempotency_key)
         raise
     try:
         # Nobody reads start_job's result; ignoring it keeps Redis from holding one per job.
@@ -160,33 +229,77 @@ async def create_job(
     except BaseException:
         store.delete(job_id)
         storage.delete_job(job_id)
+        _forget_quietly(quotas, idempotency, owner, job_id, idempotency_key)
         raise
+    if idempotency_key is not None:
+        await asyncio.to_thread(idempotency.complete, owner.id, idempotency_key, job_id, digest)
     logger.info(
-        "job %s queued: %r, %dx%d, %d frames", job_id, upload.filename, info.width, info.height, info.frames
+        "job %s queued for %s: %r, %dx%d, %d frames",
+        job_id, owner.id, upload.filename, info.width, info.height, info.frames,
     )
     links = JobLinks.for_job(job_id)
     response.headers["Location"] = links.self
     return JobCreated(id=job_id, status=JobStatus.queued, links=links)
 
 
+def _forget_quietly(
+    quotas: Quotas, idempotency: Idempotency, owner: Owner, job_id: str, idempotency_key: str | None
+) -> None:
+    """Undo a refused upload's counts; a Redis error here must not hide the refusal's own error."""
+    try:
+        quotas.release(owner, job_id)
+        if idempotency_key is not None:
+            idempotency.release(owner.id, idempotency_key, job_id)
+    except Exception:
+        logger.warning("could not release the counts of refused job %s", job_id, exc_info=True)
+
+
+async def _replay(
+    request: Request, response: Response, settings, storage: LocalStorage, idempotency: Idempotency,
+    owner: Owner, key: str,
+) -> JobCreated:
+    """A repeated Idempotency-Key: read the file only to compare it (never kept), then the first job."""
+    scratch = uuid.uuid4().hex
+    try:
+        await stream_upload(
+            request.stream(), request.headers.get("content-type"), storage.path(scratch, job_files.INPUT),
+            settings.max_upload_bytes, settings.upload_chunk_bytes, body_limits(settings),
+        )
+        digest = await asyncio.to_thread(file_sha256, storage.path(scratch, job_files.INPUT))
+    finally:
+        storage.delete_job(scratch)
+    claim = await asyncio.to_thread(idempotency.wait_done, owner.id, key)
+    if claim.sha256 != digest:
+        raise BadRequestField(
+            "this Idempotency-Key was used for another file; use a new key for a new upload",
+            code="idempotency_key_reused",
+        )
+    links = JobLinks.for_job(claim.job_id)
+    response.headers["Location"] = links.self
+    response.headers["Idempotent-Replayed"] = "true"
+    logger.info("job %s: upload repeated with the same Idempotency-Key, answered again", claim.job_id)
+    return JobCreated(id=claim.job_id, status=JobStatus.queued, links=links)
+
+
 @router.get("", response_model=JobsPublic)
 def list_jobs(
-    store: StoreDep, settings: SettingsDep, limit: int | None = Query(None, ge=1, le=100)
+    store: StoreDep, settings: SettingsDep, owner: OwnerDep, limit: int | None = Query(None, ge=1, le=100)
 ) -> JobsPublic:
-    """The most recent jobs, newest first."""
+    """Your most recent jobs (only the caller's own), newest first."""
     jobs = []
-    for job_id in store.list_ids(limit or settings.recent_jobs_limit):
+    for job_id in store.list_ids_for(owner.id, limit or settings.recent_jobs_limit):
         try:
-            jobs.append(JobPublic.from_job(store.get(job_id)))
+            jobs.append(public(store, store.get(job_id)))
         except JobNotFound:
             continue  # its record expired; the index entry is harmless
     return JobsPublic(jobs=jobs)
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses={404: {"content": ERROR_EXAMPLE}})
-def get_job(job_id: JobIdDep, store: StoreDep) -> JobPublic:
-    """A job's status and progress (0..1); `error` says what went wrong when it failed."""
-    return JobPublic.from_job(load_job(store, job_id))
+def get_job(job_id: JobIdDep, store: StoreDep, owner: OwnerDep) -> JobPublic:
+    """A job's status and progress (0..1); `error` says what went wrong when it failed; `webhook` the
+    deliveries to its callback_url."""
+    return public(store, load_job(store, job_id, owner))
 
 
 @router.head("/{job_id}/video", include_in_schema=False)
@@ -199,9 +312,11 @@ def get_job(job_id: JobIdDep, store: StoreDep) -> JobPublic:
         409: {"description": "not finished", "content": ERROR_EXAMPLE},
     },
 )
-def get_video(job_id: JobIdDep, store: StoreDep, storage: StorageDep, download: bool = False) -> FileResponse:
+def get_video(
+    job_id: JobIdDep, store: StoreDep, storage: StorageDep, owner: OwnerDep, download: bool = False
+) -> FileResponse:
     """The annotated MP4 (HTTP Range supported); `?download=true` asks the browser to save it."""
-    return result_file(store, storage, job_id, job_files.RESULT, "video/mp4", "emoji.mp4", download)
+    return result_file(store, storage, job_id, job_files.RESULT, "video/mp4", "emoji.mp4", download, owner)
 
 
 @router.head("/{job_id}/timeline", include_in_schema=False)
@@ -211,11 +326,11 @@ def get_video(job_id: JobIdDep, store: StoreDep, storage: StorageDep, download: 
     responses={200: {"content": {"application/json": {}}}, 409: {"content": ERROR_EXAMPLE}},
 )
 def get_timeline(
-    job_id: JobIdDep, store: StoreDep, storage: StorageDep, download: bool = False
+    job_id: JobIdDep, store: StoreDep, storage: StorageDep, owner: OwnerDep, download: bool = False
 ) -> FileResponse:
     """The emotion timeline as JSON (schema in docs/timeline.md)."""
     return result_file(
-        store, storage, job_id, job_files.TIMELINE_JSON, "application/json", "timeline.json", download
+        store, storage, job_id, job_files.TIMELINE_JSON, "application/json", "timeline.json", download, owner
     )
 
 
@@ -225,24 +340,30 @@ def get_timeline(
     response_class=FileResponse,
     responses={200: {"content": {"text/csv": {}}}, 409: {"content": ERROR_EXAMPLE}},
 )
-def get_timeline_csv(job_id: JobIdDep, store: StoreDep, storage: StorageDep) -> FileResponse:
+def get_timeline_csv(job_id: JobIdDep, store: StoreDep, storage: StorageDep, owner: OwnerDep) -> FileResponse:
     """The timeline as CSV, one row per frame and person, as a download."""
     return result_file(
-        store, storage, job_id, job_files.TIMELINE_CSV, "text/csv; charset=utf-8", "timeline.csv", True
+        store, storage, job_id, job_files.TIMELINE_CSV, "text/csv; charset=utf-8", "timeline.csv", True, owner
     )
 
 
 @router.delete("/{job_id}", status_code=204, responses={404: {"content": ERROR_EXAMPLE}})
-def delete_job(job_id: JobIdDep, store: StoreDep, storage: StorageDep) -> Response:
+def delete_job(
+    request: Request, job_id: JobIdDep, store: StoreDep, storage: StorageDep, owner: OwnerDep
+) -> Response:
     """Delete a job and all its files."""
-    known = store.exists(job_id)
-    # Files without a record (a worker's late write, an expired record) go too, but only a job answers 204.
-    storage.delete_job(job_id)
-    if not known:
+    known_owner = store.owner_of(job_id)
+    if known_owner is None:
+        # Files without a record (a late write, an expired record) go too, but only a job answers 204.
+        storage.delete_job(job_id)
+    if known_owner != owner.id:
+        # Another owner's job: "not found" too, and its files stay.
         raise JobNotFound(f"no job with id {job_id}; it may already have been deleted")
     store.delete(job_id)
+    store.forget_owned(owner.id, job_id)
+    request.app.state.quotas.release(owner, job_id)
     storage.delete_job(job_id)
-    logger.info("job %s deleted", job_id)
+    logger.info("job %s deleted by %s", job_id, owner.id)
     return Response(status_code=204)
 
 
@@ -257,10 +378,10 @@ def _sse(event: str, data: dict | str) -> str:
     responses={200: {"content": {"text/event-stream": {}}}},
 )
 async def job_events(
-    job_id: JobIdDep, request: Request, store: StoreDep, settings: SettingsDep
+    job_id: JobIdDep, request: Request, store: StoreDep, settings: SettingsDep, owner: OwnerDep
 ) -> StreamingResponse:
     """Server-sent events: a `job` event (the job as JSON) on every change, until it finishes."""
-    load_job(store, job_id)  # 404 now rather than an empty stream
+    await asyncio.to_thread(load_job, store, job_id, owner)  # 404 now rather than an empty stream
 
     async def events() -> AsyncIterator[str]:
         last = None
@@ -271,7 +392,7 @@ async def job_events(
             except JobNotFound:
                 yield _sse("gone", {"message": "the job was deleted"})
                 return
-            body = JobPublic.from_job(job).model_dump_json()
+            body = (await asyncio.to_thread(public, store, job)).model_dump_json()
             if body != last:
                 last, idle = body, 0.0
                 yield _sse("job", body)
