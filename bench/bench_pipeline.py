@@ -1,16 +1,30 @@
-"""The whole service against a plain transcode: a 60 s 720p 30 fps clip with audio, through the running stack.
+"""The whole service against a plain transcode of the same clip, with 1 and with 2 worker processes.
 
-Prints, in one run: the wall time from upload accepted to result ready, frames per second, and the ratio
-to `ffmpeg -i in.mp4 -c:v libx264 -preset veryfast -c:a copy out.mp4` on the same file
-(the project's goal: 1.2x).
+Starts its own stack on free ports (Redis, the model server with the shipped model, one Celery worker with N
+pool processes, the gateway; the tests' helpers), then for each N: uploads the clip, waits for the result.
+Prints, in one run:
 
-    .venv/bin/python -m bench.bench_pipeline [--url http://127.0.0.1:8000] [--seconds 60]
+- wall time from upload accepted to result ready, against `ffmpeg -i in.mp4 -c:v libx264 -preset veryfast
+  -c:a copy out.mp4` on the same file (the project's goal: 1.2x);
+- CPU seconds per frame of the whole stack (worker processes, model server, gateway, Redis), so a reader can
+  estimate N machines: wall ~ frames x CPU s/frame / cores, plus the serial plan and finish steps;
+- each worker process's peak RSS (VmHWM), and the gateway's before and after the upload streamed in;
+- CPU seconds per stage, as the worker's batches measured and reported them with the job (timeline.json,
+  "processing").
+
+    .venv/bin/python -m bench.bench_pipeline [--seconds 60] [--size 1280x720] [--workers 1,2]
+
+Clips are made once and kept in var/bench/ (`pyfeat_WolfgangLanger_Pexels.mp4` looped, scaled, 30 fps, AAC).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import resource
+import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,19 +33,57 @@ import httpx
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_CLIP = REPO_ROOT.parent / "shared" / "data" / "media" / "pyfeat_WolfgangLanger_Pexels.mp4"
+CLIP_DIR = REPO_ROOT / "var" / "bench"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def make_clip(path: Path, seconds: int) -> Path:
-    """Loop a shared face clip (or the astronaut photo when it is missing) to 1280x720, 30 fps, with audio."""
+def make_clip(path: Path, seconds: int, size: str = "1280x720") -> Path:
+    """Loop a shared face clip (or the astronaut photo when it is missing) to `size`, 30 fps, with audio.
+
+    Clips longer than a minute are the one-minute clip repeated (stream copy): encoding ten minutes of 1080p
+    at x264's medium preset would take longer on 2 cores than the benchmark itself."""
+    if path.exists():
+        return path
+    if seconds > 60 and seconds % 60 == 0:
+        minute = make_clip(path.with_name(f"bench-{size}-60s.mp4"), 60, size)
+        listing = path.with_suffix(".txt")
+        listing.write_text(f"file '{minute.name}'\n" * (seconds // 60))
+        tmp = path.with_name(f".{path.name}")
+        subprocess.run(
+            [
+                "ffmpeg",
+                "-v",
+                "error",
+                "-y",
+                "-f",
+                "concat",
+                "-safe",
+                "0",
+                "-i",
+                str(listing),
+                "-c",
+                "copy",
+                "-movflags",
+                "+faststart",
+                "-f",
+                "mp4",
+                str(tmp),
+            ],
+            check=True,
+        )
+        listing.unlink()
+        tmp.rename(path)
+        return path
     if SHARED_CLIP.exists():
         source = ["-stream_loop", "-1", "-i", str(SHARED_CLIP)]
-        audio = ["-map", "0:v:0", "-map", "0:a:0?"]
     else:
         from tests.conftest import make_astronaut_video
 
         still = make_astronaut_video(path.with_name("astronaut.mp4"), seconds=5)
         source = ["-stream_loop", "-1", "-i", str(still)]
-        audio = ["-map", "0:v:0", "-map", "0:a:0?"]
+    width, height = size.split("x")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}")
     subprocess.run(
         [
             "ffmpeg",
@@ -39,11 +91,14 @@ def make_clip(path: Path, seconds: int) -> Path:
             "error",
             "-y",
             *source,
-            *audio,
+            "-map",
+            "0:v:0",
+            "-map",
+            "0:a:0?",
             "-t",
             str(seconds),
             "-vf",
-            "scale=1280:720,fps=30",
+            f"scale={width}:{height},fps=30",
             "-c:v",
             "libx264",
             "-preset",
@@ -52,15 +107,20 @@ def make_clip(path: Path, seconds: int) -> Path:
             "yuv420p",
             "-c:a",
             "aac",
-            str(path),
+            "-f",
+            "mp4",
+            str(tmp),
         ],
         check=True,
     )
+    tmp.rename(path)
     return path
 
 
-def plain_transcode_s(path: Path) -> float:
-    out = path.with_name("plain.mp4")
+def plain_transcode(path: Path) -> tuple[float, float]:
+    """(wall s, CPU s) of the plain transcode the goal is measured against."""
+    out = path.with_name(f"plain-{path.name}")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run(
         [
@@ -80,13 +140,56 @@ def plain_transcode_s(path: Path) -> float:
         ],
         check=True,
     )
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out.unlink(missing_ok=True)
+    return wall, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
 
 
-def through_service_s(url: str, path: Path) -> tuple[float, dict]:
-    with path.open("rb") as handle:
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            tree.setdefault(parent, []).append(int(entry.name))
+    return tree
+
+
+def process_tree(pid: int) -> list[int]:
+    tree, out, todo = _children(), [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        todo += tree.get(current, [])
+    return out
+
+
+def cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes (and of their children they have waited for)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(v) for v in fields[11:15])  # utime, stime, cutime, cstime
+    return total / CLOCK_TICKS
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def run_job(url: str, clip: Path) -> tuple[float, dict]:
+    with clip.open("rb") as handle:
         reply = httpx.post(
-            f"{url}/api/v1/jobs", files={"file": (path.name, handle, "video/mp4")}, timeout=300
+            f"{url}/api/v1/jobs", files={"file": (clip.name, handle, "video/mp4")}, timeout=600
         )
     reply.raise_for_status()
     accepted = time.perf_counter()
@@ -95,31 +198,147 @@ def through_service_s(url: str, path: Path) -> tuple[float, dict]:
         job = httpx.get(f"{url}/api/v1/jobs/{job_id}", timeout=10).json()
         if job["status"] in ("succeeded", "failed"):
             break
-        time.sleep(0.2)
+        time.sleep(0.1)
     elapsed = time.perf_counter() - accepted
     if job["status"] != "succeeded":
         raise SystemExit(f"job failed: {job['error']}")
-    return elapsed, job
+    timeline = httpx.get(f"{url}/api/v1/jobs/{job_id}/timeline", timeout=120).json()
+    return elapsed, timeline
+
+
+def measure(clip: Path, workers: list[int], logs: Path) -> list[dict]:
+    from tests.conftest import (
+        MODEL_BASE_PATH,
+        PYTHON,
+        ServiceProcess,
+        _model_available,
+        _port_ready,
+        free_port,
+        start_gateway,
+        start_worker,
+    )
+
+    redis_port, model_port = free_port(), free_port()
+    redis = ServiceProcess(
+        "redis",
+        [
+            "redis-server",
+            "--port",
+            str(redis_port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        dict(os.environ),
+        logs,
+        _port_ready(redis_port),
+    ).start(30)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    model = ServiceProcess(
+        "model_server",
+        [
+            PYTHON,
+            "-m",
+            "model_server",
+            "--port",
+            str(model_port),
+            "--rest_api_port",
+            "0",
+            "--model_name",
+            "emotion",
+            "--model_base_path",
+            str(MODEL_BASE_PATH),
+        ],
+        env,
+        logs,
+        _model_available(model_port),
+    ).start(180)
+    rows = []
+    try:
+        for n in workers:
+            storage = Path(tempfile.mkdtemp(prefix="bench-storage-", dir=CLIP_DIR))
+            stack = {
+                **env,
+                "EMOJI_REDIS_URL": f"redis://127.0.0.1:{redis_port}/{n}",
+                "EMOJI_STORAGE_DIR": str(storage),
+                "EMOJI_MODEL_SERVER_ADDRESS": f"127.0.0.1:{model_port}",
+            }
+            worker = start_worker(stack, logs, name=f"worker-{n}", queues="video", concurrency=n)
+            gateway, url = start_gateway(stack, logs, name=f"gateway-{n}")
+            try:
+                time.sleep(2)  # let the pool processes settle after start-up
+                pids = process_tree(worker.proc.pid) + [model.proc.pid, gateway.proc.pid, redis.proc.pid]
+                gateway_before = peak_rss_mib(gateway.proc.pid)
+                cpu_before = cpu_s(pids)
+                wall, timeline = run_job(url, clip)
+                cpu_after = cpu_s(pids)
+                pool = [p for p in process_tree(worker.proc.pid) if p != worker.proc.pid]
+                rows.append(
+                    {
+                        "workers": n,
+                        "wall": wall,
+                        "frames": len(timeline["frames"]),
+                        "stack_cpu": cpu_after - cpu_before,
+                        "worker_rss": [peak_rss_mib(p) for p in pool],
+                        "gateway_rss": (gateway_before, peak_rss_mib(gateway.proc.pid)),
+                        "processing": timeline["processing"],
+                    }
+                )
+            finally:
+                gateway.stop()
+                worker.stop()
+                shutil.rmtree(storage, ignore_errors=True)
+    finally:
+        model.stop()
+        redis.stop()
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", default="http://127.0.0.1:8000")
     parser.add_argument("--seconds", type=int, default=60)
+    parser.add_argument("--size", default="1280x720")
+    parser.add_argument("--workers", default="1,2", help="worker pool sizes to measure, comma-separated")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        clip = make_clip(Path(tmp) / "bench-720p.mp4", args.seconds)
-        plain = plain_transcode_s(clip)
-        service, job = through_service_s(args.url, clip)
-    frames = job["frames_total"]
+    sys.path.insert(0, str(REPO_ROOT))
+    clip = make_clip(CLIP_DIR / f"bench-{args.size}-{args.seconds}s.mp4", args.seconds, args.size)
+    logs = Path(tempfile.mkdtemp(prefix="bench-logs-"))
+    plain_wall, plain_cpu = plain_transcode(clip)
+    rows = measure(clip, [int(n) for n in args.workers.split(",")], logs)
+    label = f"{args.seconds} s {args.size} 30 fps + AAC"
     print(
-        "| clip | frames | plain transcode | service (upload accepted → result ready) | frames/s | ratio |"
+        f"plain transcode: {plain_wall:.1f} s wall, {plain_cpu:.1f} s CPU; load average before: "
+        f"{os.getloadavg()[0]:.1f}; logs in {logs}\n"
     )
-    print("|---|---:|---:|---:|---:|---:|")
     print(
-        f"| {args.seconds} s 1280x720 30 fps + AAC | {frames} | {plain:.1f} s | {service:.1f} s "
-        f"| {frames / service:.0f} | {service / plain:.2f}x |"
+        "| clip | frames | worker processes | plain transcode | service (upload accepted → result ready) "
+        "| ratio | stack CPU s/frame (plain: CPU s/frame) | peak RSS per worker process | gateway peak RSS |"
     )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for row in rows:
+        rss = ", ".join(f"{r:.0f}" for r in row["worker_rss"])
+        g0, g1 = row["gateway_rss"]
+        print(
+            f"| {label} | {row['frames']} | {row['workers']} | {plain_wall:.1f} s | {row['wall']:.1f} s "
+            f"| {row['wall'] / plain_wall:.2f}x | {row['stack_cpu'] / row['frames'] * 1000:.1f} ms "
+            f"({plain_cpu / row['frames'] * 1000:.1f} ms) | {rss} MiB | {g0:.0f} → {g1:.0f} MiB |"
+        )
+    last = rows[-1]
+    cpu = last["processing"]["cpu_s"]
+    frames = last["frames"]
+    print(
+        f"\nCPU per stage, as the worker reported it ({last['workers']} processes, "
+        f"{last['processing']['batches']} batches):\n"
+    )
+    print("| stage | CPU s | ms/frame |")
+    print("|---|---:|---:|")
+    for stage, seconds in cpu.items():
+        name = "**total (worker processes)**" if stage == "total" else stage
+        print(f"| {name} | {seconds:.1f} | {seconds / frames * 1000:.2f} |")
+    print(f"| plain transcode, for comparison | {plain_cpu:.1f} | {plain_cpu / frames * 1000:.2f} |")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ command) and stops it at the end. Prints a Markdown report.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shutil
 import sys
@@ -24,9 +25,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.bench_model_server import start_server  # noqa: E402
+from common import job_files  # noqa: E402
 from common.storage import LocalStorage  # noqa: E402
-from worker import pipeline  # noqa: E402
+from worker import steps  # noqa: E402
 from worker.detection import make_detector  # noqa: E402
+from worker.overlay import EmojiOverlay  # noqa: E402
 from worker.settings import WorkerSettings  # noqa: E402
 
 logger = logging.getLogger("bench_tracking")
@@ -51,18 +54,20 @@ def model_server(address: str | None):
 
 
 def analyse(clip: Path, settings: WorkerSettings, classifier, root: Path) -> tuple[dict, float, int]:
-    """(timeline, seconds spent decoding+detecting+classifying, frames) for one clip, run batch by batch."""
+    """(timeline, seconds spent in the batches (decode, detect, classify, draw, encode), frames) for one
+    clip, run batch by batch."""
     storage = LocalStorage(root)
     job = f"{clip.stem}-k{settings.detect_every}"
     storage.delete_job(job)
-    shutil.copy(clip, storage.path(job, pipeline.INPUT))
-    plan = pipeline.plan_job(storage, job, settings)
-    detector = make_detector(settings)
+    shutil.copy(clip, storage.path(job, job_files.INPUT))
+    plan = steps.plan_job(storage, job, settings)
+    detector, overlay = make_detector(settings), EmojiOverlay()
     t0 = time.perf_counter()
     for index in range(len(plan.batches)):
-        pipeline.analyze_batch(storage, job, index, plan, detector, classifier, settings)
+        steps.run_batch(storage, job, index, plan, detector, classifier, overlay, settings)
     seconds = time.perf_counter() - t0
-    timeline = pipeline.make_timeline(storage, job, plan, settings, {"name": "emotion", "version": "bench"})
+    steps.finish_job(storage, job, plan, settings, "emotion")
+    timeline = json.loads(storage.path(job, job_files.TIMELINE_JSON).read_text())
     return timeline, seconds, plan.frames
 
 
@@ -162,7 +167,7 @@ def main() -> None:
                 f"| {name} | {truth} | {len(timeline['people'])} | {jumps(timeline)} "
                 f"| {faces_per_frame(timeline)} |"
             )
-        print(f"\n## Analysis speed (decode + detect + classify), every frame vs every k-th (k={args.k})\n")
+        print(f"\n## Batch speed (all of a batch), every frame vs every k-th (k={args.k})\n")
         print(
             "| clip | frames | frames/s, every frame | frames/s, every k-th | ids (every frame) | "
             "ids (every k-th) |"

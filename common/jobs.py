@@ -1,7 +1,7 @@
 """Job records in Redis: what the gateway shows and what the worker's tasks update.
 
-A job's progress is counted per stage ("analyze": faces found and classified, "render": emoji drawn and
-encoded) as frames of finished batches. Batches record themselves in a hash keyed by batch index, so a
+A job's progress is counted as frames of finished batches (stage "batch": faces found, classified, emoji
+drawn and encoded, in one pass). Batches record themselves in a hash keyed by batch index, so a
 batch that runs twice (a worker died, the task came back) counts once.
 
 Every change a worker makes is conditional, in one Lua script: on the record existing and being queued or
@@ -20,13 +20,17 @@ from pydantic import BaseModel
 
 from common.errors import JobNotFound
 
-STAGES: tuple[str, ...] = ("analyze", "render")
-# Share of the progress bar each stage fills; the last 5% is joining the pieces and muxing audio.
-STAGE_WEIGHTS: dict[str, float] = {"analyze": 0.55, "render": 0.40}
+STAGES: tuple[str, ...] = ("batch",)
+# Share of the progress bar each stage fills; the last 5% is the timeline and joining the pieces with audio.
+STAGE_WEIGHTS: dict[str, float] = {"batch": 0.95}
 KEY_PREFIX = "emoji:job:"
 # Every key of one job: the record, the stages' batch counts, its warnings, its tasks' delivery counts.
 PARTS: tuple[str, ...] = ("", *STAGES, "warnings", "deliveries")
 JOB_INDEX_KEY = "emoji:jobs"
+# Each owner's jobs (see gateway/auth.py), newest last; jobs recorded before owners existed belong to the one
+# shared local owner.
+OWNER_INDEX_PREFIX = "emoji:owner-jobs:"
+LEGACY_OWNER = "local"
 
 
 class JobStatus(StrEnum):
@@ -295,3 +299,38 @@ class JobStore:
         pipe.delete(*(self.key(job_id, part) for part in PARTS))
         pipe.zrem(JOB_INDEX_KEY, job_id)
         pipe.execute()
+
+    # --- owners: who created a job; kept apart from the state changes above ---------------------------------
+
+    def create_for(self, owner: str, job_id: str, filename: str, video: dict, **fields) -> Job:
+        """`create`, then the owner, extra plain fields (e.g. callback_url) and the owner's job index.
+
+        Between the two round trips the record has no owner; nobody knows a new job's id yet."""
+        self.create(job_id, filename, video)
+        pipe = self.redis.pipeline()
+        extra = {k: v for k, v in fields.items() if v is not None}
+        pipe.hset(self.key(job_id), mapping={"owner": owner, **extra})
+        pipe.zadd(OWNER_INDEX_PREFIX + owner, {job_id: time.time()})
+        pipe.execute()
+        return self.get(job_id)
+
+    def owner_of(self, job_id: str) -> str | None:
+        """The job's owner; None when there is no such job; LEGACY_OWNER for a record made before owners."""
+        pipe = self.redis.pipeline()
+        pipe.exists(self.key(job_id))
+        pipe.hget(self.key(job_id), "owner")
+        exists, owner = pipe.execute()
+        if not exists:
+            return None
+        return owner or LEGACY_OWNER
+
+    def list_ids_for(self, owner: str, limit: int = 50) -> list[str]:
+        """The owner's jobs, newest first; entries of long-expired records are dropped on the way."""
+        pipe = self.redis.pipeline()
+        pipe.zremrangebyscore(OWNER_INDEX_PREFIX + owner, "-inf", time.time() - self.ttl_s - 24 * 3600)
+        pipe.zrevrange(OWNER_INDEX_PREFIX + owner, 0, limit - 1)
+        return list(pipe.execute()[1])
+
+    def forget_owned(self, owner: str, job_id: str) -> None:
+        """Drop a deleted job from its owner's index (`delete` drops the record and the global index)."""
+        self.redis.zrem(OWNER_INDEX_PREFIX + owner, job_id)

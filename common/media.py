@@ -52,7 +52,8 @@ class VideoInfo:
         return cls(**data)
 
 
-def _run_ffprobe(path: Path, *extra: str) -> dict:
+def run_ffprobe(path: Path, *extra: str) -> dict:
+    """ffprobe's JSON for the upload at `path`, read locked down; VideoError if it cannot be read."""
     args = ["ffprobe", "-v", "error", "-of", "json", *extra]
     # ffprobe takes its input without -i too, but -i keeps the same locked-down form as ffmpeg.
     cmd = args + safe_input_args(path)
@@ -79,7 +80,7 @@ def _rotation(stream: dict) -> int:
 def probe(path: Path, limits: MediaLimits | None = None) -> VideoInfo:
     """Read the container and the first video stream; raise VideoError if it is not a usable video, and
     MediaRefused if it is over one of `limits` (common/media_policy.py)."""
-    data = _run_ffprobe(
+    data = run_ffprobe(
         path, "-count_packets", "-show_format", "-show_streams"
     )
     streams = data.get("streams", [])
@@ -118,7 +119,7 @@ def probe(path: Path, limits: MediaLimits | None = None) -> VideoInfo:
 
 def frame_timestamps_ms(path: Path) -> list[float]:
     """Presentation time of every video frame, in ms from the stream's start, in display order."""
-    data = _run_ffprobe(path, "-select_streams", "v:0", "-show_entries", "packet=pts_time:stream=start_time")
+    data = run_ffprobe(path, "-select_streams", "v:0", "-show_entries", "packet=pts_time:stream=start_time")
     start = float((data.get("streams") or [{}])[0].get("start_time") or 0.0)
     packets = data.get("packets", [])
     times = sorted(float(p["pts_time"]) for p in packets if p.get("pts_time") not in (None, "N/A"))
@@ -144,3 +145,45 @@ def looks_like_video(head: bytes) -> bool:
         or head.startswith(b"OggS")
         or head.startswith(b"\x30\x26\xb2\x75\x8e\x66\xcf\x11")  # ASF (wmv)
     )
+
+
+@dataclass(frozen=True)
+class StreamTiming:
+    """Where the video stream starts (s) relative to the container's clock, and how its pixels are stored."""
+
+    video_start_s: float
+    container_start_s: float
+    pix_fmt: str | None
+    full_range: bool
+
+
+def stream_timing(path: Path) -> StreamTiming:
+    data = run_ffprobe(
+        path,
+        "-select_streams",
+        "v:0",
+        "-show_entries",
+        "stream=start_time,pix_fmt,color_range:format=start_time",
+    )
+    stream_info = (data.get("streams") or [{}])[0]
+    stream = stream_info.get("start_time")
+    container = data.get("format", {}).get("start_time")
+    video_start = float(stream) if stream not in (None, "N/A") else 0.0
+    container_start = float(container) if container not in (None, "N/A") else video_start
+    pix_fmt = stream_info.get("pix_fmt") or None
+    full_range = stream_info.get("color_range") == "pc" or (pix_fmt or "").startswith("yuvj")
+    return StreamTiming(video_start, container_start, pix_fmt, full_range)
+
+
+def frame_index(path: Path) -> tuple[list[float], list[int]]:
+    """(every frame's presentation time in ms from the stream's start in display order, the indices of the
+    keyframes among them), from one pass over the packets (nothing is decoded)."""
+    data = run_ffprobe(
+        path, "-select_streams", "v:0", "-show_entries", "packet=pts_time,flags:stream=start_time"
+    )
+    start = float((data.get("streams") or [{}])[0].get("start_time") or 0.0)
+    packets = [p for p in data.get("packets", []) if p.get("pts_time") not in (None, "N/A")]
+    times = sorted(round((float(p["pts_time"]) - start) * 1000.0, 3) for p in packets)
+    position = {t: i for i, t in enumerate(times)}
+    keys = [p for p in packets if "K" in (p.get("flags") or "")]
+    return times, sorted({position[round((float(p["pts_time"]) - start) * 1000.0, 3)] for p in keys})

@@ -20,9 +20,12 @@ from common.settings import CommonSettings
 VIDEO_QUEUE = "video"
 # Webcam frames go to their own queue and worker so a long video never delays them.
 LIVE_QUEUE = "live"
+# Webhook deliveries (light, network-bound): their own queue, consumed by the video workers.
+WEBHOOK_QUEUE = "webhooks"
 
 TASK_START_JOB = "worker.start_job"
 TASK_LIVE_FRAME = "worker.live_frame"
+TASK_DELIVER_WEBHOOK = "worker.deliver_webhook"
 
 
 def make_celery(settings: CommonSettings | None = None) -> Celery:
@@ -33,7 +36,7 @@ def make_celery(settings: CommonSettings | None = None) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_default_queue=VIDEO_QUEUE,
-        task_routes={TASK_LIVE_FRAME: {"queue": LIVE_QUEUE}},
+        task_routes={TASK_LIVE_FRAME: {"queue": LIVE_QUEUE}, TASK_DELIVER_WEBHOOK: {"queue": WEBHOOK_QUEUE}},
         task_serializer="json",
         accept_content=["json"],
         result_serializer="json",

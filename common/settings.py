@@ -73,6 +73,17 @@ class CommonSettings(BaseSettings):
     # How long Redis keeps a finished job's record; the gateway's storage sweep then removes its files.
     job_ttl_s: int = 7 * 24 * 3600
 
+    # Webhooks (callback_url): the gateway checks the address at submit, the worker again before each POST.
+    # Networks a callback may reach although private or loopback, comma-separated CIDRs (tests: 127.0.0.1/32).
+    webhook_allowed_networks: str = ""
+    # Seconds one delivery attempt may take (connect, send, answer).
+    webhook_timeout_s: float = 10.0
+    # Retries wait base * 2^n seconds, at most max_delay (and below the visibility timeout, or Redis would
+    # hand the waiting task to a second worker), until window seconds after the job ended.
+    webhook_retry_base_s: float = 30.0
+    webhook_retry_max_delay_s: float = 3600.0
+    webhook_retry_window_s: float = 24 * 3600.0
+
     # What one upload may cost (common/media_policy.py): checked on ffprobe's answer before queueing.
     # Largest width and height, either way round (portrait videos too).
     max_video_width: int = Field(4096, ge=16)

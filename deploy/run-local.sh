@@ -61,9 +61,10 @@ fi
 start model_server "$BIN/python" -m model_server --port "$MODEL_SERVER_PORT" --rest_api_port 0 \
     --model_name emotion --model_base_path "$PWD/model_server/models/emotion" \
     --enable_batching --batching_parameters_file model_server/batching.config
-# Videos and webcam frames get separate workers, so a long video never delays the live page.
+# Videos and webcam frames get separate workers, so a long video never delays the live page; the video
+# workers also deliver webhooks (light, network-bound tasks on their own queue).
 # Metrics: the video worker's on :9808, the live worker's on :9809, the gateway's at /metrics.
-EMOJI_METRICS_PORT=9808 start worker "$BIN/celery" -A worker.app worker -Q video --concurrency 2 \
+EMOJI_METRICS_PORT=9808 start worker "$BIN/celery" -A worker.app worker -Q video,webhooks --concurrency 2 \
     --loglevel INFO -n video@%h
 EMOJI_METRICS_PORT=9809 start live_worker "$BIN/celery" -A worker.app worker -Q live --concurrency 1 \
     --loglevel INFO -n live@%h

@@ -9,7 +9,6 @@ from contextlib import asynccontextmanager
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI
-from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
@@ -18,13 +17,18 @@ from common import storage as storages
 from common.jobs import JobStore
 from common.queue import make_celery
 from gateway.api import jobs, live, system
+from gateway.auth import Sessions, load_session_secret
 from gateway.errors import install_error_handlers
+from gateway.idempotency import Idempotency
+from gateway.keys import KeyStore
 from gateway.live_hub import LiveHub
 from gateway.metrics import MetricsMiddleware
 from gateway.metrics import router as metrics_router
 from gateway.pages import STATIC_DIR
 from gateway.pages import router as pages_router
+from gateway.quotas import Quotas
 from gateway.reconciler import reconcile_forever
+from gateway.security import SecurityMiddleware
 from gateway.settings import GatewaySettings
 from gateway.storage_sweep import sweep_forever
 
@@ -32,7 +36,29 @@ logger = logging.getLogger(__name__)
 
 DESCRIPTION = """Upload a video and get it back with an emoji on every face, plus a timeline of emotions.
 
-Every error answers `{"error": {"code": "...", "message": "..."}}`; the message says what to do."""
+Every error answers `{"error": {"code": "...", "message": "..."}}`; the message says what to do.
+
+Every job belongs to whoever created it: an API key (`Authorization: Bearer <key>`), a browser's session
+cookie (set by the pages), or, where the service allows it, the one shared local owner of key-less calls.
+Another owner's job answers 404. See docs/api.md, "Keys, owners and limits"."""
+
+# The /docs page, with Swagger UI's start-up in a file (no inline script, see security.py).
+DOCS_HTML = """<!doctype html>
+<html lang="en">
+<head>
+  <meta charset="utf-8">
+  <meta name="viewport" content="width=device-width, initial-scale=1">
+  <title>{title}</title>
+  <link rel="stylesheet" href="/static/vendor/swagger-ui/swagger-ui.css">
+  <link rel="icon" href="/static/logo.svg" type="image/svg+xml">
+</head>
+<body>
+  <div id="swagger-ui"></div>
+  <script src="/static/vendor/swagger-ui/swagger-ui-bundle.js"></script>
+  <script src="/static/api-docs.js"></script>
+</body>
+</html>
+"""
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
@@ -90,6 +116,14 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.store = JobStore.from_url(settings.redis_url, ttl_s=settings.job_ttl_s)
     app.state.storage = storages.from_settings(settings)
+    app.state.keys = KeyStore(app.state.store.redis)
+    app.state.sessions = Sessions(load_session_secret(settings))
+    app.state.quotas = Quotas(
+        app.state.store.redis, settings.redis_url, settings.upload_rate_window_s, settings.orphan_grace_s
+    )
+    app.state.idempotency = Idempotency(
+        app.state.store.redis, settings.idempotency_ttl_s, settings.idempotency_wait_s
+    )
     # The gateway only sends tasks: without a result backend, sending never subscribes to results it will
     # not read. Live answers are read from Redis directly (see live_hub.py), named and decoded as the
     # workers' result backend writes them.
@@ -106,6 +140,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     )
 
     install_error_handlers(app)
+    app.add_middleware(
+        SecurityMiddleware, allowed_origins=settings.allowed_origins, hsts=settings.cookie_secure
+    )
     app.include_router(jobs.router)
     app.include_router(live.router)
     app.include_router(system.router)
@@ -116,13 +153,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     @app.get("/docs", include_in_schema=False)
     def api_docs() -> HTMLResponse:
-        return get_swagger_ui_html(
-            openapi_url=app.openapi_url,
-            title=f"{app.title} · API",
-            swagger_js_url="/static/vendor/swagger-ui/swagger-ui-bundle.js",
-            swagger_css_url="/static/vendor/swagger-ui/swagger-ui.css",
-            swagger_favicon_url="/static/logo.svg",
-        )
+        return HTMLResponse(DOCS_HTML.format(title=f"{app.title} · API"))
 
     # The worker draws the same PNGs; check_dir=False so the gateway starts even before they exist.
     app.mount("/emojis", StaticFiles(directory=settings.emojis_dir, check_dir=False), name="emojis")

@@ -68,8 +68,47 @@ class QueueUnavailable(EmojiServiceError):
     code = "queue_unavailable"
 
 
+class Unauthorized(EmojiServiceError):
+    """No valid API key where one is needed, or a key that is unknown, revoked or malformed."""
+
+    code = "unauthorized"
+    headers = {"WWW-Authenticate": 'Bearer realm="emoji-video"'}
+
+
+class QuotaExceeded(EmojiServiceError):
+    """One of the owner's limits is reached; `code` names it and Retry-After says when to try again."""
+
+    def __init__(self, code: str, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.code = code
+        self.retry_after_s = max(1, int(retry_after_s + 0.999))
+        self.headers = {"Retry-After": str(self.retry_after_s)}
+
+
+class BadRequestField(EmojiServiceError):
+    """A header or form field other than the file is not acceptable (Idempotency-Key, callback_url)."""
+
+    code = "invalid_request"
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        if code:
+            self.code = code
+
+
+class RequestInProgress(EmojiServiceError):
+    """The first request with the same Idempotency-Key has not finished yet."""
+
+    code = "idempotency_key_in_progress"
+    headers = {"Retry-After": "2"}
+
+
 # Most specific first: the first class the error is an instance of decides.
 STATUS_BY_ERROR: tuple[tuple[type[EmojiServiceError], int], ...] = (
+    (Unauthorized, 401),
+    (QuotaExceeded, 429),
+    (BadRequestField, 422),
+    (RequestInProgress, 409),
     (UploadTooLarge, 413),
     (MalformedRequest, 400),
     (BadUpload, 422),
@@ -113,7 +152,8 @@ def install_error_handlers(app: FastAPI) -> None:
         status = status_for(exc)
         level = logging.WARNING if status >= 500 else logging.INFO
         logger.log(level, "%s %s -> %s %s: %s", request.method, request.url.path, status, exc.code, exc)
-        return JSONResponse(error_body(exc.code, str(exc)), status_code=status)
+        headers = getattr(exc, "headers", None)
+        return JSONResponse(error_body(exc.code, str(exc)), status_code=status, headers=headers)
 
     @app.exception_handler(redis.RedisError)
     @app.exception_handler(OperationalError)

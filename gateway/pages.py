@@ -13,6 +13,7 @@ from string import Template
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse
 
+from gateway.auth import page_session, set_session_cookie
 from gateway.deps import JobIdDep
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
@@ -36,28 +37,41 @@ def render_page(name: str, title: str, current: str | None) -> tuple[str, str]:
     return html, '"' + hashlib.sha1(html.encode()).hexdigest()[:16] + '"'
 
 
-def _page(request: Request, name: str, title: str, current: str | None = None) -> Response:
+def _page(
+    request: Request, name: str, title: str, current: str | None = None, status_code: int = 200,
+    cookie: str | None = None,
+) -> Response:
+    """The page; `cookie` (a new browser session) is set on it, also on a 304."""
     html, etag = render_page(name, title, current)
     # no-cache: pages change with deployments and are tiny; the browser revalidates with the ETag.
     headers = {"Cache-Control": "no-cache", "ETag": etag}
-    if request.headers.get("if-none-match") == etag:
-        return Response(status_code=304, headers=headers)
-    return HTMLResponse(html, headers=headers)
+    if status_code == 200 and request.headers.get("if-none-match") == etag:
+        response = Response(status_code=304, headers=headers)
+    else:
+        response = HTMLResponse(html, status_code=status_code, headers=headers)
+    if cookie:
+        set_session_cookie(response, cookie, request.app.state.settings)
+    return response
 
 
 @router.get("/")
 def upload_page(request: Request) -> Response:
-    """Pick or drop a video and upload it."""
-    return _page(request, "index.html", "upload", current="/")
+    """Pick or drop a video and upload it; the first visit starts the browser's anonymous session."""
+    _, cookie = page_session(request)
+    return _page(request, "index.html", "upload", current="/", cookie=cookie)
 
 
 @router.get("/jobs/{job_id}")
 def job_page(request: Request, job_id: JobIdDep) -> Response:
-    """A job's progress and, when done, its video, chart and downloads."""
-    return _page(request, "job.html", "job")
+    """A job's progress and, when done, its video, chart and downloads; 404 (the page says "not found")
+    unless this browser made the job."""
+    owner, cookie = page_session(request)
+    mine = request.app.state.store.owner_of(job_id) == owner.id
+    return _page(request, "job.html", "job", status_code=200 if mine else 404, cookie=cookie)
 
 
 @router.get("/live")
 def live_page(request: Request) -> Response:
     """The webcam with an emoji on every face."""
-    return _page(request, "live.html", "live", current="/live")
+    _, cookie = page_session(request)
+    return _page(request, "live.html", "live", current="/live", cookie=cookie)

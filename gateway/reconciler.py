@@ -18,7 +18,8 @@ import logging
 from celery import Celery
 
 from common.jobs import STAGES, JobStore
-from common.queue import TASK_START_JOB, VIDEO_QUEUE, pending_job_ids
+from common.queue import TASK_DELIVER_WEBHOOK, TASK_START_JOB, VIDEO_QUEUE, WEBHOOK_QUEUE, pending_job_ids
+from common.webhooks import queue_delivery
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ def reconcile(store: JobStore, celery: Celery, grace_s: float, max_requeues: int
             )
             if store.mark_failed(job_id, TASKS_LOST, message):
                 found["failed"].append(job_id)
+                _queue_webhook(store, celery, job_id)
             continue
         for stage in STAGES:
             store.reset_stage(job_id, stage)
@@ -53,6 +55,20 @@ def reconcile(store: JobStore, celery: Celery, grace_s: float, max_requeues: int
     if found["requeued"] or found["failed"]:
         log.warning("jobs without tasks: re-queued %s, failed %s", found["requeued"], found["failed"])
     return found
+
+
+def _queue_webhook(store: JobStore, celery: Celery, job_id: str) -> None:
+    """A job failed here has no worker step left to send its webhook: send it from here (once)."""
+
+    def send(ended_at: float) -> None:
+        celery.send_task(
+            TASK_DELIVER_WEBHOOK, args=[job_id, ended_at], queue=WEBHOOK_QUEUE, ignore_result=True
+        )
+
+    try:
+        queue_delivery(store.redis, store.key(job_id), send, store.ttl_s)
+    except Exception:
+        log.warning("job %s: could not queue its webhook", job_id, exc_info=True)
 
 
 async def reconcile_forever(

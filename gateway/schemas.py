@@ -38,6 +38,22 @@ class JobCreated(BaseModel):
     links: JobLinks
 
 
+class WebhookAttempt(BaseModel):
+    attempt: int
+    at: datetime
+    status_code: int | None = Field(description="the receiver's HTTP status; null when it did not answer")
+    error: str | None = Field(description="why the attempt counts as failed; null when delivered")
+    duration_ms: float
+
+
+class WebhookState(BaseModel):
+    """The deliveries of the job's callback_url."""
+
+    url: str
+    status: str = Field(description="pending, retrying, delivered or failed (gave up after 24 h)")
+    attempts: list[WebhookAttempt]
+
+
 class JobPublic(BaseModel):
     """A job as the API shows it."""
 
@@ -55,12 +71,13 @@ class JobPublic(BaseModel):
     warnings: list[JobWarning] = Field(
         default=[], description="what went less than well in a job that still succeeded (e.g. frames lost)"
     )
+    webhook: WebhookState | None = Field(default=None, description="only for a job with a callback_url")
     links: JobLinks
 
     @classmethod
-    def from_job(cls, job: Job) -> JobPublic:
-        data = job.model_dump(include=set(cls.model_fields) - {"links"})
-        return cls(**data, links=JobLinks.for_job(job.id))
+    def from_job(cls, job: Job, webhook: dict | None = None) -> JobPublic:
+        data = job.model_dump(include=set(cls.model_fields) - {"links", "webhook"})
+        return cls(**data, webhook=webhook, links=JobLinks.for_job(job.id))
 
 
 class JobsPublic(BaseModel):
@@ -84,3 +101,28 @@ class Limits(BaseModel):
 class Health(BaseModel):
     status: str
     redis: bool
+
+
+class LimitsPublic(BaseModel):
+    """0 means no limit."""
+
+    max_active_jobs: int
+    uploads_per_minute: int
+    max_stored_bytes: int
+    max_live_viewers: int
+
+
+class Usage(BaseModel):
+    active_jobs: int
+    stored_bytes: int
+
+
+class Me(BaseModel):
+    """Who the service thinks you are, your limits and what you use of them."""
+
+    owner: str = Field(description="key:<id>, anon:<session> (a browser) or local (the shared local owner)")
+    kind: str
+    name: str
+    limits: LimitsPublic
+    usage: Usage
+    webhook_secret: str = Field(description="signs your webhooks (HMAC-SHA256); keep it secret")

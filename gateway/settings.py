@@ -57,3 +57,39 @@ class GatewaySettings(CommonSettings):
 
     # The emoji PNGs, served to the live page.
     emojis_dir: Path = REPO_ROOT / "emojis"
+
+    # --- accounts and limits (docs/api.md, "Keys, owners and limits") ---
+    # Without a key (and without a page's session cookie) API calls act as one shared local owner, which
+    # keeps `make run` and curl working out of the box; true (production) answers them 401.
+    require_api_key: bool = False
+    # Signs the pages' anonymous session cookie. Empty: a random secret is made once and kept in
+    # session_secret_file, so sessions survive restarts; several gateways must share one of the two.
+    session_secret: str = ""
+    session_secret_file: Path = REPO_ROOT / "var" / "session_secret"
+    # Send the session cookie only over HTTPS (on behind a TLS-terminating proxy).
+    cookie_secure: bool = False
+    session_max_age_s: int = Field(default=365 * 24 * 3600, gt=0)
+    # Origins (scheme://host[:port]) besides the gateway's own from which pages may post, delete or open the
+    # live socket, comma-separated: e.g. the public name behind a proxy that rewrites Host.
+    allowed_origins: str = ""
+
+    # Quotas, per owner; 0 = no limit. An API key's own limits (`python -m gateway keys create`) replace the
+    # key_* defaults; anonymous browsers get the anon_* ones; the shared local owner the local_* ones.
+    anon_max_active_jobs: int = Field(default=2, ge=0)
+    anon_uploads_per_minute: int = Field(default=10, ge=0)
+    anon_max_stored_bytes: int = Field(default=5 * 1024**3, ge=0)
+    anon_max_live_viewers: int = Field(default=2, ge=0)
+    key_max_active_jobs: int = Field(default=10, ge=0)
+    key_uploads_per_minute: int = Field(default=60, ge=0)
+    key_max_stored_bytes: int = Field(default=50 * 1024**3, ge=0)
+    key_max_live_viewers: int = Field(default=8, ge=0)
+    local_max_active_jobs: int = Field(default=0, ge=0)
+    local_uploads_per_minute: int = Field(default=0, ge=0)
+    local_max_stored_bytes: int = Field(default=0, ge=0)
+    local_max_live_viewers: int = Field(default=0, ge=0)
+    # The window "uploads per minute" counts in (a moving window); tests shorten it.
+    upload_rate_window_s: int = Field(default=60, gt=0)
+    # How long an Idempotency-Key answers with the job it first made.
+    idempotency_ttl_s: int = Field(default=24 * 3600, gt=0)
+    # How long a repeated request waits for the first one with the same Idempotency-Key to finish.
+    idempotency_wait_s: float = Field(default=30.0, ge=0)

@@ -170,11 +170,14 @@ def stack_env(redis_url, storage_dir, model_server) -> dict[str, str]:
         "EMOJI_TASK_SOFT_TIME_LIMIT_S": "50",
         "EMOJI_TASK_TIME_LIMIT_S": "55",
         "EMOJI_FFMPEG_TIMEOUT_S": "45",
+        # The tests' webhook receivers listen on 127.0.0.1, which production refuses; retries come fast.
+        "EMOJI_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.1/32",
+        "EMOJI_WEBHOOK_RETRY_BASE_S": "0.5",
     }
 
 
-def start_worker(env: dict[str, str], log_dir: Path, name: str = "worker", queues: str = "video,live",
-                 concurrency: int = 2) -> ServiceProcess:
+def start_worker(env: dict[str, str], log_dir: Path, name: str = "worker",
+                 queues: str = "video,live,webhooks", concurrency: int = 2) -> ServiceProcess:
     """A Celery worker; its Prometheus metrics are on `service.metrics_url`."""
     args = [CELERY, "-A", "worker.app", "worker", "-Q", queues, "--concurrency", str(concurrency),
             "--loglevel", "INFO", "--hostname", f"{name}-{os.getpid()}-{time.monotonic_ns()}@%h",
@@ -196,7 +199,7 @@ def start_gateway(env: dict[str, str], log_dir: Path, name: str = "gateway") -> 
 
 @pytest.fixture(scope="session")
 def worker(stack_env, service_logs):
-    """A running Celery worker (both queues); `.kill()` SIGKILLs it and `.start()` brings a new one."""
+    """A running Celery worker (video, live, webhooks); `.kill()` SIGKILLs it, `.start()` brings a new one."""
     service = start_worker(stack_env, service_logs)
     yield service
     service.stop()

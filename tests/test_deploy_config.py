@@ -168,7 +168,10 @@ def test_videos_and_webcam_frames_have_separate_workers():
         assert command[:4] == ["celery", "-A", "worker.app", "worker"]
         queues[name] = set(command[command.index("-Q") + 1].split(","))
         assert "ports" not in SERVICES[name], "workers must be scalable (--scale NAME=N): no fixed ports"
-    assert queues == {"worker-video": {"video"}, "worker-live": {"live"}}
+    from common.queue import LIVE_QUEUE, VIDEO_QUEUE, WEBHOOK_QUEUE
+
+    # Webhook deliveries ride with the video workers: every queue the gateway sends to has a consumer.
+    assert queues == {"worker-video": {VIDEO_QUEUE, WEBHOOK_QUEUE}, "worker-live": {LIVE_QUEUE}}
     # A stopping video worker gets longer than its longest task (the hard time limit) to finish it.
     from worker.settings import WorkerSettings
 
@@ -205,6 +208,8 @@ def test_app_services_use_object_storage_and_private_scratch_on_a_read_only_root
         assert build["dockerfile"] == "deploy/Dockerfile"
         targets[name] = build["target"]
         env = service["environment"]
+        # Production refuses key-less API calls (docs/api.md); both services see the same setting.
+        assert env["EMOJI_REQUIRE_API_KEY"] == "true"
         assert env["EMOJI_MODEL_SERVER_ADDRESS"] == "model-server:8500"
         assert env["EMOJI_REDIS_URL"].startswith("redis://redis:6379")
         assert env["EMOJI_STORAGE_URL"].startswith("s3://")

@@ -77,6 +77,27 @@ def wait_for_process(text: str, also: str = "", timeout_s: float = 60) -> tuple[
     raise AssertionError(f"no ffmpeg for {text} within {timeout_s} s")
 
 
+def batch_pids(client: redis.Redis, job_id: str) -> set[int]:
+    """The processes holding a lock on one of the job's batches now (the lock's value ends with the pid):
+    the worker processes decoding, analysing and encoding it in process."""
+    pids = set()
+    for key in client.keys(f"*{job_id}:lock:*"):
+        value = client.get(key)
+        if value:
+            pids.add(int(value.rsplit(":", 1)[1]))
+    return pids
+
+
+def wait_for_batch_pid(client: redis.Redis, job_id: str, timeout_s: float = 60) -> int:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        pids = batch_pids(client, job_id)
+        if pids:
+            return min(pids)
+        time.sleep(0.01)
+    raise AssertionError(f"no worker process took a batch of {job_id} within {timeout_s} s")
+
+
 def temp_files(storage: Path) -> list[Path]:
     """Files a writer left half-done: every temporary name starts with a dot (see atomic_target)."""
     return [p for p in storage.rglob(".*") if p.is_file()]
@@ -260,10 +281,10 @@ def test_state_changes_of_a_deleted_job_do_not_recreate_it(redis_url):
     store.delete(job_id)
     assert store.mark_running(job_id) is False
     assert store.update(job_id, frames_total=5) is False
-    assert store.mark_batch_done(job_id, "analyze", 0, 10) == -1
+    assert store.mark_batch_done(job_id, "batch", 0, 10) == -1
     assert store.add_warning(job_id, "x", JobWarning(code="c", message="m")) is False
-    store.count_delivery(job_id, "analyze_batch:0")
-    store.end_delivery(job_id, "analyze_batch:0")
+    store.count_delivery(job_id, "process_batch:0")
+    store.end_delivery(job_id, "process_batch:0")
     assert store.mark_failed(job_id, "internal_error", "late") is False
     assert store.mark_succeeded(job_id) is False
     assert not store.redis.keys(f"*{job_id}*"), "a late write re-created the deleted job"
@@ -288,8 +309,8 @@ def test_a_batch_runs_once_at_a_time_and_a_stale_run_cannot_write(redis_url):
     from worker.batch_lock import BatchLock, LockLost
 
     store = JobStore(redis.Redis.from_url(redis_url, decode_responses=True))
-    first = BatchLock(store, "a" * 32, "analyze", 0, ttl_s=30)
-    second = BatchLock(store, "a" * 32, "analyze", 0, ttl_s=30)
+    first = BatchLock(store, "a" * 32, "batch", 0, ttl_s=30)
+    second = BatchLock(store, "a" * 32, "batch", 0, ttl_s=30)
     assert first.acquire()
     assert not second.acquire(), "two runs of one batch at once"
     first.check()
@@ -345,9 +366,10 @@ def test_time_limits_stay_below_the_visibility_timeout():
 
 
 @pytest.mark.e2e
-def test_a_stopped_decoder_is_killed_at_its_deadline_and_the_job_fails_timed_out(stack, long_clip, clip):
-    job_id = upload(stack.url, long_clip)
-    pid, _, _ = wait_for_process(job_id, also="rawvideo")
+def test_a_stopped_ffmpeg_is_killed_at_its_deadline_and_the_job_fails_timed_out(stack, clip):
+    # Frames are decoded and encoded in process (PyAV); the ffmpeg program joins the pieces with the audio.
+    job_id = upload(stack.url, clip)
+    pid, _, _ = wait_for_process(job_id, also="concat", timeout_s=120)
     os.kill(pid, signal.SIGSTOP)
     started = time.monotonic()
     job = wait_for_job(stack.url, job_id, timeout_s=60)
@@ -363,7 +385,8 @@ def test_a_stopped_decoder_is_killed_at_its_deadline_and_the_job_fails_timed_out
 @pytest.mark.e2e
 def test_a_stopped_worker_process_is_killed_at_the_hard_time_limit_and_the_job_fails(stack, long_clip, clip):
     job_id = upload(stack.url, long_clip)
-    _, pool_pid, _ = wait_for_process(job_id, also="rawvideo")
+    pool_pid = wait_for_batch_pid(stack.client(), job_id)
+    assert pool_pid in stack.worker_pids()
     os.kill(pool_pid, signal.SIGSTOP)
     job = wait_for_job(stack.url, job_id, timeout_s=90)
     assert job["status"] == "failed", job
@@ -385,12 +408,13 @@ def test_a_job_whose_worker_is_killed_every_time_fails_resource_exhausted(stack,
     stop = threading.Event()
 
     def killer() -> None:
-        # Every process that touches this job's file loses its worker process, as an OOM kill would do.
+        # Every worker process that takes a batch of this job dies, as an OOM kill would do.
+        client = stack.client()
         while not stop.is_set():
-            for _, parent, _ in ffmpegs_of(job_id):
-                if parent in stack.worker_pids() and parent not in killed:
-                    os.kill(parent, signal.SIGKILL)
-                    killed.append(parent)
+            for pid in batch_pids(client, job_id):
+                if pid in stack.worker_pids() and pid not in killed:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
             time.sleep(0.01)
 
     thread = threading.Thread(target=killer, daemon=True)
@@ -421,15 +445,15 @@ def test_a_batch_delivered_again_records_nothing_twice(stack, tmp_path):
     job_id = upload(stack.url, source)
     store = JobStore(stack.client())
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not store.batch_done(job_id, "analyze", 0):
+    while time.monotonic() < deadline and not store.batch_done(job_id, "batch", 0):
         time.sleep(0.1)
-    plan = json.loads((stack.storage / job_id / "analysis" / "plan.json").read_text())
+    plan = json.loads((stack.storage / job_id / "plan.json").read_text())
     celery = make_celery(CommonSettings(redis_url=stack.env["EMOJI_REDIS_URL"]))
     for index, (start, end) in enumerate(plan["batches"]):
-        celery.send_task("worker.analyze_batch", args=[job_id, index, start, end], queue="video")
+        celery.send_task("worker.process_batch", args=[job_id, index, start, end], queue="video")
     job = wait_for_job(stack.url, job_id, timeout_s=240)
     assert job["status"] == "succeeded", job
-    assert store.redis.hlen(store.key(job_id, "analyze")) == len(plan["batches"])
+    assert store.redis.hlen(store.key(job_id, "batch")) == len(plan["batches"])
     timeline = httpx.get(f"{stack.url}{API}/{job_id}/timeline", timeout=30).json()
     assert [f["index"] for f in timeline["frames"]] == list(range(job["frames_total"]))
     stack.assert_clean()
@@ -533,7 +557,7 @@ def test_the_reconciler_sees_tasks_waiting_in_the_queue_however_they_were_sent(r
     client.flushdb()
     sent, applied = "1" * 32, "2" * 32
     celery.send_task("worker.start_job", args=[sent], queue="video", ignore_result=True)
-    celery.send_task("worker.analyze_batch", args=(applied, 0, 0, 120), queue="video", priority=6)
+    celery.send_task("worker.process_batch", args=(applied, 0, 0, 120), queue="video", priority=6)
     assert pending_job_ids(client) == {sent, applied}
     client.flushdb()
     assert pending_job_ids(client) == set()

@@ -24,12 +24,13 @@ def store(redis_url):
 def test_a_batch_that_runs_twice_counts_once(store):
     store.create("j1", "clip.mp4", {"frames": 100})
     store.mark_running("j1")
-    assert store.mark_batch_done("j1", "analyze", 0, 50) == 1
-    assert store.mark_batch_done("j1", "analyze", 0, 50) == 1
-    store.mark_batch_done("j1", "render", 0, 50)
+    assert store.mark_batch_done("j1", "batch", 0, 50) == 1
+    assert store.mark_batch_done("j1", "batch", 0, 50) == 1
     job = store.get("j1")
     assert job.status is JobStatus.running and job.frames_done == 50
-    assert job.progress == pytest.approx(0.55 * 0.5 + 0.40 * 0.5)
+    assert job.progress == pytest.approx(0.95 * 0.5)
+    store.mark_batch_done("j1", "batch", 1, 50)
+    assert store.get("j1").frames_done == 100
 
 
 def test_listing_drops_index_entries_of_long_expired_jobs(store):

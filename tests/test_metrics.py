@@ -57,12 +57,11 @@ def test_gateway_and_worker_metrics_move_after_a_job(gateway, worker, astronaut_
     assert frames > 0 and batches > 0
     assert moved(*w, "emoji_worker_jobs_total", outcome="succeeded") >= 1
     assert moved(*w, "emoji_worker_tasks_total", task="start_job", outcome="succeeded") >= 1
-    assert moved(*w, "emoji_worker_tasks_total", task="analyze_batch", outcome="succeeded") >= batches
+    assert moved(*w, "emoji_worker_tasks_total", task="process_batch", outcome="succeeded") >= batches
     assert moved(*w, "emoji_worker_tasks_total", task="finish_job", outcome="succeeded") >= 1
-    assert moved(*w, "emoji_worker_frames_total", stage="analyze") >= frames
-    assert moved(*w, "emoji_worker_frames_total", stage="render") >= frames
-    assert moved(*w, "emoji_worker_task_seconds_count", task="render_batch") >= batches
-    assert moved(*w, "emoji_worker_task_seconds_sum", task="analyze_batch") > 0
+    assert moved(*w, "emoji_worker_frames_total", stage="batch") >= frames
+    assert moved(*w, "emoji_worker_task_seconds_count", task="process_batch") >= batches
+    assert moved(*w, "emoji_worker_task_seconds_sum", task="process_batch") > 0
     assert moved(*w, "emoji_worker_grpc_seconds_count", method="Predict") >= 1
     assert ("emoji_queue_length", frozenset({"queue": "video"}.items())) in worker_after
 

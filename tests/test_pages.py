@@ -6,6 +6,7 @@ Screenshots of every page go to tests/artifacts/ (git-ignored) so a person can l
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import httpx
@@ -93,6 +94,26 @@ def live_gateway(stack_env, service_logs, worker):
     service.stop()
 
 
+def wait_until(page, expression: str, timeout: float = 30_000):
+    """Poll a JavaScript expression until it is truthy; its value. page.evaluate, not wait_for_function:
+    the pages' Content-Security-Policy forbids the string evaluation wait_for_function polls with."""
+    deadline = time.monotonic() + timeout / 1000
+    while True:
+        value = page.evaluate(expression)
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true after {timeout / 1000:.0f} s: {expression}")
+        time.sleep(0.1)
+
+
+def browser_owner(page, gateway: str) -> str:
+    """The owner of this browser's jobs: the first page visit gives it a session, whose id names it."""
+    page.goto(gateway)
+    session = next(c["value"] for c in page.context.cookies() if c["name"] == "emoji_session")
+    return "anon:" + session.split(".")[0]
+
+
 def shot(page, name: str, full_page: bool = True) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=full_page)
@@ -100,7 +121,7 @@ def shot(page, name: str, full_page: bool = True) -> None:
 
 def test_upload_form_to_results_with_video_chart_and_downloads(page, gateway, astronaut_video):
     page.goto(f"{gateway}/")
-    page.wait_for_function("document.getElementById('limits-hint').textContent.includes('up to')")
+    wait_until(page, "document.getElementById('limits-hint').textContent.includes('up to')")
     shot(page, "upload-empty")
     page.set_input_files("#file-input", str(astronaut_video))
     page.wait_for_selector("#file-row:not(.hidden)")
@@ -113,13 +134,10 @@ def test_upload_form_to_results_with_video_chart_and_downloads(page, gateway, as
 
     page.wait_for_selector("#result-card:not(.hidden)", timeout=JOB_TIMEOUT_MS)
     assert page.text_content("#job-badge").strip() == "Done"
-    duration = page.wait_for_function(
-        "() => { const v = document.getElementById('player'); return v.readyState >= 1 && v.duration; }",
-        timeout=30_000,
-    ).json_value()
+    duration = wait_until(page, "(v => v.readyState >= 1 && v.duration)(document.getElementById('player'))")
     assert duration == pytest.approx(3.0, abs=0.1)
 
-    page.wait_for_function("document.getElementById('chart').dataset.drawn === 'true'", timeout=30_000)
+    wait_until(page, "document.getElementById('chart').dataset.drawn === 'true'", timeout=30_000)
     lanes = int(page.get_attribute("#chart", "data-lanes"))
     points = int(page.get_attribute("#chart", "data-points"))
     assert lanes >= 1, "the chart shows no person although the astronaut's face is in every frame"
@@ -145,10 +163,12 @@ def test_upload_form_to_results_with_video_chart_and_downloads(page, gateway, as
     shot(page, "job-done")
 
     expected = {"#dl-video": "video/mp4", "#dl-json": "application/json", "#dl-csv": "text/csv"}
+    # The job is this browser's: the downloads go with its session cookie.
+    cookies = {c["name"]: c["value"] for c in page.context.cookies()}
     for selector, content_type in expected.items():
         href = page.get_attribute(selector, "href")
         assert href.startswith(f"/api/v1/jobs/{job_id}/")
-        reply = httpx.get(f"{gateway}{href}", timeout=60)
+        reply = httpx.get(f"{gateway}{href}", timeout=60, cookies=cookies)
         assert reply.status_code == 200, f"{selector} -> {reply.status_code}"
         assert reply.headers["content-type"].startswith(content_type)
         assert reply.headers.get("content-disposition", "").startswith("attachment")
@@ -200,7 +220,7 @@ def test_upload_page_checks_the_size_limit_before_sending(browser, stack_env, se
         posts: list[str] = []
         page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
         page.goto(f"{url}/")
-        page.wait_for_function("document.getElementById('limits-hint').textContent.includes('19.5 KB')")
+        wait_until(page, "document.getElementById('limits-hint').textContent.includes('19.5 KB')")
         page.set_input_files("#file-input", str(astronaut_video))
         page.wait_for_selector("#upload-error:not(.hidden)")
         assert "over the 19.5 KB limit" in page.text_content("#upload-error")
@@ -215,7 +235,8 @@ def test_upload_page_checks_the_size_limit_before_sending(browser, stack_env, se
 def test_failed_job_page_shows_the_error_and_what_to_do(page, gateway, redis_url):
     store = JobStore.from_url(redis_url)
     job_id = "f" * 32
-    store.create(
+    store.create_for(
+        browser_owner(page, gateway),
         job_id,
         "broken.mp4",
         {"frames": 50, "width": 640, "height": 480, "fps": 25.0, "duration_s": 2.0, "has_audio": False},
@@ -239,7 +260,8 @@ def test_job_page_shows_the_frames_a_damaged_video_lost(page, gateway, redis_url
 
     store = JobStore.from_url(redis_url)
     job_id = "9" * 32
-    store.create(
+    store.create_for(
+        browser_owner(page, gateway),
         job_id,
         "damaged.mp4",
         {"frames": 100, "width": 320, "height": 240, "fps": 25.0, "duration_s": 4.0, "has_audio": False},
@@ -289,7 +311,8 @@ def test_pages_fit_a_phone(browser, gateway):
 def test_live_page_draws_an_emoji_on_the_fake_cameras_face(page, live_gateway):
     page.goto(f"{live_gateway}/live")
     page.click("#start-button")
-    page.wait_for_function(
+    wait_until(
+        page,
         "window.liveState.answers >= 5 && window.liveState.facesSeen > 0 && window.liveState.emojiDrawn > 0",
         timeout=90_000,
     )

@@ -16,8 +16,8 @@ import redis
 from common.classes import EMOTIONS
 from common.errors import VideoError
 from common.face_crop import crop_faces
+from worker.classifier import EmotionClassifier, classify
 from worker.detection import FaceDetector
-from worker.pipeline import EmotionClassifier, classify
 from worker.settings import WorkerSettings
 from worker.smoothing import EmotionSmoother
 from worker.tracking import IouTracker

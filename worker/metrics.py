@@ -29,7 +29,8 @@ TASK_SECONDS = Histogram(
     buckets=STAGE_BUCKETS,
 )
 FRAMES = Counter(
-    "emoji_worker_frames_total", "Video frames processed, by stage (analyze, render); rate() gives frames/s.",
+    "emoji_worker_frames_total",
+    "Video frames processed, by stage (batch: decoded, analysed, drawn, encoded); rate() gives frames/s.",
     ["stage"],
 )
 LIVE_FRAMES = Counter("emoji_worker_live_frames_total", "Webcam frames answered.")

@@ -192,7 +192,17 @@ class EmojiOverlay:
     ) -> np.ndarray:
         """Draw on a flat yuv420p frame (uint8 [W*H*3/2]) in place, touching only the emoji's pixels."""
         luma, chroma = yuv420p_planes(frame, width, height)
+        self.draw_yuv_planes(luma, chroma[0], chroma[1], faces, matrix)
+        return frame
+
+    def draw_yuv_planes(
+        self, luma: np.ndarray, chroma_u: np.ndarray, chroma_v: np.ndarray, faces, matrix: str = "bt709"
+    ) -> None:
+        """Draw on the planes of a yuv420p frame in place (Y [H, W], U and V [H/2, W/2]; strided views of a
+        decoded frame are fine), touching only the emoji's pixels."""
+        chroma = (chroma_u, chroma_v)
         faces = list(faces)
+        height, width = luma.shape
         spots = self.placements([box for box, _ in faces], (width, height))
         for (_, emotion), (x, y, size) in zip(faces, spots, strict=True):
             s = sprite(emotion, size, matrix, self.emoji_dir)
@@ -205,4 +215,3 @@ class EmojiOverlay:
                     x // 2,
                     y // 2,
                 )
-        return frame

@@ -11,10 +11,20 @@ from common.settings import REPO_ROOT, CommonSettings
 
 
 class WorkerSettings(CommonSettings):
-    # Frames per analyze/render task; a multiple of detect_every so detection frames line up across batches.
-    batch_frames: int = Field(120, ge=1)
+    # Frames per batch task, about (cuts move to where a pre-roll starts on a keyframe; see worker.plan).
+    batch_frames: int = Field(150, ge=1)
+    # Each batch first analyses this much video before its first frame, not drawn, so tracking and smoothing
+    # enter it warm (see worker.batch_pass).
+    preroll_ms: float = Field(1000.0, ge=0)
+    # A frame is drawn once this much video after it is analysed: detector gaps shorter than this are
+    # bridged, one-frame false detections dropped.
+    lookahead_ms: float = Field(300.0, ge=0)
     # Scan the whole frame for faces on every k-th frame and interpolate boxes in between (1 = every frame).
+    # Every other frame halves the detector's cost, the biggest one after encoding (docs/benchmarks.md).
     detect_every: int = Field(2, ge=1)
+    # The detector gets a BGR copy of the frame this wide (never upscaled). BlazeFace looks at 192 px
+    # squares: 384 keeps a 16:9 frame's short side above that, for `detect_tiles` too.
+    detect_width: int = Field(384, ge=64)
     # BlazeFace variant (worker/detection.py): "full_range" finds faces near and far, "short_range" (4x
     # cheaper) only faces close to the camera.
     detect_model: Literal["full_range", "short_range"] = "full_range"
@@ -23,13 +33,10 @@ class WorkerSettings(CommonSettings):
     # Besides the whole frame, scan overlapping squares, this many across the frame's short side (0 = none):
     # finds faces too small for one whole-frame pass (a crowd). 1 = three squares on a 16:9 frame, 4 scans.
     detect_tile_rows: int = Field(1, ge=0)
-    # Decode for analysis without the deblocking filter (faster; the pixels differ slightly, faces do not).
-    fast_analysis_decode: bool = True
-    # ffmpeg's decoder threads per batch (0 = ffmpeg's choice): the pool's processes already share the cores,
-    # and one thread per decode wastes the least CPU on frame threading.
+    # Decoder and encoder threads per batch (0 = the library's choice). A worker runs one batch per process
+    # and as many processes as cores, so one thread each wastes the least CPU on threading.
     decode_threads: int = Field(1, ge=0)
-    # Frames are kept for cropping at most this wide; faces stay far above the model's 48 px.
-    analysis_max_width: int = Field(1280, ge=64)
+    encode_threads: int = Field(1, ge=0)
     # OpenCV's own threads per worker process; the pool's processes already share the cores.
     opencv_threads: int = Field(1, ge=0)
 
@@ -98,13 +105,5 @@ class WorkerSettings(CommonSettings):
             raise ValueError(
                 f"ffmpeg_timeout_s ({self.ffmpeg_timeout_s}) must be below task_soft_time_limit_s "
                 f"({self.task_soft_time_limit_s})"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _batch_multiple_of_k(self) -> WorkerSettings:
-        if self.batch_frames % self.detect_every:
-            raise ValueError(
-                f"batch_frames ({self.batch_frames}) must be a multiple of detect_every ({self.detect_every})"
             )
         return self

@@ -1,8 +1,8 @@
-"""Celery tasks: thin wrappers (job id and frame range in, retries and acks) around worker.pipeline.
+"""Celery tasks: thin wrappers (job id and frame range in, retries and acks) around worker.steps.
 
-Chain: start_job -> analyze_batch xN -> build_timeline -> render_batch xN -> finish_job. The last batch of a
-stage to finish (counted per batch index in Redis) enqueues the next step; a step that runs twice only
-overwrites its own files, so duplicates are harmless. A job deleted or failed meanwhile stops quietly.
+Chain: start_job -> process_batch xN (in parallel, any worker) -> finish_job. The last batch to finish
+(counted per batch index in Redis) enqueues the finish; a step that runs twice only overwrites its own files,
+so duplicates are harmless. A job deleted or failed meanwhile stops quietly.
 
 Costs are bounded: every task has Celery's soft and hard time limits (common/queue.py) and every ffmpeg a
 deadline; a batch runs once at a time (worker/batch_lock.py); a task whose worker keeps dying fails its job
@@ -27,7 +27,7 @@ from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery import Task, signals
 from celery.utils.time import get_exponential_backoff_interval
 
-from common import logs
+from common import job_files, logs
 from common import storage as storages
 from common.errors import (
     EmojiServiceError,
@@ -43,7 +43,7 @@ from common.errors import (
 )
 from common.jobs import JobStatus, JobStore, JobWarning
 from common.queue import TASK_LIVE_FRAME, TASK_START_JOB, VIDEO_QUEUE
-from worker import metrics, pipeline, scratch
+from worker import metrics, scratch, steps
 from worker.app import app
 from worker.batch_lock import BatchLock, LockLost
 
@@ -52,12 +52,11 @@ from worker.batch_lock import BatchLock, LockLost
 from worker.model_client import EmotionClient
 from worker.settings import WorkerSettings
 from worker.video_io import remove_stale_temps
+from worker.webhooks import notify_finished
 
 logger = logging.getLogger(__name__)
 
-TASK_ANALYZE_BATCH = "worker.analyze_batch"
-TASK_BUILD_TIMELINE = "worker.build_timeline"
-TASK_RENDER_BATCH = "worker.render_batch"
+TASK_PROCESS_BATCH = "worker.process_batch"
 TASK_FINISH_JOB = "worker.finish_job"
 
 
@@ -127,6 +126,7 @@ def fail(job_id: str, code: str, message: str) -> None:
     if store().mark_failed(job_id, code, message):
         metrics.JOBS.labels("failed").inc()
         logger.error("job %s failed: %s: %s", job_id, code, message)
+        notify_finished(job_id)
 
 
 def retry_countdown(
@@ -210,6 +210,7 @@ def job_step(task: Task, job_id: str, what: str, key: str | None = None):
     except JobGone as exc:
         outcome = "skipped"
         logger.info("job %s: %s skipped: %s", job_id, what, exc)
+        notify_finished(job_id)  # a finished job whose webhook a dead worker never queued gets it now
     except LockLost as exc:
         outcome = "skipped"
         logger.warning("job %s: %s stopped without writing: %s", job_id, what, exc)
@@ -318,11 +319,11 @@ def _hard_time_limit(sender=None, task_id=None, exception=None, args=None, **_) 
 
 @app.task(name=TASK_START_JOB, bind=True)
 def start_job(self: Task, job_id: str) -> None:
-    """Probe the upload, split it into batches, enqueue their analysis."""
+    """Probe the upload, split it into batches, enqueue them."""
     with job_step(self, job_id, "reading the video") as files:
         if not store().mark_running(job_id):
             raise JobGone(f"job {job_id} is gone or finished")
-        plan = pipeline.plan_job(files, job_id, settings())
+        plan = steps.plan_job(files, job_id, settings())
         publish(files)
         # With an object store the gateway cannot probe the upload (it never has it on disk): this does.
         video = json.dumps(plan.info.to_dict())
@@ -335,25 +336,27 @@ def start_job(self: Task, job_id: str) -> None:
             ))
         ensure_active(job_id)
         for index, (start, end) in enumerate(plan.batches):
-            analyze_batch.apply_async((job_id, index, start, end), queue=VIDEO_QUEUE)
+            process_batch.apply_async((job_id, index, start, end), queue=VIDEO_QUEUE)
 
 
-@app.task(name=TASK_ANALYZE_BATCH, bind=True)
-def analyze_batch(self: Task, job_id: str, batch_index: int, start: int, end: int) -> None:
-    """Find, follow and classify the faces of frames [start, end); the last batch enqueues the timeline."""
+@app.task(name=TASK_PROCESS_BATCH, bind=True)
+def process_batch(self: Task, job_id: str, batch_index: int, start: int, end: int) -> None:
+    """Analyse frames [start, end), draw their emoji, encode the piece; the last batch enqueues the finish."""
+    outputs = [job_files.batch_record(batch_index), job_files.piece(batch_index)]
     with (
-        job_step(self, job_id, f"analysing frames {start}-{end - 1}", task_key(self, batch_index)) as files,
-        batch_lock(job_id, "analyze", batch_index, [pipeline.analysis_name(batch_index)]) as fence,
+        job_step(self, job_id, f"processing frames {start}-{end - 1}", task_key(self, batch_index)) as files,
+        batch_lock(job_id, "batch", batch_index, outputs) as fence,
     ):
         ensure_active(job_id)
-        if store().batch_done(job_id, "analyze", batch_index):
-            raise JobGone(f"analyze batch {batch_index} is done already")
-        plan = pipeline.load_plan(files, job_id)
+        if store().batch_done(job_id, "batch", batch_index):
+            raise JobGone(f"batch {batch_index} is done already")
+        plan = steps.load_plan(files, job_id)
         if tuple(plan.batches[batch_index]) != (start, end):
             raise JobGone(f"batch {batch_index} ({start}-{end}) is not in the job's plan")
-        frames = pipeline.analyze_batch(
-            files, job_id, batch_index, plan, detector(), classifier(), settings(), fence=fence
+        record = steps.run_batch(
+            files, job_id, batch_index, plan, detector(), classifier(), overlay(), settings(), fence=fence
         )
+        frames = len(record.frames)
         if frames < end - start:
             lost = JobWarning(
                 code="frames_lost",
@@ -361,20 +364,21 @@ def analyze_batch(self: Task, job_id: str, batch_index: int, start: int, end: in
                 "there); they are missing from the video and the timeline",
                 frames=[start + frames, end - 1],
             )
-            store().add_warning(job_id, f"analyze:{batch_index}", lost)
+            store().add_warning(job_id, f"batch:{batch_index}", lost)
+        # The record and the piece are in the store before the batch counts as done.
         publish(files)
         fence()
-        metrics.FRAMES.labels("analyze").inc(frames)
-        done = store().mark_batch_done(job_id, "analyze", batch_index, frames)
+        metrics.FRAMES.labels("batch").inc(frames)
+        done = store().mark_batch_done(job_id, "batch", batch_index, frames)
         if done >= len(plan.batches):
             ensure_active(job_id)
-            build_timeline.apply_async((job_id,), queue=VIDEO_QUEUE)
+            finish_job.apply_async((job_id,), queue=VIDEO_QUEUE)
 
 
-def check_frames_lost(job_id: str, plan: pipeline.Plan) -> None:
+def check_frames_lost(job_id: str, plan: steps.Plan) -> None:
     """Fail a job that lost more of its frames than `max_lost_frames_fraction` (damaged file); fewer lost
     frames leave a `frames_lost` warning (added by the batch) and the job goes on."""
-    decoded = int(sum(int(v) for v in store().redis.hvals(store().key(job_id, "analyze"))))
+    decoded = int(sum(int(v) for v in store().redis.hvals(store().key(job_id, "batch"))))
     lost = plan.frames - decoded
     if lost and lost > settings().max_lost_frames_fraction * plan.frames:
         raise VideoError(
@@ -384,57 +388,21 @@ def check_frames_lost(job_id: str, plan: pipeline.Plan) -> None:
         )
 
 
-@app.task(name=TASK_BUILD_TIMELINE, bind=True)
-def build_timeline(self: Task, job_id: str) -> None:
-    """Track people over the whole video, smooth, write the timeline; enqueue the render batches."""
-    with job_step(self, job_id, "building the timeline") as files:
-        ensure_active(job_id)
-        plan = pipeline.load_plan(files, job_id)
-        check_frames_lost(job_id, plan)
-        model = {"name": settings().model_name, "version": pipeline.model_version_of(files, job_id, plan)}
-        pipeline.make_timeline(files, job_id, plan, settings(), model)
-        publish(files)
-        ensure_active(job_id)
-        for index, (start, end) in enumerate(plan.batches):
-            render_batch.apply_async((job_id, index, start, end), queue=VIDEO_QUEUE)
-
-
-@app.task(name=TASK_RENDER_BATCH, bind=True)
-def render_batch(self: Task, job_id: str, batch_index: int, start: int, end: int) -> None:
-    """Draw the emoji on frames [start, end) and encode the piece; the last batch enqueues the join."""
-    with (
-        job_step(self, job_id, f"drawing frames {start}-{end - 1}", task_key(self, batch_index)) as files,
-        batch_lock(job_id, "render", batch_index, [pipeline.piece_name(batch_index)]) as fence,
-    ):
-        ensure_active(job_id)
-        if store().batch_done(job_id, "render", batch_index):
-            raise JobGone(f"render batch {batch_index} is done already")
-        plan = pipeline.load_plan(files, job_id)
-        if tuple(plan.batches[batch_index]) != (start, end):
-            raise JobGone(f"batch {batch_index} ({start}-{end}) is not in the job's plan")
-        frames = pipeline.render_batch(files, job_id, batch_index, plan, overlay(), settings(), fence=fence)
-        publish(files)
-        fence()
-        metrics.FRAMES.labels("render").inc(frames)
-        done = store().mark_batch_done(job_id, "render", batch_index, frames)
-        if done >= len(plan.batches):
-            ensure_active(job_id)
-            finish_job.apply_async((job_id,), queue=VIDEO_QUEUE)
-
-
 @app.task(name=TASK_FINISH_JOB, bind=True)
 def finish_job(self: Task, job_id: str) -> None:
-    """Join the pieces with the original audio into result.mp4 and mark the job succeeded."""
+    """Stitch person ids, write the timeline, join the pieces with the original audio; mark the job done."""
     with job_step(self, job_id, "joining the video") as files:
         ensure_active(job_id)
-        plan = pipeline.load_plan(files, job_id)
-        pipeline.finish_job(files, job_id, plan, settings())
+        plan = steps.load_plan(files, job_id)
+        check_frames_lost(job_id, plan)
+        steps.finish_job(files, job_id, plan, settings(), settings().model_name)
         # The result is uploaded whole before the job says it succeeded: nothing half-written is served.
         publish(files)
         ensure_active(job_id)
         store().mark_succeeded(job_id)
         metrics.JOBS.labels("succeeded").inc()
         logger.info("job %s succeeded", job_id)
+        notify_finished(job_id)
 
 
 @app.task(name=TASK_LIVE_FRAME)

@@ -1,6 +1,8 @@
 """The timeline (schema_version 2): people from tracking, smoothed emotions, per-person and overall shares.
 
-Built from the per-batch analysis files; see docs/timeline.md for the schema.
+Built from the batch records (`timeline_from_batches`: the emotions exactly as the batches drew them, person
+ids stitched across batches), or from raw analysed frames (`build_timeline`: tracks and smooths them itself,
+for tools that analyse without drawing); see docs/timeline.md for the schema.
 """
 
 from __future__ import annotations
@@ -177,6 +179,54 @@ def build_timeline(
         "people": people,
         "summary": summary,
     }
+
+
+def timeline_from_batches(
+    job_id: str,
+    video: dict,
+    records: list,
+    person_ids: list[dict[int, int]],
+    model: dict,
+    settings: dict,
+    max_gap_ms: float,
+    processing: dict | None = None,
+) -> dict:
+    """The timeline of a job from its batch records (worker.records.BatchRecord, in order) and the stitched
+    {track: person id} of each batch (worker.stitching.stitch)."""
+    frames = []
+    for record, ids in zip(records, person_ids, strict=True):
+        for frame in record.frames:
+            faces = [
+                {
+                    "person_id": ids[face.track],
+                    "box_xyxy": [round(float(v), 1) for v in face.box_xyxy],
+                    "score": round(float(face.score), 4),
+                    "detected": face.detected,
+                    "emotion": EMOTIONS[int(np.argmax(face.probabilities))],
+                    "probabilities": _probs(face.probabilities),
+                    "smoothed_probabilities": _probs(face.smoothed),
+                    "shown_emotion": EMOTIONS[face.shown],
+                }
+                for face in frame.faces
+            ]
+            faces.sort(key=lambda f: f["person_id"])
+            frames.append({"index": frame.index, "t_ms": frame.t_ms, "faces": faces})
+    durations = frame_durations_ms([f["t_ms"] for f in frames], float(video.get("fps") or 0))
+    people, summary = summarize_people(frames, durations, max_gap_ms)
+    timeline = {
+        "schema_version": SCHEMA_VERSION,
+        "job_id": job_id,
+        "emotions": list(EMOTIONS),
+        "video": video,
+        "model": model,
+        "settings": settings,
+        "frames": frames,
+        "people": people,
+        "summary": summary,
+    }
+    if processing is not None:
+        timeline["processing"] = processing
+    return timeline
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -1,53 +1,54 @@
-"""ffmpeg as the worker uses it: one decode per batch piped out as raw frames, one encode per batch piped in,
-and the final join of our own pieces with the original audio. Every read of the upload is locked down with
-`common.media.safe_input_args` and the probed format."""
+"""Video in and out for the worker: one in-process decode per batch (PyAV, libavcodec), frames handed over
+as decoded (yuv420p planes, no colour conversion, no pipe), one in-process libx264 encode per batch, and the
+final join of our pieces with the original audio (the ffmpeg program: stream copy only).
+
+Why PyAV rather than ffmpeg processes with raw-video pipes: the same libraries do the same work, but every
+frame crossed two pipes (1.4 MB per 720p frame, twice) and the encoder could not be handed the decoded frame
+itself; measured in docs/benchmarks.md. Every read of the upload stays locked down as in `common.media`: the
+`file` protocol only, the probed demuxer only, chosen among `ALLOWED_INPUT_FORMATS`.
+"""
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
-import subprocess
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from common import processes
 from common.errors import VideoError
-from common.media import safe_input_args
-from common.processes import DeadlineProcess
+from common.media import ALLOWED_INPUT_FORMATS, safe_input_args
+
+if TYPE_CHECKING:
+    import av
 
 logger = logging.getLogger(__name__)
 
 FFMPEG = "ffmpeg"
-
-# Decoded formats whose first plane is 8-bit luma at full size (the "j" ones are full range).
-PLANAR_8BIT_YUV = frozenset(
-    {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "yuv440p", "yuvj440p", "yuv411p"}
-)
 # Limited-range luma (16..235) to full range (0..255), rounded as swscale's gray conversion does.
 FULL_RANGE_LUT = np.clip(np.round((np.arange(256) - 16) * 255 / 219), 0, 255).astype(np.uint8)
+# A decoded frame whose time is this close to a planned one is that frame (ffprobe prints microseconds).
+TIME_TOLERANCE_MS = 0.5
 
 
 def even(value: int) -> int:
     return max(2, int(value) - int(value) % 2)
 
 
-def frame_rate(fps: float) -> str:
-    """ffmpeg's rational for a probed rate, e.g. 29.97002997 -> '30000/1001'."""
+def frame_rate(fps: float) -> Fraction:
+    """The probed rate as a rational, e.g. 29.97002997 -> 30000/1001."""
     rate = Fraction(fps).limit_denominator(1001)
     if rate <= 0:
         raise VideoError(f"the video's frame rate ({fps}) is not usable")
-    return f"{rate.numerator}/{rate.denominator}"
-
-
-def _stderr_tail(handle) -> str:
-    handle.seek(0)
-    lines = handle.read().decode(errors="replace").strip().splitlines()
-    return lines[-1][:300] if lines else ""
+    return rate
 
 
 def atomic_target(path: Path) -> Path:
@@ -67,116 +68,170 @@ def remove_stale_temps(path: Path) -> int:
     return removed
 
 
-def read_frames(
-    path: Path,
-    input_format: str,
-    width: int,
-    height: int,
-    pix_fmt: str,
-    count: int,
-    seek_s: float = 0.0,
-    skip: int = 0,
-    source_size: tuple[int, int] | None = None,
-    timeout_s: float = 540.0,
-    fast: bool = False,
-    threads: int = 0,
-    cut_s: float | None = None,
-    source_pix_fmt: str | None = None,
-    source_full_range: bool = False,
-) -> Iterator[np.ndarray]:
-    """Decode `count` frames after skipping `skip`, starting the decoder at `seek_s`, as flat uint8 arrays.
+def open_upload(path: Path, input_format: str) -> av.container.InputContainer:
+    """The upload opened for demuxing, confined like `common.media.safe_input_args`."""
+    import av
 
-    `pix_fmt` is "gray" (W*H bytes, full-range luma) or "yuv420p" (W*H*3/2); frames come out as
-    displayed (rotation applied), scaled to `width` x `height` when `source_size` differs. Yields fewer
-    frames if the video ends first. `fast` trades exact pixels for speed (no deblocking): for analysis,
-    never for the output.
+    demuxer = input_format.split(",")[0]
+    if demuxer not in ALLOWED_INPUT_FORMATS:
+        raise VideoError(f"the container format {demuxer!r} is not supported; upload MP4, MOV, MKV or WebM")
+    try:
+        return av.open(
+            f"file:{Path(path).resolve()}",
+            format=demuxer,
+            options={"protocol_whitelist": "file", "format_whitelist": ",".join(ALLOWED_INPUT_FORMATS)},
+        )
+    except av.FFmpegError as exc:
+        raise VideoError(f"the file is not a video we can read: {exc}") from exc
 
-    Without `cut_s`, ffmpeg's accurate seek starts the output at `seek_s`. With it, `seek_s` only positions
-    the demuxer (on the last keyframe at or before it) and frames are kept from the stream time `cut_s` on
-    (the stream's own timestamps): a batch that starts on a keyframe then decodes nothing before it.
-    `source_pix_fmt` (as probed) lets "gray" take the luma plane as decoded instead of converting pixels.
-    """
-    if pix_fmt == "gray":
-        frame_bytes = width * height
-    elif pix_fmt == "yuv420p":
-        frame_bytes = width * height * 3 // 2
-    else:
-        raise ValueError(f"pix_fmt must be 'gray' or 'yuv420p', got {pix_fmt!r}")
-    cmd = [FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "error"]
-    if fast:
-        # For finding and classifying faces the deblocking filter does not matter; skipping it decodes faster.
-        cmd += ["-skip_loop_filter", "all"]
-    if threads:
-        cmd += ["-threads", str(threads)]
-    filters = []
-    if seek_s > 0:
-        cmd += ["-ss", f"{seek_s:.6f}"]
-        if cut_s is not None:
-            cmd += ["-noaccurate_seek", "-copyts"]
-            filters.append(f"select='gte(t,{cut_s:.6f})'")
-    cmd += safe_input_args(path, input_format)
-    cmd += ["-map", "0:v:0", "-an", "-sn", "-dn"]
-    scaled = source_size is None or source_size != (width, height)
-    # swscale's yuv->gray path costs more than decoding; the Y plane as decoded, range-expanded with a table
-    # below, gives the very same bytes.
-    luma_plane = pix_fmt == "gray" and source_pix_fmt in PLANAR_8BIT_YUV
-    if luma_plane:
-        filters.append("extractplanes=y")
-    if scaled:
-        filters.append(f"scale={width}:{height}:flags=bilinear")
-    if filters:
-        cmd += ["-vf", ",".join(filters)]
-    expand = FULL_RANGE_LUT if luma_plane and not source_full_range else None
-    cmd += [
-        "-fps_mode",
-        "passthrough",
-        "-frames:v",
-        str(count + skip),
-        "-pix_fmt",
-        pix_fmt,
-        "-f",
-        "rawvideo",
-        "pipe:1",
-    ]
-    with tempfile.TemporaryFile() as errors:
-        # The deadline holds while this generator is blocked reading the pipe (a stopped or hung decoder):
-        # the process group is killed, the read sees end-of-file.
-        proc = DeadlineProcess(cmd, timeout_s, "ffmpeg (decoding)", stdout=subprocess.PIPE, stderr=errors,
-                               bufsize=0)
+
+@dataclass(frozen=True)
+class DecodeWindow:
+    """What one batch decodes: from the keyframe at or before `first` (decoded to reach it, not analysed)
+    through `end - 1`; frames [first, start) are the pre-roll (analysed, not drawn), [start, end) the batch's
+    own (analysed, drawn, encoded)."""
+
+    keyframe: int
+    first: int
+    start: int
+    end: int
+
+    @property
+    def preroll(self) -> int:
+        return self.start - self.first
+
+
+class _Overshot(Exception):
+    """The demuxer's seek landed after the wanted frame (an index it did not describe well)."""
+
+
+def decode_frames(
+    path: Path, input_format: str, times_ms: list[float], window: DecodeWindow, threads: int = 1
+) -> Iterator[tuple[int, av.VideoFrame]]:
+    """(index, frame) for the window's frames [first, end) as decoded (coded size, no rotation; see
+    `DisplayFrames`), decoding from its keyframe; fewer if the video ends first. `times_ms` are every frame's
+    times (the plan's), which tell which decoded frame is which.
+
+    Frames between the keyframe and `first` are decoded only as far as others need them: the decoder skips
+    those no other frame refers to (exact: nothing is drawn from them)."""
+    first, end = window.first, window.end
+    try:
+        yield from _decode(path, input_format, times_ms, window.keyframe, first, end, threads)
+    except _Overshot:
+        logger.warning("seek to frame %d of %s overshot; decoding from the start", window.keyframe, path)
+        yield from _decode(path, input_format, times_ms, 0, first, end, threads)
+
+
+def _planned_index(times_ms: list[float], t_ms: float) -> int | None:
+    """The plan's index of the frame shown at `t_ms`, if the plan has one there."""
+    i = bisect.bisect_left(times_ms, t_ms - TIME_TOLERANCE_MS)
+    return i if i < len(times_ms) and abs(times_ms[i] - t_ms) <= TIME_TOLERANCE_MS else None
+
+
+def _decode(path, input_format, times_ms, keyframe, first, end, threads):
+    import av
+
+    container = open_upload(path, input_format)
+    try:
+        stream = container.streams.video[0]
+        stream.codec_context.thread_count = threads
+        stream.thread_type = "AUTO" if threads != 1 else "SLICE"
+        base = stream.time_base
+        origin = stream.start_time or 0
+        wanted_ms = times_ms[first]
+        if keyframe > 0:
+            container.seek(origin + int(times_ms[keyframe] / 1000 / base), stream=stream, backward=True)
+        index = None
         produced = 0
-        try:
-            index = 0
-            while produced < count:
-                buffer = np.empty(frame_bytes, np.uint8)
-                view = memoryview(buffer)
-                got = 0
-                while got < frame_bytes:
-                    n = proc.proc.stdout.readinto(view[got:])
-                    if not n:
-                        break
-                    got += n
-                if got < frame_bytes:
-                    break
-                if index >= skip:
-                    produced += 1
-                    if expand is not None:
-                        cv2.LUT(buffer, expand, dst=buffer)
-                    yield buffer
-                index += 1
-        finally:
-            # Closed early on purpose (the caller stopped reading), ffmpeg dies of the closed pipe; a stuck
-            # one dies at its deadline. Either way it is reaped here.
-            proc.proc.stdout.close()
-            code = proc.wait()
-        proc.check(code, _stderr_tail(errors))
-        if produced < count and code != 0:
-            raise VideoError(f"ffmpeg could not decode the video: {_stderr_tail(errors)}")
-        if produced < count:
-            logger.warning("decoder gave %d of %d frames of %s", produced, count, path)
+        damaged = 0
+        for packet in container.demux(stream):
+            before_first = (
+                index is None
+                and packet.pts is not None
+                and float((packet.pts - origin) * base) * 1000 < wanted_ms - TIME_TOLERANCE_MS
+            )
+            stream.codec_context.skip_frame = "NONREF" if before_first else "DEFAULT"
+            try:
+                frames = packet.decode()
+            except av.FFmpegError as exc:
+                # A damaged packet: its frame is lost (the task counts and reports lost frames), go on.
+                damaged += 1
+                logger.warning("a damaged packet of %s after frame %s: %s", path, index, exc)
+                continue
+            for frame in frames:
+                t_ms = float((frame.pts - origin) * base) * 1000 if frame.pts is not None else None
+                if index is None and first == 0 and keyframe == 0 and not damaged:
+                    index = 0  # from the start: the first frame is frame 0, whatever its time says
+                elif index is None:
+                    t_ms = wanted_ms if t_ms is None else t_ms
+                    if t_ms < wanted_ms - TIME_TOLERANCE_MS:
+                        continue
+                    if t_ms > wanted_ms + TIME_TOLERANCE_MS:
+                        if keyframe > 0 and not damaged:
+                            raise _Overshot()
+                        # The wanted frames were damaged: go on from the first one that decoded.
+                        located = _planned_index(times_ms, t_ms)
+                        if located is None:
+                            return
+                        index = located
+                    else:
+                        index = first
+                else:
+                    # After a damaged stretch the frame's own time says which it is.
+                    located = _planned_index(times_ms, t_ms) if damaged and t_ms is not None else None
+                    index = located if located is not None and located > index else index + 1
+                if index >= end:
+                    return
+                produced += 1
+                yield index, frame
+    except av.FFmpegError as exc:
+        logger.warning("decoding %s stopped after frame %s: %s", path, index, exc)
+    finally:
+        container.close()
+    if produced < end - first:
+        logger.warning("decoder gave %d of %d frames of %s", produced, end - first, path)
+
+
+class DisplayFrames:
+    """Turns decoded frames into what is drawn and encoded: yuv420p, upright (the container's rotation
+    applied, as ffmpeg's player does), even-sized. The common case (yuv420p, unrotated, even) passes the
+    decoded frame itself through, untouched."""
+
+    def __init__(self, rotation: int, output_size: tuple[int, int]) -> None:
+        # probe() gives the display matrix's counter-clockwise angle; showing it upright turns the other way.
+        self.turn = {
+            90: cv2.ROTATE_90_COUNTERCLOCKWISE,
+            180: cv2.ROTATE_180,
+            270: cv2.ROTATE_90_CLOCKWISE,
+        }.get(rotation % 360)
+        self.width, self.height = output_size
+        sideways = rotation % 180 == 90
+        self.coded = (self.height, self.width) if sideways else (self.width, self.height)
+
+    def __call__(self, frame: av.VideoFrame) -> av.VideoFrame:
+        import av
+
+        if frame.format.name != "yuv420p" or (frame.width, frame.height) != self.coded:
+            frame = frame.reformat(width=self.coded[0], height=self.coded[1], format="yuv420p")
+        if self.turn is None:
+            return frame
+        planes = [cv2.rotate(plane_array(frame, i), self.turn) for i in range(3)]
+        flat = np.concatenate([p.reshape(-1) for p in planes]).reshape(self.height * 3 // 2, self.width)
+        turned = av.VideoFrame.from_ndarray(flat, format="yuv420p")
+        turned.pts, turned.time_base = frame.pts, frame.time_base
+        return turned
+
+
+def plane_array(frame: av.VideoFrame, index: int) -> np.ndarray:
+    """A writable [H, W] view of one plane of a decoded frame (no copy; writes change the frame)."""
+    plane = frame.planes[index]
+    rows = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)
+    return rows[:, : plane.width]
 
 
 class PieceWriter:
-    """One libx264 encode fed raw yuv420p frames through a pipe; `close()` finishes the file atomically."""
+    """One in-process libx264 encode; frames keep the source's own timestamps (VFR stays VFR), counted from
+    the piece's first frame. `close()` finishes the MP4 and moves it into place atomically."""
 
     def __init__(
         self,
@@ -184,93 +239,62 @@ class PieceWriter:
         width: int,
         height: int,
         fps: float,
+        time_base: Fraction,
         preset: str = "veryfast",
-        crf: int = 20,
-        timeout_s: float = 540.0,
+        crf: int = 23,
         threads: int = 0,
     ) -> None:
+        import av
+
         self.target = Path(target)
         self.tmp = atomic_target(self.target)
-        self.timeout_s = timeout_s
         self.frames = 0
-        self.frame_bytes = width * height * 3 // 2
-        cmd = [
-            FFMPEG,
-            "-nostdin",
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-y",
-            "-f",
-            "rawvideo",
-            "-pix_fmt",
-            "yuv420p",
-            "-s",
-            f"{width}x{height}",
-            "-framerate",
-            frame_rate(fps),
-            "-i",
-            "pipe:0",
-            "-c:v",
-            "libx264",
-            "-preset",
-            preset,
-            "-crf",
-            str(crf),
-            "-pix_fmt",
-            "yuv420p",
-        ]
-        if threads:
-            cmd += ["-threads", str(threads)]
-        cmd += ["-f", "mp4", str(self.tmp)]
-        self.errors = tempfile.TemporaryFile()
-        self.process = DeadlineProcess(
-            cmd, timeout_s, "ffmpeg (encoding)", stdin=subprocess.PIPE, stderr=self.errors, bufsize=0
-        )
-        self.proc = self.process.proc
+        self.time_base = time_base
+        self.container = av.open(str(self.tmp), "w", format="mp4")
+        stream = self.container.add_stream("libx264", rate=frame_rate(fps))
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.time_base = time_base
+        stream.codec_context.time_base = time_base
+        stream.codec_context.thread_count = threads
+        stream.options = {"preset": preset, "crf": str(crf)}
+        self.stream = stream
+        self.size = (width, height)
 
-    def write(self, frame: np.ndarray) -> None:
-        if frame.size != self.frame_bytes:
-            raise ValueError(f"expected a yuv420p frame of {self.frame_bytes} bytes, got {frame.size}")
-        try:
-            self.proc.stdin.write(memoryview(frame))
-        except BrokenPipeError as exc:
-            raise VideoError(f"ffmpeg stopped encoding: {self._fail()}") from exc
+    def write(self, frame: av.VideoFrame, pts: int) -> None:
+        import av
+
+        if (frame.width, frame.height) != self.size:
+            raise ValueError(
+                f"expected a {self.size[0]}x{self.size[1]} frame, got {frame.width}x{frame.height}"
+            )
+        frame.pts, frame.time_base = pts, self.time_base
+        # The source's frame types are not ours: x264 places its own keyframes.
+        frame.pict_type = av.video.frame.PictureType.NONE
+        for packet in self.stream.encode(frame):
+            self.container.mux(packet)
         self.frames += 1
-
-    def _fail(self) -> str:
-        """Stop the encoder, remove its temporary file; raise TimedOut/StorageFull if that is what stopped
-        it, else return its last error line."""
-        self.process.kill()
-        code = self.process.wait()
-        self.tmp.unlink(missing_ok=True)
-        tail = _stderr_tail(self.errors)
-        self.process.check(code, tail)
-        return tail
 
     def close(self, before_replace=None) -> int:
         """Finish the encode and move the piece into place; returns the frames written. `before_replace`
         (e.g. a fencing check) runs just before the piece is put in place, and may raise to stop that."""
-        self.proc.stdin.close()
-        code = self.process.wait()
-        if code != 0 or self.process.timed_out:
-            raise VideoError(f"ffmpeg could not encode the video: {self._fail()}")
-        self.errors.close()
+        for packet in self.stream.encode(None):
+            self.container.mux(packet)
+        self.container.close()
         if before_replace is not None:
             before_replace()
         os.replace(self.tmp, self.target)
         return self.frames
 
     def abort(self) -> None:
-        if self.proc.poll() is None:
-            self.process.kill()
-        self.process.wait()
-        self.errors.close()
+        try:
+            self.container.close()
+        except Exception:  # noqa: BLE001 - already failing; the temporary file goes either way
+            pass
         self.tmp.unlink(missing_ok=True)
 
 
 def join_pieces(
-    pieces: list[Path],
+    pieces: list[tuple[Path, float | None]],
     source: Path,
     source_format: str,
     target: Path,
@@ -279,15 +303,21 @@ def join_pieces(
     video_offset_s: float = 0.0,
     timeout_s: float = 540.0,
 ) -> None:
-    """Join our pieces (no re-encode), add the source's first audio stream; write `target` atomically."""
+    """Join our pieces (no re-encode; each but the last lasts exactly its given seconds, so the frames keep
+    the source's times), add the source's first audio stream; write `target` atomically (faststart)."""
     if not pieces:
         raise VideoError("there are no rendered pieces to join")
-    folder = pieces[0].parent
-    if any(p.parent != folder for p in pieces):
+    folder = pieces[0][0].parent
+    if any(p.parent != folder for p, _ in pieces):
         raise ValueError("all pieces must be in one folder")
     # Our own list of our own piece names, read with the concat demuxer in its safe mode (plain names only).
     listing = atomic_target(folder / "concat.txt")
-    listing.write_text("".join(f"file '{p.name}'\n" for p in pieces))
+    lines = ["ffconcat version 1.0"]
+    for path, duration_s in pieces:
+        lines.append(f"file '{path.name}'")
+        if duration_s is not None:
+            lines.append(f"duration {duration_s:.6f}")
+    listing.write_text("\n".join(lines) + "\n")
     tmp = atomic_target(target)
     cmd = [FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
     if video_offset_s > 0:
@@ -303,7 +333,7 @@ def join_pieces(
             cmd += ["-c:a", "aac", "-b:a", "192k"]
     else:
         cmd += ["-map", "0:v:0"]
-    cmd += ["-c:v", "copy", "-movflags", "+faststart", "-f", "mp4", str(tmp)]
+    cmd += ["-c:v", "copy", "-fps_mode", "passthrough", "-movflags", "+faststart", "-f", "mp4", str(tmp)]
     try:
         result = processes.run(cmd, timeout_s, "ffmpeg (joining)")
     except BaseException:

@@ -3,37 +3,42 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import PurePosixPath
+from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 
-from common.errors import JobNotFound, MediaRefused, VideoError
+from common import job_files
+from common.errors import JobNotFound, MediaRefused, UploadTooLarge, VideoError
 from common.jobs import Job, JobStatus, JobStore
 from common.media import SNIFF_BYTES, looks_like_video, probe
 from common.media_policy import MediaLimits
 from common.queue import TASK_START_JOB, VIDEO_QUEUE
 from common.storage import LocalStorage, S3Storage, Writer
+from common.webhooks import CallbackRefused, check_callback_url, delivery_state
 from gateway import metrics
+from gateway.auth import Owner, current_owner
 from gateway.deps import CeleryDep, JobIdDep, SettingsDep, StorageDep, StoreDep
 from gateway.downloads import content_disposition, ranged_response
-from gateway.errors import JobNotReady, ResultMissing
+from gateway.errors import BadRequestField, JobNotReady, ResultMissing
+from gateway.form_fields import FormFields
+from gateway.idempotency import Idempotency, checked_key
+from gateway.quotas import Quotas
 from gateway.schemas import JobCreated, JobLinks, JobPublic, JobsPublic
 from gateway.settings import GatewaySettings
-from gateway.uploads import BodyLimits, check_content_length, stream_upload
+from gateway.uploads import MULTIPART_OVERHEAD_BYTES, BodyLimits, check_content_length, stream_upload
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
+OwnerDep = Annotated[Owner, Depends(current_owner)]
 
-INPUT_NAME = "input"
-VIDEO_NAME = "result.mp4"
-TIMELINE_NAME = "timeline.json"
-TIMELINE_CSV_NAME = "timeline.csv"
 TERMINAL = (JobStatus.succeeded, JobStatus.failed)
 
 UPLOAD_BODY = {
@@ -42,7 +47,14 @@ UPLOAD_BODY = {
         "multipart/form-data": {
             "schema": {
                 "type": "object",
-                "properties": {"file": {"type": "string", "format": "binary", "description": "the video"}},
+                "properties": {
+                    "file": {"type": "string", "format": "binary", "description": "the video"},
+                    "callback_url": {
+                        "type": "string",
+                        "format": "uri",
+                        "description": "POSTed the job (JSON, signed) when it succeeds or fails",
+                    },
+                },
                 "required": ["file"],
             }
         }
@@ -51,18 +63,35 @@ UPLOAD_BODY = {
 ERROR_EXAMPLE = {"application/json": {"example": {"error": {"code": "...", "message": "what to do"}}}}
 
 
-def load_job(store: JobStore, job_id: str) -> Job:
+def not_found(job_id: str) -> JobNotFound:
+    return JobNotFound(
+        f"no job with id {job_id}; it may have been deleted or expired. Upload the video again."
+    )
+
+
+def body_limits(settings) -> BodyLimits:
+    return BodyLimits(
+        settings.upload_max_parts, settings.upload_max_field_bytes, settings.upload_max_part_header_bytes
+    )
+
+
+def load_job(store: JobStore, job_id: str, owner: Owner) -> Job:
+    """The job if `owner` made it; another owner's job is "not found", word for word like a missing one."""
+    if store.owner_of(job_id) != owner.id:
+        raise not_found(job_id)
     try:
         return store.get(job_id)
     except JobNotFound as exc:
-        raise JobNotFound(
-            f"no job with id {job_id}; it may have been deleted or expired. Upload the video again."
-        ) from exc
+        raise not_found(job_id) from exc
 
 
-def finished_job(store: JobStore, job_id: str) -> Job:
-    """A job that has succeeded, or the error that says why it has no results."""
-    job = load_job(store, job_id)
+def public(store: JobStore, job: Job) -> JobPublic:
+    return JobPublic.from_job(job, webhook=delivery_state(store.redis, store.key(job.id), job.id))
+
+
+def finished_job(store: JobStore, job_id: str, owner: Owner) -> Job:
+    """The caller's job if it has succeeded, or the error that says why it has no results."""
+    job = load_job(store, job_id, owner)
     if job.status is JobStatus.failed:
         reason = job.error.message if job.error else "unknown error"
         raise JobNotReady(f"the job failed ({reason}), so it has no results; upload the video again")
@@ -81,7 +110,7 @@ def download_name(job: Job, suffix: str) -> str:
 
 def result_file(
     request: Request, store: JobStore, storage: LocalStorage | S3Storage, settings: GatewaySettings,
-    job_id: str, name: str, media_type: str, suffix: str, download: bool,
+    job_id: str, name: str, media_type: str, suffix: str, download: bool, owner: Owner,
 ) -> Response:
     """A finished job's file, shown in the browser or, with `download`, saved under the upload's name.
 
@@ -90,7 +119,7 @@ def result_file(
     store answers itself. Downloads under the upload's name are always streamed: the name is a response
     header the presigned URL would have to override, which not every S3 service accepts.
     """
-    job = finished_job(store, job_id)
+    job = finished_job(store, job_id, owner)
     filename = download_name(job, suffix) if download else None
     if storage.local:
         if not storage.exists(job_id, name):
@@ -143,6 +172,30 @@ class SniffingWriter:
         self.out.abort()
 
 
+class DigestWriter:
+    """In front of the upload's writer (or none: a repeated Idempotency-Key's file is only compared): the
+    SHA-256 of what passed, so an object-store upload never has to be read back to be hashed."""
+
+    def __init__(self, out: Writer | None = None) -> None:
+        self.out, self.sha256 = out, hashlib.sha256()
+
+    def write(self, data: bytes) -> None:
+        self.sha256.update(data)
+        if self.out is not None:
+            self.out.write(data)
+
+    def close(self) -> None:
+        if self.out is not None:
+            self.out.close()
+
+    def abort(self) -> None:
+        if self.out is not None:
+            self.out.abort()
+
+    def hexdigest(self) -> str:
+        return self.sha256.hexdigest()
+
+
 async def probe_upload(path, filename: str, limits: MediaLimits):
     """ffprobe the stored upload against the limits; its errors name the user's file, not our path."""
     try:
@@ -165,15 +218,20 @@ async def probe_upload(path, filename: str, limits: MediaLimits):
     response_model=JobCreated,
     openapi_extra={"requestBody": UPLOAD_BODY},
     responses={
+        401: {"description": "no valid API key where one is needed", "content": ERROR_EXAMPLE},
+        409: {"description": "the first request with this Idempotency-Key is still running",
+              "content": ERROR_EXAMPLE},
         413: {"description": "over the upload limit", "content": ERROR_EXAMPLE},
         400: {"description": "an unusable multipart body (e.g. its boundary)", "content": ERROR_EXAMPLE},
         415: {"description": "not a video we can read", "content": ERROR_EXAMPLE},
         422: {
-            "description": "not a multipart form with a `file`, an empty file, or a video over one of the "
-            "limits (the code names the limit: video_dimensions, frame_pixels, too_many_frames, too_long, "
-            "too_many_streams, video_track_count, codec_not_allowed, container_not_allowed)",
+            "description": "not a multipart form with a `file`, an empty file, a refused callback_url, an "
+            "Idempotency-Key used before with another file, or a video over one of the limits (the code "
+            "names the limit: video_dimensions, frame_pixels, too_many_frames, too_long, too_many_streams, "
+            "video_track_count, codec_not_allowed, container_not_allowed)",
             "content": ERROR_EXAMPLE,
         },
+        429: {"description": "over one of the owner's limits (see Retry-After)", "content": ERROR_EXAMPLE},
         507: {"description": "the server's disk is full", "content": ERROR_EXAMPLE},
     },
 )
@@ -184,42 +242,77 @@ async def create_job(
     store: StoreDep,
     storage: StorageDep,
     celery: CeleryDep,
+    owner: OwnerDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(description="the same key (and file) again within 24 h answers with the same job"),
+    ] = None,
 ) -> JobCreated:
-    """Upload a video (multipart field `file`); it is checked with ffprobe against the limits on what a video
-    may cost, and queued."""
+    """Upload a video (multipart field `file`, optional `callback_url`); it is checked with ffprobe against
+    the limits on what a video may cost, and queued. The job belongs to the caller: its API key, its browser
+    session, or the shared local owner."""
     check_content_length(request.headers.get("content-length"), settings.max_upload_bytes)
+    quotas: Quotas = request.app.state.quotas
+    idempotency: Idempotency = request.app.state.idempotency
     job_id = uuid.uuid4().hex
+    if idempotency_key is not None:
+        key = checked_key(idempotency_key)
+        claim = await asyncio.to_thread(idempotency.claim, owner.id, key, job_id)
+        if claim is not None:
+            return await _replay(request, response, settings, idempotency, owner, key)
+    length = request.headers.get("content-length") or ""
+    declared = int(length) if length.isdigit() else 0
+    fields = FormFields(request.headers.get("content-type"), ("callback_url",))
     try:
-        out = await asyncio.to_thread(storage.writer, job_id, INPUT_NAME)
+        await asyncio.to_thread(quotas.hit_upload, owner)
+        await asyncio.to_thread(quotas.reserve_active, owner, job_id)
+        room = await asyncio.to_thread(quotas.room_for, owner, max(declared - MULTIPART_OVERHEAD_BYTES, 0))
+        cap = settings.max_upload_bytes if room is None else min(settings.max_upload_bytes, room)
+        out: Writer = await asyncio.to_thread(storage.writer, job_id, job_files.INPUT)
         if not storage.local:
             out = SniffingWriter(out)
-        upload = await stream_upload(
-            request.stream(),
-            request.headers.get("content-type"),
-            out,
-            settings.max_upload_bytes,
-            settings.upload_chunk_bytes,
-            BodyLimits(
-                settings.upload_max_parts,
-                settings.upload_max_field_bytes,
-                settings.upload_max_part_header_bytes,
-            ),
-        )
+        out = hashed = DigestWriter(out)
+        try:
+            upload = await stream_upload(
+                fields.tee(request.stream()),
+                request.headers.get("content-type"),
+                out,
+                cap,
+                settings.upload_chunk_bytes,
+                body_limits(settings),
+            )
+        except UploadTooLarge:
+            if cap == settings.max_upload_bytes:
+                raise
+            # Stopped at what is left of the owner's storage, not at the upload limit: say so.
+            raise await asyncio.to_thread(quotas.storage_full, owner, cap + 1) from None
         metrics.UPLOAD_BYTES.inc(upload.size)
+        callback_url = fields.get("callback_url")
+        if callback_url:
+            try:
+                await asyncio.to_thread(check_callback_url, callback_url, settings.webhook_allowed_networks)
+            except CallbackRefused as exc:
+                raise BadRequestField(f"{exc}", code="callback_url_refused") from exc
         if storage.local:
-            path = storage.path(job_id, INPUT_NAME)
+            path = storage.path(job_id, job_files.INPUT)
             video = (await probe_upload(path, upload.filename, MediaLimits.from_settings(settings))).to_dict()
         else:
             # The upload went straight to the object store and ffprobe reads only local files: the worker
             # probes it first thing (start_job), with the same limits; an unreadable file or one over a
             # limit fails the job with the same code the gateway would have answered.
             video = {}
-        await asyncio.to_thread(store.create, job_id, upload.filename, video)
+        digest = hashed.hexdigest()
+        await asyncio.to_thread(quotas.add_stored, owner, job_id, upload.size)
+        await asyncio.to_thread(
+            store.create_for, owner.id, job_id, upload.filename, video, callback_url=callback_url
+        )
     except BaseException:
         metrics.UPLOADS.labels("refused").inc()
-        # Refused, broken off or unreadable: nothing of it stays. Called directly, not in a thread: a
-        # cancelled request (client gone) would cancel that await too and leave the file behind.
+        # Refused, broken off or unreadable: nothing of it stays, and it counts for nothing. Called
+        # directly, not in a thread: a cancelled request (client gone) would cancel that await too and
+        # leave the file behind.
         storage.delete_job(job_id)
+        _forget_quietly(quotas, idempotency, owner, job_id, idempotency_key)
         raise
     try:
         # Nobody reads start_job's result; ignoring it keeps Redis from holding one per job.
@@ -229,34 +322,74 @@ async def create_job(
     except BaseException:
         store.delete(job_id)
         storage.delete_job(job_id)
+        _forget_quietly(quotas, idempotency, owner, job_id, idempotency_key)
         raise
+    if idempotency_key is not None:
+        await asyncio.to_thread(idempotency.complete, owner.id, idempotency_key, job_id, digest)
     metrics.UPLOADS.labels("accepted").inc()
     logger.info(
-        "job %s queued: %r, %d bytes, %s", job_id, upload.filename, upload.size, video or "to be probed"
+        "job %s queued for %s: %r, %d bytes, %s",
+        job_id, owner.id, upload.filename, upload.size, video or "to be probed",
     )
     links = JobLinks.for_job(job_id)
     response.headers["Location"] = links.self
     return JobCreated(id=job_id, status=JobStatus.queued, links=links)
 
 
+def _forget_quietly(
+    quotas: Quotas, idempotency: Idempotency, owner: Owner, job_id: str, idempotency_key: str | None
+) -> None:
+    """Undo a refused upload's counts; a Redis error here must not hide the refusal's own error."""
+    try:
+        quotas.release(owner, job_id)
+        if idempotency_key is not None:
+            idempotency.release(owner.id, idempotency_key, job_id)
+    except Exception:
+        logger.warning("could not release the counts of refused job %s", job_id, exc_info=True)
+
+
+async def _replay(
+    request: Request, response: Response, settings, idempotency: Idempotency, owner: Owner, key: str,
+) -> JobCreated:
+    """A repeated Idempotency-Key: read the file only to hash it (never stored), then the first job."""
+    hashed = DigestWriter()
+    await stream_upload(
+        request.stream(), request.headers.get("content-type"), hashed,
+        settings.max_upload_bytes, settings.upload_chunk_bytes, body_limits(settings),
+    )
+    digest = hashed.hexdigest()
+    claim = await asyncio.to_thread(idempotency.wait_done, owner.id, key)
+    if claim.sha256 != digest:
+        raise BadRequestField(
+            "this Idempotency-Key was used for another file; use a new key for a new upload",
+            code="idempotency_key_reused",
+        )
+    links = JobLinks.for_job(claim.job_id)
+    response.headers["Location"] = links.self
+    response.headers["Idempotent-Replayed"] = "true"
+    logger.info("job %s: upload repeated with the same Idempotency-Key, answered again", claim.job_id)
+    return JobCreated(id=claim.job_id, status=JobStatus.queued, links=links)
+
+
 @router.get("", response_model=JobsPublic)
 def list_jobs(
-    store: StoreDep, settings: SettingsDep, limit: int | None = Query(None, ge=1, le=100)
+    store: StoreDep, settings: SettingsDep, owner: OwnerDep, limit: int | None = Query(None, ge=1, le=100)
 ) -> JobsPublic:
-    """The most recent jobs, newest first."""
+    """Your most recent jobs (only the caller's own), newest first."""
     jobs = []
-    for job_id in store.list_ids(limit or settings.recent_jobs_limit):
+    for job_id in store.list_ids_for(owner.id, limit or settings.recent_jobs_limit):
         try:
-            jobs.append(JobPublic.from_job(store.get(job_id)))
+            jobs.append(public(store, store.get(job_id)))
         except JobNotFound:
             continue  # its record expired; the index entry is harmless
     return JobsPublic(jobs=jobs)
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses={404: {"content": ERROR_EXAMPLE}})
-def get_job(job_id: JobIdDep, store: StoreDep) -> JobPublic:
-    """A job's status and progress (0..1); `error` says what went wrong when it failed."""
-    return JobPublic.from_job(load_job(store, job_id))
+def get_job(job_id: JobIdDep, store: StoreDep, owner: OwnerDep) -> JobPublic:
+    """A job's status and progress (0..1); `error` says what went wrong when it failed; `webhook` the
+    deliveries to its callback_url."""
+    return public(store, load_job(store, job_id, owner))
 
 
 @router.head("/{job_id}/video", include_in_schema=False)
@@ -271,11 +404,11 @@ def get_job(job_id: JobIdDep, store: StoreDep) -> JobPublic:
 )
 def get_video(
     request: Request, job_id: JobIdDep, store: StoreDep, storage: StorageDep, settings: SettingsDep,
-    download: bool = False,
+    owner: OwnerDep, download: bool = False,
 ) -> Response:
     """The annotated MP4 (HTTP Range supported); `?download=true` asks the browser to save it."""
     return result_file(
-        request, store, storage, settings, job_id, VIDEO_NAME, "video/mp4", "emoji.mp4", download
+        request, store, storage, settings, job_id, job_files.RESULT, "video/mp4", "emoji.mp4", download, owner
     )
 
 
@@ -287,12 +420,12 @@ def get_video(
 )
 def get_timeline(
     request: Request, job_id: JobIdDep, store: StoreDep, storage: StorageDep, settings: SettingsDep,
-    download: bool = False,
+    owner: OwnerDep, download: bool = False,
 ) -> Response:
     """The emotion timeline as JSON (schema in docs/timeline.md)."""
     return result_file(
-        request, store, storage, settings, job_id, TIMELINE_NAME, "application/json", "timeline.json",
-        download,
+        request, store, storage, settings, job_id, job_files.TIMELINE_JSON, "application/json",
+        "timeline.json", download, owner,
     )
 
 
@@ -303,26 +436,33 @@ def get_timeline(
     responses={200: {"content": {"text/csv": {}}}, 409: {"content": ERROR_EXAMPLE}},
 )
 def get_timeline_csv(
-    request: Request, job_id: JobIdDep, store: StoreDep, storage: StorageDep, settings: SettingsDep
+    request: Request, job_id: JobIdDep, store: StoreDep, storage: StorageDep, settings: SettingsDep,
+    owner: OwnerDep,
 ) -> Response:
     """The timeline as CSV, one row per frame and person, as a download."""
     return result_file(
-        request, store, storage, settings, job_id, TIMELINE_CSV_NAME, "text/csv; charset=utf-8",
-        "timeline.csv", download=True,
+        request, store, storage, settings, job_id, job_files.TIMELINE_CSV, "text/csv; charset=utf-8",
+        "timeline.csv", True, owner,
     )
 
 
 @router.delete("/{job_id}", status_code=204, responses={404: {"content": ERROR_EXAMPLE}})
-def delete_job(job_id: JobIdDep, store: StoreDep, storage: StorageDep) -> Response:
+def delete_job(
+    request: Request, job_id: JobIdDep, store: StoreDep, storage: StorageDep, owner: OwnerDep
+) -> Response:
     """Delete a job and all its files."""
-    known = store.exists(job_id)
-    # Files without a record (a worker's late write, an expired record) go too, but only a job answers 204.
-    storage.delete_job(job_id)
-    if not known:
+    known_owner = store.owner_of(job_id)
+    if known_owner is None:
+        # Files without a record (a late write, an expired record) go too, but only a job answers 204.
+        storage.delete_job(job_id)
+    if known_owner != owner.id:
+        # Another owner's job: "not found" too, and its files stay.
         raise JobNotFound(f"no job with id {job_id}; it may already have been deleted")
     store.delete(job_id)
+    store.forget_owned(owner.id, job_id)
+    request.app.state.quotas.release(owner, job_id)
     storage.delete_job(job_id)
-    logger.info("job %s deleted", job_id)
+    logger.info("job %s deleted by %s", job_id, owner.id)
     return Response(status_code=204)
 
 
@@ -337,10 +477,10 @@ def _sse(event: str, data: dict | str) -> str:
     responses={200: {"content": {"text/event-stream": {}}}},
 )
 async def job_events(
-    job_id: JobIdDep, request: Request, store: StoreDep, settings: SettingsDep
+    job_id: JobIdDep, request: Request, store: StoreDep, settings: SettingsDep, owner: OwnerDep
 ) -> StreamingResponse:
     """Server-sent events: a `job` event (the job as JSON) on every change, until it finishes."""
-    load_job(store, job_id)  # 404 now rather than an empty stream
+    await asyncio.to_thread(load_job, store, job_id, owner)  # 404 now rather than an empty stream
 
     async def events() -> AsyncIterator[str]:
         last = None
@@ -351,7 +491,7 @@ async def job_events(
             except JobNotFound:
                 yield _sse("gone", {"message": "the job was deleted"})
                 return
-            body = JobPublic.from_job(job).model_dump_json()
+            body = (await asyncio.to_thread(public, store, job)).model_dump_json()
             if body != last:
                 last, idle = body, 0.0
                 yield _sse("job", body)

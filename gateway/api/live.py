@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import time
 import uuid
 
+import redis
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from redis.asyncio.client import PubSub
 
 from gateway import metrics
+from gateway.auth import resolve_owner
 from gateway.deps import LiveHubDep, SettingsDep
-from gateway.live_hub import LiveFrameError, LiveHub
+from gateway.errors import QuotaExceeded, Unauthorized
+from gateway.live_hub import QUEUE_DOWN, LiveFrameError, LiveHub
+from gateway.quotas import LIVE_TTL_S
 from gateway.settings import GatewaySettings
 
 logger = logging.getLogger(__name__)
@@ -21,6 +27,8 @@ router = APIRouter(tags=["live"])
 
 # 1013 "try again later": the page shows the reason and offers to reconnect.
 CLOSE_TRY_AGAIN = 1013
+# 1008 "policy violation": no valid key (or session) where one is needed.
+CLOSE_POLICY = 1008
 JPEG_MAGIC = b"\xff\xd8"
 
 
@@ -30,16 +38,35 @@ def _error(code: str, message: str, **extra) -> str:
 
 @router.websocket("/api/v1/live")
 async def live(ws: WebSocket, hub: LiveHubDep, settings: SettingsDep) -> None:
-    """Send JPEG frames as binary messages, one at a time; each gets one JSON answer before the next."""
+    """Send JPEG frames as binary messages, one at a time; each gets one JSON answer before the next.
+    The caller is identified like any API call (key, the page's session cookie, or the local owner)."""
     await ws.accept()
+    quotas = ws.app.state.quotas
+    client_id = uuid.uuid4().hex
+    try:
+        owner = await asyncio.to_thread(resolve_owner, ws)
+        await asyncio.to_thread(quotas.join_live, owner, client_id)
+    except (Unauthorized, QuotaExceeded) as exc:
+        extra = {"retry_after_s": exc.retry_after_s} if isinstance(exc, QuotaExceeded) else {}
+        await ws.send_text(_error(exc.code, str(exc), **extra))
+        code = CLOSE_TRY_AGAIN if isinstance(exc, QuotaExceeded) else CLOSE_POLICY
+        await ws.close(code=code, reason=exc.code)
+        return
+    except redis.RedisError:
+        logger.error("live viewer refused: Redis unreachable while checking the key or the live limit")
+        await ws.send_text(_error("queue_unavailable", QUEUE_DOWN, retry_after_s=30))
+        await ws.close(code=CLOSE_TRY_AGAIN, reason="queue unavailable")
+        return
+    heartbeat = asyncio.create_task(_keep_counted(quotas, owner, client_id))
     if not hub.join():
+        heartbeat.cancel()
+        await asyncio.to_thread(quotas.leave_live, owner, client_id)
         await ws.send_text(
             _error("too_many_viewers", f"all {hub.max_clients} live slots are in use; try again in a minute")
         )
         await ws.close(code=CLOSE_TRY_AGAIN, reason="too many viewers")
         return
-    client_id = uuid.uuid4().hex
-    logger.info("live viewer %s connected (%d now)", client_id, hub.clients)
+    logger.info("live viewer %s of %s connected (%d here now)", client_id, owner.id, hub.clients)
     frames = 0
     metrics.LIVE_SESSIONS.inc()
     try:
@@ -65,7 +92,19 @@ async def live(ws: WebSocket, hub: LiveHubDep, settings: SettingsDep) -> None:
     finally:
         metrics.LIVE_SESSIONS.dec()
         hub.leave()
+        heartbeat.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(quotas.leave_live, owner, client_id)
         logger.info("live viewer %s left after %d frames", client_id, frames)
+
+
+async def _keep_counted(quotas, owner, client_id: str) -> None:
+    """Refresh the viewer's entry in the owner's live count; a gateway that dies stops refreshing, and
+    its viewers stop counting after LIVE_TTL_S."""
+    while True:
+        await asyncio.sleep(LIVE_TTL_S / 3)
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(quotas.refresh_live, owner, client_id)
 
 
 async def _answer(

@@ -1,14 +1,19 @@
-"""Health and the limits the pages check before sending."""
+"""Health, the limits the pages check before sending, and who the caller is."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
+from typing import Annotated
+
 import redis
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from common.media import ALLOWED_INPUT_FORMATS
+from common.webhooks import owner_secret
+from gateway.auth import Owner, current_owner
 from gateway.deps import SettingsDep, StoreDep
-from gateway.schemas import Health, Limits, LiveLimits
+from gateway.schemas import Health, Limits, LimitsPublic, LiveLimits, Me, Usage
 
 router = APIRouter(tags=["system"])
 
@@ -35,4 +40,22 @@ def limits(settings: SettingsDep) -> Limits:
             timeout_s=settings.live_timeout_s,
             max_clients=settings.live_max_clients,
         ),
+    )
+
+
+@router.get("/api/v1/me", response_model=Me, responses={401: {"description": "no valid API key"}})
+def me(request: Request, store: StoreDep, owner: Annotated[Owner, Depends(current_owner)]) -> Me:
+    """The owner this request acts as, its limits (0: none), what it uses, and its webhook signing secret."""
+    quotas = request.app.state.quotas
+    limits = owner.limits
+    return Me(
+        owner=owner.id,
+        kind=owner.kind,
+        name=owner.name,
+        limits=LimitsPublic(**asdict(limits)),
+        usage=Usage(
+            active_jobs=quotas.active_count(owner) if limits.max_active_jobs else 0,
+            stored_bytes=quotas.stored_bytes(owner) if limits.max_stored_bytes else 0,
+        ),
+        webhook_secret=owner_secret(store.redis, owner.id),
     )

@@ -122,8 +122,13 @@ function connect() {
   ws.onclose = (event) => {
     inFlight = null;
     if (!running) return;
-    if (event.code === 1013) {
-      showError("The live service is full", "All live slots are in use. Try again in a minute.");
+    // The server says why before it closes: all slots taken, this browser's own limit, or not allowed.
+    if (event.code === 1013 || event.code === 1008) {
+      const titles = { too_many_live_viewers: "Too many live pages open", too_many_viewers: "The live service is full" };
+      const title = (closingError && titles[closingError.code]) || "The live stream is not available";
+      showError(title, closingError ? capitalize(closingError.message)
+        : "All live slots are in use. Try again in a minute.");
+      closingError = null;
       stop();
       return;
     }
@@ -162,8 +167,12 @@ function showMs(id, value) {
   node.replaceChildren(String(Math.round(value)), el("small", { text: "ms" }));
 }
 
+// The last refusal before the server closes the socket (it explains the close).
+let closingError = null;
+
 function onAnswer(message) {
   if (message.hello) return;
+  if (message.error && message.seq === undefined) { closingError = message.error; return; }
   const now = performance.now();
   const sent = inFlight;
   inFlight = null;

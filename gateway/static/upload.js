@@ -93,7 +93,8 @@ function upload() {
       return;
     }
     const message = body && body.error ? body.error.message : `the server answered ${xhr.status}`;
-    fail("The upload was refused", message);
+    // 429: one of this browser's limits (uploads per minute, jobs at once, storage); the message names it.
+    fail(xhr.status === 429 ? "Please wait a little" : "The upload was refused", message);
   };
   xhr.onerror = () => fail("The upload did not finish",
     "the connection broke off. Check that the server is running and your network works, then try again.");
@@ -137,7 +138,8 @@ async function loadRecent() {
   try {
     const { jobs } = await apiGet("/api/v1/jobs?limit=10");
     if (!jobs.length) {
-      list.replaceChildren(el("li", { class: "muted small", text: "No videos yet. Your uploads will appear here." }));
+      list.replaceChildren(el("li", { class: "muted small",
+        text: "No videos yet. What you upload from this browser appears here; nobody else sees it." }));
       return;
     }
     list.replaceChildren(...jobs.map((job) => {

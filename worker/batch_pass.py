@@ -1,0 +1,311 @@
+"""One batch in one pass over its frames: decode once, then per frame detect, follow, crop (classification
+runs in the background, batched), smooth, draw and encode, with a short look-ahead and a pre-roll.
+
+- Pre-roll: the `preroll_ms` before the batch's first frame are decoded and analysed but not drawn, so the
+  tracker and the smoother enter the batch warm: an emoji drawn at a batch boundary is the one a run without
+  that boundary draws (the smoother forgets its start within a few `smoothing_ms`, the hysteresis holds).
+- Look-ahead: a frame is finished (smoothed, drawn, encoded) only once frames `lookahead_ms` after it are
+  analysed. In that window a person missed by the detector for a few frames (or between detections, with
+  `detect_every` > 1) gets boxes interpolated across the gap, and a one-frame false detection is recognised
+  (its track never reaches `track_min_detections`) before anything is drawn for it.
+- Everything is causal otherwise, so the result of a batch depends only on its frames and pre-roll: not on
+  which worker ran it, nor on how many took part.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import socket
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import cv2
+import numpy as np
+
+from common import job_files
+from common.classes import EMOTIONS
+from common.face_crop import crop_faces
+from common.storage import LocalStorage
+from worker.classifier import BackgroundClassifier, EmotionClassifier, Slot, model_version
+from worker.detection import FaceDetector
+from worker.overlay import EmojiOverlay
+from worker.plan import Plan
+from worker.records import BatchRecord, FaceRecord, FrameRecord, write_atomically
+from worker.settings import WorkerSettings
+from worker.smoothing import EmotionSmoother
+from worker.tracking import IouTracker
+from worker.video_io import FULL_RANGE_LUT, DisplayFrames, PieceWriter, decode_frames, even, plane_array
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PendingFace:
+    track: int
+    box: np.ndarray  # xyxy, displayed frame's pixels
+    score: float
+    detected: bool
+    slot: Slot
+
+
+@dataclass
+class PendingFrame:
+    index: int
+    t_ms: float
+    frame: object  # av.VideoFrame, drawn on and encoded when finished
+    luma: np.ndarray
+    faces: list[PendingFace] = field(default_factory=list)
+
+
+class StageClock:
+    """CPU seconds of this thread per stage (the batch runs on one thread; classification calls are counted
+    by their own thread, see BackgroundClassifier)."""
+
+    def __init__(self) -> None:
+        self.cpu_s: dict[str, float] = {}
+        self.last = time.thread_time()
+
+    def lap(self, stage: str) -> None:
+        now = time.thread_time()
+        self.cpu_s[stage] = self.cpu_s.get(stage, 0.0) + now - self.last
+        self.last = now
+
+
+class BatchPass:
+    def __init__(
+        self,
+        plan: Plan,
+        batch_index: int,
+        detector: FaceDetector,
+        classifier: EmotionClassifier,
+        overlay: EmojiOverlay,
+        settings: WorkerSettings,
+    ) -> None:
+        self.plan, self.settings, self.detector, self.overlay = plan, settings, detector, overlay
+        self.window = plan.window(batch_index, settings.preroll_ms)
+        self.batch_index = batch_index
+        self.width, self.height = plan.output_size
+        detect_w = even(min(self.width, settings.detect_width))
+        self.detect_size = (detect_w, even(round(self.height * detect_w / self.width)))
+        self.to_display = self.width / detect_w
+        self.matrix = "bt709" if self.height >= 720 else "bt601"
+        self.expand = None if plan.full_range else FULL_RANGE_LUT
+        self.tracker = IouTracker(min_iou=settings.track_min_iou, max_miss_ms=settings.track_max_miss_ms)
+        self.smoother = EmotionSmoother(
+            settings.smoothing_ms, settings.hysteresis_margin, settings.hysteresis_hold_ms
+        )
+        # Calls go out half a look-ahead after their first crop: answered before the frame is finished.
+        self.background = BackgroundClassifier(classifier, settings.predict_batch, settings.lookahead_ms / 2)
+        self.classifier = classifier
+        self.hits: dict[int, int] = {}
+        self.last_seen: dict[int, tuple[int, np.ndarray, float]] = {}
+        self.buffer: deque[PendingFrame] = deque()
+        self.preroll: list[FrameRecord] = []
+        self.frames: list[FrameRecord] = []
+        self.clock = StageClock()
+        self.writer: PieceWriter | None = None
+        self.crops = 0
+
+    # --- analysis of one frame -------------------------------------------------------------------------
+    def detection_image(self, frame) -> np.ndarray:
+        """A small BGR copy for the detector, converted from the planes at the small size only. Bilinear:
+        the detector shrinks it again to its own input; area averaging here cost 2 ms a frame."""
+        w, h = self.detect_size
+        luma, u, v = (plane_array(frame, i) for i in range(3))
+        small = np.empty((h * 3 // 2, w), np.uint8)
+        cv2.resize(luma, (w, h), dst=small[:h], interpolation=cv2.INTER_LINEAR)
+        chroma = small[h:].reshape(2, h // 2, w // 2)
+        cv2.resize(u, (w // 2, h // 2), dst=chroma[0], interpolation=cv2.INTER_LINEAR)
+        cv2.resize(v, (w // 2, h // 2), dst=chroma[1], interpolation=cv2.INTER_LINEAR)
+        return cv2.cvtColor(small, cv2.COLOR_YUV2BGR_I420)
+
+    def submit_crops(self, luma: np.ndarray, boxes: np.ndarray, t_ms: float) -> list[Slot]:
+        crops = crop_faces(luma, boxes)
+        if self.expand is not None and len(crops):
+            crops = self.expand[crops]
+        self.crops += len(crops)
+        return [self.background.submit(c, t_ms) for c in crops]
+
+    def analyse(self, pending: PendingFrame, frame) -> None:
+        offset = pending.index - self.window.first
+        if offset % self.settings.detect_every and pending.index != self.window.end - 1:
+            return
+        small = self.detection_image(frame)
+        self.clock.lap("convert")
+        found = self.detector.detect(small)
+        boxes = np.asarray(found.xyxy, np.float64).reshape(-1, 4) * self.to_display
+        self.clock.lap("detect")
+        ids = self.tracker.update(boxes, pending.t_ms)
+        self.clock.lap("track")
+        slots = self.submit_crops(pending.luma, boxes, pending.t_ms)
+        for track, box, score, slot in zip(ids, boxes, found.scores, slots, strict=True):
+            self.hits[track] = self.hits.get(track, 0) + 1
+            pending.faces.append(PendingFace(track, box, float(score), True, slot))
+            self.fill_gap(track, pending.index, box, float(score))
+            self.last_seen[track] = (pending.index, box, float(score))
+        self.clock.lap("crop")
+
+    def fill_gap(self, track: int, index: int, box: np.ndarray, score: float) -> None:
+        """Boxes for the frames since this person was last found, if those frames are still buffered."""
+        if track not in self.last_seen:
+            return
+        last_index, last_box, last_score = self.last_seen[track]
+        if index - last_index < 2:
+            return
+        times = self.plan.timestamps_ms
+        for pending in self.buffer:
+            if last_index < pending.index < index:
+                span = times[index] - times[last_index]
+                w = (pending.t_ms - times[last_index]) / span if span > 0 else 0.5
+                between = last_box + w * (box - last_box)
+                (slot,) = self.submit_crops(pending.luma, between[None], pending.t_ms)
+                pending.faces.append(
+                    PendingFace(track, between, last_score + w * (score - last_score), False, slot)
+                )
+
+    # --- finishing a frame ------------------------------------------------------------------------------
+    def finish(self, pending: PendingFrame) -> None:
+        if any(face.slot.future is None for face in pending.faces):
+            self.background.flush()
+        self.clock.lap("crop")
+        faces = []
+        for face in sorted(pending.faces, key=lambda f: f.track):
+            if self.hits[face.track] < self.settings.track_min_detections:
+                continue  # a track the detector confirmed too rarely is most likely a false detection
+            raw = face.slot.result()
+            smoothed, shown = self.smoother.update(face.track, raw, pending.t_ms)
+            faces.append(
+                FaceRecord(
+                    track=face.track,
+                    box_xyxy=tuple(round(float(v), 2) for v in face.box),
+                    score=round(face.score, 4),
+                    detected=face.detected,
+                    probabilities=[round(float(p), 5) for p in raw],
+                    smoothed=[round(float(p), 5) for p in smoothed],
+                    shown=shown,
+                )
+            )
+        self.clock.lap("smooth")
+        record = FrameRecord(index=pending.index, t_ms=pending.t_ms, faces=faces)
+        if pending.index < self.window.start:
+            self.preroll.append(record)
+            return
+        self.frames.append(record)
+        if faces:
+            frame = pending.frame
+            self.overlay.draw_yuv_planes(
+                pending.luma,
+                plane_array(frame, 1),
+                plane_array(frame, 2),
+                [(f.box_xyxy, EMOTIONS[f.shown]) for f in faces],
+                self.matrix,
+            )
+        self.clock.lap("draw")
+        times = self.plan.timestamps_ms
+        base = self.writer.time_base
+        pts = round((pending.t_ms - times[self.window.start]) / 1000 / base)
+        self.writer.write(pending.frame, pts)
+        self.clock.lap("encode")
+
+    def run(self, storage: LocalStorage, job_id: str, fence=None) -> BatchRecord:
+        """Process the batch; `fence` (a fencing check) runs before each output is put in place and may
+        raise to stop that."""
+        settings, plan, window = self.settings, self.plan, self.window
+        started, usage = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+        display = DisplayFrames(plan.info.rotation, plan.output_size)
+        try:
+            frames = decode_frames(
+                storage.path(job_id, job_files.INPUT),
+                plan.info.format_name,
+                plan.timestamps_ms,
+                window,
+                settings.decode_threads,
+            )
+            for index, raw in frames:
+                self.clock.lap("decode")
+                if self.writer is None:
+                    self.writer = PieceWriter(
+                        storage.path(job_id, job_files.piece(self.batch_index)),
+                        self.width,
+                        self.height,
+                        plan.info.fps,
+                        Fraction(raw.time_base) if raw.time_base else Fraction(1, 90000),
+                        settings.x264_preset,
+                        settings.x264_crf,
+                        settings.encode_threads,
+                    )
+                frame = display(raw)
+                pending = PendingFrame(index, plan.timestamps_ms[index], frame, plane_array(frame, 0))
+                self.clock.lap("convert")
+                self.analyse(pending, frame)
+                self.buffer.append(pending)
+                self.background.due(pending.t_ms)
+                while self.buffer and pending.t_ms - self.buffer[0].t_ms >= settings.lookahead_ms:
+                    self.finish(self.buffer.popleft())
+                self.clock.last = time.thread_time()
+            while self.buffer:
+                self.finish(self.buffer.popleft())
+            # No frame decoded (a damaged stretch): no piece; the task counts the frames as lost.
+            written = self.writer.close(before_replace=fence) if self.writer is not None else 0
+        except BaseException:
+            if self.writer is not None:
+                self.writer.abort()
+            raise
+        finally:
+            self.background.close()
+        self.clock.lap("encode")
+        now = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = dict(self.clock.cpu_s)
+        cpu["classify_calls"] = self.background.cpu_s
+        cpu["total"] = now.ru_utime + now.ru_stime - usage.ru_utime - usage.ru_stime
+        record = BatchRecord(
+            batch_index=self.batch_index,
+            start=window.start,
+            end=window.start + written,
+            preroll=self.preroll,
+            frames=self.frames,
+            model_version=model_version(self.classifier) if self.crops else None,
+            crops=self.crops,
+            cpu_s={k: round(v, 4) for k, v in cpu.items()},
+            wall_s=round(time.perf_counter() - started, 3),
+            peak_rss_mib=round(now.ru_maxrss / 1024, 1),
+            worker=f"{socket.gethostname()}:{os.getpid()}",
+        )
+        if fence is not None:
+            fence()
+        write_atomically(
+            storage.path(job_id, job_files.batch_record(self.batch_index)), record.model_dump_json()
+        )
+        logger.info(
+            "job %s: batch %d (frames %d-%d, %d pre-roll, %d crops) in %.2f s wall, %.2f s CPU: %s",
+            job_id,
+            self.batch_index,
+            window.start,
+            window.start + written - 1,
+            len(self.preroll),
+            self.crops,
+            record.wall_s,
+            cpu["total"],
+            ", ".join(f"{k} {v:.2f}" for k, v in record.cpu_s.items()),
+        )
+        return record
+
+
+def run_batch(
+    storage: LocalStorage,
+    job_id: str,
+    batch_index: int,
+    plan: Plan,
+    detector: FaceDetector,
+    classifier: EmotionClassifier,
+    overlay: EmojiOverlay,
+    settings: WorkerSettings,
+    fence=None,
+) -> BatchRecord:
+    """Analyse, draw and encode one batch: writes pieces/<batch>.mp4 and batches/<batch>.json. `fence` (a
+    fencing check) runs before each is put in place and may raise to stop that."""
+    return BatchPass(plan, batch_index, detector, classifier, overlay, settings).run(storage, job_id, fence)

@@ -1,0 +1,128 @@
+"""A job's steps as plain functions; the Celery tasks in worker/tasks.py only call them and chain them.
+
+    plan_job             probe the upload, index its frames, cut batches     -> plan.json
+    run_batch (each)     decode once, analyse, draw, encode                  -> batches/N.json, pieces/N.mp4
+    finish_job           stitch person ids, write the timeline, join pieces  -> timeline.*, result.mp4
+
+Why these steps: the only thing a batch needs from outside its frames is a warm tracker and smoother, and
+the pre-roll gives it that (see worker.batch_pass), so every batch can draw its emoji and encode its piece at
+once, in parallel with the others on any worker, decoding each frame once. What needs the whole video, person
+ids and the summary, is cheap and comes last. Every step reads and writes files of its job only, through the
+storage object and the names in common.job_files, and replaces its outputs atomically, so any step may run
+twice (a worker died, the task came back) with the same result.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from common import job_files
+from common.errors import VideoError
+from common.storage import LocalStorage
+from worker.batch_pass import run_batch
+from worker.plan import Plan, load_plan, plan_job
+from worker.records import BatchRecord
+from worker.settings import WorkerSettings
+from worker.stitching import stitch
+from worker.timeline import timeline_from_batches, write_csv, write_json
+from worker.video_io import join_pieces
+
+__all__ = ["Plan", "finish_job", "load_plan", "load_records", "plan_job", "run_batch"]
+
+logger = logging.getLogger(__name__)
+
+
+def load_records(storage: LocalStorage, job_id: str, plan: Plan) -> list[BatchRecord]:
+    return [
+        BatchRecord.model_validate_json(storage.path(job_id, job_files.batch_record(i)).read_text())
+        for i in range(len(plan.batches))
+    ]
+
+
+def processing_report(records: list[BatchRecord]) -> dict:
+    """What the batches cost, summed over the job (the benchmark reads it from the timeline)."""
+    cpu: dict[str, float] = {}
+    for record in records:
+        for stage, seconds in record.cpu_s.items():
+            cpu[stage] = cpu.get(stage, 0.0) + seconds
+    return {
+        "batches": len(records),
+        "cpu_s": {stage: round(seconds, 3) for stage, seconds in cpu.items()},
+        "batch_wall_s": round(sum(r.wall_s for r in records), 3),
+        "peak_rss_mib": max((r.peak_rss_mib for r in records), default=0.0),
+    }
+
+
+def finish_job(
+    storage: LocalStorage, job_id: str, plan: Plan, settings: WorkerSettings, model_name: str
+) -> Path:
+    """Stitch person ids, write timeline.json and timeline.csv, join the pieces with the original audio into
+    result.mp4 (faststart)."""
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    records = load_records(storage, job_id, plan)
+    info = plan.info
+    video = {
+        "width": info.width,
+        "height": info.height,
+        "fps": round(info.fps, 6),
+        "frames": sum(len(r.frames) for r in records),
+        "duration_s": info.duration_s,
+        "has_audio": info.has_audio,
+    }
+    model = {"name": model_name, "version": next((r.model_version for r in records if r.model_version), None)}
+    used = {
+        "detect_every": settings.detect_every,
+        "detect_width": settings.detect_width,
+        "detect_model": settings.detect_model,
+        "detect_tile_rows": settings.detect_tile_rows,
+        "preroll_ms": settings.preroll_ms,
+        "lookahead_ms": settings.lookahead_ms,
+        "smoothing_ms": settings.smoothing_ms,
+        "hysteresis_margin": settings.hysteresis_margin,
+        "hysteresis_hold_ms": settings.hysteresis_hold_ms,
+        "track_max_miss_ms": settings.track_max_miss_ms,
+        "track_min_detections": settings.track_min_detections,
+    }
+    report = processing_report(records)
+    timeline = timeline_from_batches(
+        job_id, video, records, stitch(records), model, used, settings.track_max_miss_ms, report
+    )
+    write_json(storage.path(job_id, job_files.TIMELINE_JSON), timeline)
+    write_csv(storage.path(job_id, job_files.TIMELINE_CSV), timeline)
+    times = plan.timestamps_ms
+    # Batches of a damaged stretch may have decoded nothing and have no piece. Each piece lasts until the
+    # next piece's first frame, so the joined frames keep the source's times (lost frames leave a gap).
+    present = [(r.batch_index, r.start) for r in records if r.frames]
+    if not present:
+        raise VideoError("no frame of the video could be decoded; the file is damaged")
+    pieces = []
+    for (index, start), following in zip(present, present[1:] + [None], strict=True):
+        duration = (times[following[1]] - times[start]) / 1000 if following else None
+        pieces.append((storage.path(job_id, job_files.piece(index)), duration))
+    missing = [p.name for p, _ in pieces if not p.exists()]
+    if missing:
+        raise RuntimeError(f"job {job_id}: pieces {missing} are missing; cannot join")
+    target = storage.path(job_id, job_files.RESULT)
+    join_pieces(
+        pieces,
+        storage.path(job_id, job_files.INPUT),
+        info.format_name,
+        target,
+        info.audio_codec if info.has_audio else None,
+        tuple(settings.mp4_audio_codecs),
+        video_offset_s=max(plan.video_start_s - plan.container_start_s, 0.0),
+        timeout_s=settings.ffmpeg_timeout_s,
+    )
+    logger.info(
+        "job %s: timeline (%d frames, %d people) and %s from %d pieces in %.2f s wall, %.2f s CPU",
+        job_id,
+        len(timeline["frames"]),
+        len(timeline["people"]),
+        target.name,
+        len(pieces),
+        time.perf_counter() - t0,
+        time.process_time() - cpu0,
+    )
+    return target
