@@ -119,10 +119,13 @@ def test_video_and_live_workers_are_separate_and_scaled_on_their_queues(rendered
     deployments = objects(docs, "Deployment")
     scaled = objects(docs, "ScaledObject")
     assert {"gateway", "worker-video", "worker-live", "model-server"} <= set(deployments)
+    consumed = set()
     for name, queue in (("worker-video", "video"), ("worker-live", "live")):
         args = containers(deployments[name], init=False)[0]["args"]
         assert args[:4] == ["celery", "-A", "worker.app", "worker"]
-        assert args[args.index("-Q") + 1] == queue
+        queues = args[args.index("-Q") + 1].split(",")
+        assert queues[0] == queue and "live" not in queues[1:], f"{name}: {queues}"
+        consumed |= set(queues)
         (trigger,) = scaled[name]["spec"]["triggers"]
         assert scaled[name]["spec"]["scaleTargetRef"]["name"] == name
         assert trigger["type"] == "redis" and trigger["metadata"]["listName"] == queue
@@ -130,6 +133,9 @@ def test_video_and_live_workers_are_separate_and_scaled_on_their_queues(rendered
         # KEDA runs in its own namespace: a short name would not resolve there.
         assert trigger["metadata"]["address"] == f"redis.{namespace}.svc.cluster.local:6379"
         assert scaled[name]["spec"]["minReplicaCount"] >= 1  # the live page must never wait for a pod
+    from common.queue import LIVE_QUEUE, VIDEO_QUEUE, WEBHOOK_QUEUE
+
+    assert consumed == {VIDEO_QUEUE, LIVE_QUEUE, WEBHOOK_QUEUE}, "every queue the apps send to has workers"
 
 
 def test_grace_periods_outlast_the_longest_task_and_the_visibility_timeout_outlasts_them(rendered):
@@ -209,7 +215,12 @@ def test_apps_read_known_settings_and_storage_credentials_from_a_secret(rendered
     secrets = objects(docs, "Secret")
     if overlay == "local":
         (name,) = [n for n in secrets if n.startswith("emoji-storage")]
-        assert set(secrets[name]["data"]) == {"EMOJI_S3_ACCESS_KEY_ID", "EMOJI_S3_SECRET_ACCESS_KEY"}
+        # The session secret too: every gateway replica must sign browser sessions with the same one.
+        assert set(secrets[name]["data"]) == {
+            "EMOJI_S3_ACCESS_KEY_ID", "EMOJI_S3_SECRET_ACCESS_KEY", "EMOJI_SESSION_SECRET"
+        }
+        assert set(secrets[name]["data"]) <= KNOWN_SETTINGS
+        assert config["EMOJI_REQUIRE_API_KEY"] == "true"
         assert config["EMOJI_S3_ENDPOINT_URL"] == "http://s3:8333"
     else:
         assert not any(n.startswith("emoji-storage") for n in secrets), "production credentials stay out"
