@@ -304,17 +304,28 @@ def batch_lock(job_id: str, stage: str, batch_index: int, outputs):
         lock.release()
 
 
+def batch_outputs(batch_index: int) -> list[str]:
+    """The files one batch writes (each through a temporary name beside it)."""
+    return [job_files.batch_record(batch_index), job_files.piece(batch_index)]
+
+
 @signals.task_failure.connect
 def _hard_time_limit(sender=None, task_id=None, exception=None, args=None, **_) -> None:
     """Celery killed a task's process at the hard time limit (in the worker's main process): the task will
-    not report anything itself, so its job fails here."""
-    if isinstance(exception, TimeLimitExceeded) and args and isinstance(args[0], str):
-        fail(
-            args[0],
-            TimedOut.code,
-            f"the worker took longer than {settings().task_time_limit_s} s (EMOJI_TASK_TIME_LIMIT_S) and "
-            "was stopped; try a shorter video",
-        )
+    not report anything itself, so its job fails here, and a killed batch's half-written files go too."""
+    if not (isinstance(exception, TimeLimitExceeded) and args and isinstance(args[0], str)):
+        return
+    job_id = args[0]
+    fail(
+        job_id,
+        TimedOut.code,
+        f"the worker took longer than {settings().task_time_limit_s} s (EMOJI_TASK_TIME_LIMIT_S) and "
+        "was stopped; try a shorter video",
+    )
+    if getattr(sender, "name", None) == TASK_PROCESS_BATCH and len(args) > 1 and storage().local:
+        # The killed run still holds the batch's lock, so no other run is writing these names now.
+        for output in batch_outputs(args[1]):
+            remove_stale_temps(storage().path(job_id, output))
 
 
 @app.task(name=TASK_START_JOB, bind=True)
@@ -342,7 +353,7 @@ def start_job(self: Task, job_id: str) -> None:
 @app.task(name=TASK_PROCESS_BATCH, bind=True)
 def process_batch(self: Task, job_id: str, batch_index: int, start: int, end: int) -> None:
     """Analyse frames [start, end), draw their emoji, encode the piece; the last batch enqueues the finish."""
-    outputs = [job_files.batch_record(batch_index), job_files.piece(batch_index)]
+    outputs = batch_outputs(batch_index)
     with (
         job_step(self, job_id, f"processing frames {start}-{end - 1}", task_key(self, batch_index)) as files,
         batch_lock(job_id, "batch", batch_index, outputs) as fence,
