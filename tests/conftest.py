@@ -101,16 +101,23 @@ def service_logs(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("logs")
 
 
-@pytest.fixture(scope="session")
-def redis_url(service_logs):
-    """A private Redis on a free port (Debian's redis-server, which `make test` installs)."""
+def start_redis(log_dir: Path, name: str = "redis") -> tuple[ServiceProcess, str]:
+    """A private Redis on a free port, keeping nothing on disk (Debian's redis-server, which `make test`
+    installs); the test is skipped when it is missing."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("redis-server is not installed; run `make test`, which installs it")
     port = free_port()
     args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    redis = ServiceProcess("redis", args, dict(os.environ), service_logs, _port_ready(port)).start(30)
-    yield f"redis://127.0.0.1:{port}/0"
+    redis = ServiceProcess(name, args, dict(os.environ), log_dir, _port_ready(port)).start(30)
+    return redis, f"redis://127.0.0.1:{port}/0"
+
+
+@pytest.fixture(scope="session")
+def redis_url(service_logs):
+    """The test stack's private Redis."""
+    redis, url = start_redis(service_logs)
+    yield url
     redis.stop()
 
 

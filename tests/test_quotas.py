@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -20,7 +19,7 @@ import pytest
 
 from common.jobs import JobStore
 from gateway.keys import KeyStore
-from tests.conftest import ServiceProcess, _port_ready, free_port, start_gateway
+from tests.conftest import start_gateway, start_redis
 from tests.keys_helpers import bearer, upload
 
 pytestmark = pytest.mark.e2e
@@ -30,13 +29,8 @@ WINDOW_S = 3
 
 @pytest.fixture(scope="module")
 def quota_redis(service_logs) -> str:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed; run `make test`, which installs it")
-    port = free_port()
-    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    redis = ServiceProcess("redis-quotas", args, dict(os.environ), service_logs, _port_ready(port)).start(30)
-    yield f"redis://127.0.0.1:{port}/0"
+    redis, url = start_redis(service_logs, "redis-quotas")
+    yield url
     redis.stop()
 
 
