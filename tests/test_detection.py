@@ -14,6 +14,7 @@ from skimage.data import astronaut, coffee
 from worker.detection import (
     BLAZEFACE_MODELS,
     BlazeFaceDetector,
+    TileScan,
     blazeface_file,
     decode_boxes,
     iou_matrix,
@@ -77,6 +78,65 @@ def test_tiles_find_a_face_too_small_for_one_pass_and_map_it_back():
     assert len(BlazeFaceDetector(tile_rows=0).detect(frame)) == 0
     tiled = BlazeFaceDetector(tile_rows=1).detect(frame)
     assert len(tiled) == 1 and iou_matrix(tiled.xyxy, [expected])[0, 0] > 0.4
+
+
+class TilesAsked(BlazeFaceDetector):
+    """The real detector, noting which tiles each scan asked for."""
+
+    def __init__(self) -> None:
+        super().__init__(tile_rows=1)
+        self.asked: list[set[int]] = []
+
+    def detect(self, image_bgr, tiles=None):
+        self.asked.append(set(range(len(self.tiles(*image_bgr.shape[:2])))) if tiles is None else set(tiles))
+        return super().detect(image_bgr, tiles)
+
+
+def small_face_frame(present: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """1920x1080 with a 90 px face (found only by the rightmost of the three tiles), and where it is."""
+    frame = np.full((1080, 1920, 3), 90, np.uint8)
+    if present:
+        face = cv2.resize(
+            np.ascontiguousarray(astronaut()[:, :, ::-1]), (480, 480), interpolation=cv2.INTER_AREA
+        )
+        frame[500:980, 1300:1780] = face
+    return frame, np.array(ASTRONAUT_FACE) * 480 / 512 + [1300, 500, 1300, 500]
+
+
+def test_detect_scans_only_the_tiles_it_is_given():
+    detector = BlazeFaceDetector(tile_rows=1)
+    frame, expected = small_face_frame()
+    assert len(detector.tiles(1080, 1920)) == 3
+    assert len(detector.detect(frame, tiles=[0, 1])) == 0
+    found = detector.detect(frame, tiles=[2])
+    assert len(found) == 1 and iou_matrix(found.xyxy, [expected])[0, 0] > 0.4
+    assert detector.tiles_needed(found.xyxy, 1080, 1920) == {2}
+    assert detector.tiles_needed([[0, 0, 600, 600]], 1080, 1920) == set()  # large: the whole frame finds it
+
+
+def test_tile_scan_discovers_a_small_face_in_turn_then_follows_it_and_lets_go_after_it_leaves():
+    spy = TilesAsked()
+    scan = TileScan(spy, hold=3)
+    with_face, expected = small_face_frame()
+    counts = [len(scan.scan(with_face, n)) for n in range(6)]
+    assert counts == [0, 0, 1, 1, 1, 1]  # tile 2's turn comes at scan 2; from then on it is held
+    assert spy.asked == [{0}, {1}, {2}, {2, 0}, {2, 1}, {2}]
+    empty, _ = small_face_frame(present=False)
+    spy.asked.clear()
+    assert [len(scan.scan(empty, n)) for n in range(6, 11)] == [0] * 5
+    assert spy.asked == [{0, 2}, {1, 2}, {2}, {0}, {1}]  # held for 3 scans after the last sighting
+
+
+def test_tile_scan_asks_for_the_same_tiles_whatever_scan_it_starts_at():
+    with_face, _ = small_face_frame()
+    early, late = TilesAsked(), TilesAsked()
+    early_scan, late_scan = TileScan(early), TileScan(late)
+    for n in range(12):
+        early_scan.scan(with_face, n)
+        if n >= 4:
+            late_scan.scan(with_face, n)
+    # Once the late one has had a turn at every tile, both ask the same.
+    assert early.asked[4 + 3 :] == late.asked[3:]
 
 
 def test_a_face_cut_by_the_frame_edge_gets_a_box_clipped_to_the_frame(detector, astronaut_bgr):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -250,8 +251,8 @@ class BlazeFaceDetector:
         boxes = (boxes - np.array([left, top, left, top], np.float32)) / scale
         return boxes, scores[keep]
 
-    def _tiles(self, height: int, width: int) -> list[tuple[int, int, int]]:
-        """(x, y, side) of overlapping squares over the frame, `tile_rows` of them across its short side."""
+    def tiles(self, height: int, width: int) -> list[tuple[int, int, int]]:
+        """(x, y, side) of overlapping squares over a frame this size, `tile_rows` across its short side."""
         if not self.tile_rows:
             return []
         short = min(height, width)
@@ -262,6 +263,19 @@ class BlazeFaceDetector:
             return [round((length - side) * i / max(count - 1, 1)) for i in range(count)]
 
         return [(x, y, side) for y in starts(height) for x in starts(width)]
+
+    def tiles_needed(self, boxes_xyxy: np.ndarray, height: int, width: int) -> set[int]:
+        """Indices of the tiles holding the centre of a face small enough to need them (one the whole-frame
+        pass may miss: up to the tiles' overlap in size)."""
+        boxes = np.asarray(boxes_xyxy, np.float32).reshape(-1, 4)
+        cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+        size = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+        needed: set[int] = set()
+        for i, (x, y, side) in enumerate(self.tiles(height, width)):
+            inside = (cx >= x) & (cx < x + side) & (cy >= y) & (cy < y + side)
+            if np.any(inside & (size <= side * TILE_OVERLAP)):
+                needed.add(i)
+        return needed
 
     def _detect_tile(self, image_bgr: np.ndarray, x: int, y: int, side: int) -> tuple[np.ndarray, np.ndarray]:
         """Boxes found in one tile, in frame pixels, without those touching a cut through the frame: a face
@@ -277,13 +291,17 @@ class BlazeFaceDetector:
         )
         return boxes[~cut] + np.array([x, y, x, y], np.float32), scores[~cut]
 
-    def detect(self, image_bgr: np.ndarray) -> FaceBoxes:
+    def detect(self, image_bgr: np.ndarray, tiles: Iterable[int] | None = None) -> FaceBoxes:
+        """Faces in the whole frame and in its tiles: all of them, or only those numbered in `tiles` (indices
+        into `self.tiles(height, width)`; see TileScan)."""
         check_bgr(image_bgr)
         height, width = image_bgr.shape[:2]
-        tiles = self._tiles(height, width)
-        whole_min = max(self.min_score, WHOLE_FRAME_MIN_SCORE_WITH_TILES) if tiles else self.min_score
+        squares = self.tiles(height, width)
+        whole_min = max(self.min_score, WHOLE_FRAME_MIN_SCORE_WITH_TILES) if squares else self.min_score
+        if tiles is not None:
+            squares = [squares[i] for i in sorted(set(tiles))]
         parts = [self._detect_square(image_bgr, whole_min)]
-        parts += [self._detect_tile(image_bgr, x, y, side) for x, y, side in tiles]
+        parts += [self._detect_tile(image_bgr, x, y, side) for x, y, side in squares]
         boxes = np.concatenate([p[0] for p in parts])
         scores = np.concatenate([p[1] for p in parts])
         if not len(scores):
@@ -307,3 +325,32 @@ def make_detector(settings, tile_rows: int | None = None) -> FaceDetector:
     overrides the settings' (the live path scans webcam frames, whose faces are large, without tiles)."""
     cv2.setNumThreads(settings.opencv_threads)
     return BlazeFaceDetector.from_settings(settings, tile_rows)
+
+
+class TileScan:
+    """Scans the frames of one video in order, spending the detector's tiles where faces are.
+
+    Every scan looks at the whole frame, which finds all but the small faces. A tile costs a network run as
+    dear as the whole frame's, and most tiles of most videos hold no small face, so a scan also looks only at
+    the tiles that held a small face in the last `hold` scans (to keep following those faces) and at one more
+    tile in turn (to discover new ones): a small face that appears is found within as many scans as there
+    are tiles. The turn follows the scan's number, not a count kept here, so two runs over the same frames
+    scan the same tiles whatever frame they started at (batches agree once their pre-roll has warmed the
+    held tiles up). A detector without tiles is simply asked to `detect`.
+    """
+
+    def __init__(self, detector: FaceDetector, hold: int = 3) -> None:
+        self.detector = detector
+        self.hold = hold
+        self.held_until: dict[int, int] = {}  # tile -> the last scan number that looks at it again
+
+    def scan(self, image_bgr: np.ndarray, number: int) -> FaceBoxes:
+        tiles_of = getattr(self.detector, "tiles", None)
+        count = len(tiles_of(*image_bgr.shape[:2])) if tiles_of else 0
+        if not count:
+            return self.detector.detect(image_bgr)
+        tiles = {number % count} | {t for t, until in self.held_until.items() if until >= number}
+        found = self.detector.detect(image_bgr, tiles)
+        for tile in self.detector.tiles_needed(found.xyxy, *image_bgr.shape[:2]):
+            self.held_until[tile] = number + self.hold
+        return found
