@@ -270,6 +270,36 @@ def test_detecting_every_other_frame_interpolates_between(video, storage, settin
         assert f["faces"][0]["box_xyxy"] == pytest.approx([x, y, x + SQUARE, y + SQUARE], abs=1.5)
 
 
+def test_only_scanned_faces_are_classified_and_frames_between_take_the_nearer_scans_answer(
+    video, storage, settings
+):
+    every_third = settings.model_copy(update={"detect_every": 3})
+    job = new_job(storage, video)
+    plan = steps.plan_job(storage, job, every_third)
+
+    class NumberedAnswers(StandInClassifier):
+        """Each crop's answer differs from every other's, so an answer tells which crop it came from."""
+
+        def predict(self, faces):
+            out = super().predict(faces)
+            out[:, 0] += 1e-4 * (sum(self.sizes) - len(faces) + np.arange(len(faces)))
+            return out
+
+    classifier = NumberedAnswers()
+    record = steps.run_batch(storage, job, 1, plan, SquareDetector(), classifier, EmojiOverlay(), every_third)
+    frames = record.preroll + record.frames
+    scanned = [f for f in frames if f.faces and f.faces[0].detected]
+    assert sum(classifier.sizes) == record.crops == len(scanned)  # no crop of an interpolated box
+    answers = {f.index: f.faces[0].probabilities for f in scanned}
+    between = [f for f in frames if f.faces and not f.faces[0].detected]
+    assert between
+    for f in between:
+        before = max(i for i in answers if i < f.index)
+        after = min(i for i in answers if i > f.index)
+        nearer = after if f.index - before > after - f.index else before
+        assert f.faces[0].probabilities == answers[nearer]
+
+
 def test_a_one_frame_false_detection_is_neither_drawn_nor_in_the_timeline(video, storage, settings):
     class Flicker(SquareDetector):
         def __init__(self):

@@ -6,8 +6,11 @@ runs in the background, batched), smooth, draw and encode, with a short look-ahe
   that boundary draws (the smoother forgets its start within a few `smoothing_ms`, the hysteresis holds).
 - Look-ahead: a frame is finished (smoothed, drawn, encoded) only once frames `lookahead_ms` after it are
   analysed. In that window a person missed by the detector for a few frames (or between detections, with
-  `detect_every` > 1) gets boxes interpolated across the gap, and a one-frame false detection is recognised
-  (its track never reaches `track_min_detections`) before anything is drawn for it.
+  `detect_every` > 1) gets boxes interpolated across the gap, with the emotion of the nearer scan (only
+  scanned faces are classified), and a one-frame false detection is recognised (its track never reaches
+  `track_min_detections`) before anything is drawn for it.
+- Detection scans the same frames of the video whichever batch they fall in, and spends the detector's tiles
+  where small faces were lately (worker.detection.TileScan); the pre-roll warms that up too.
 - Everything is causal otherwise, so the result of a batch depends only on its frames and pre-roll: not on
   which worker ran it, nor on how many took part.
 """
@@ -31,7 +34,7 @@ from common.classes import EMOTIONS
 from common.face_crop import crop_faces
 from common.storage import LocalStorage
 from worker.classifier import BackgroundClassifier, EmotionClassifier, Slot, model_version
-from worker.detection import FaceDetector
+from worker.detection import FaceDetector, TileScan
 from worker.overlay import EmojiOverlay
 from worker.plan import Plan
 from worker.records import BatchRecord, FaceRecord, FrameRecord, write_atomically
@@ -85,7 +88,8 @@ class BatchPass:
         overlay: EmojiOverlay,
         settings: WorkerSettings,
     ) -> None:
-        self.plan, self.settings, self.detector, self.overlay = plan, settings, detector, overlay
+        self.plan, self.settings, self.overlay = plan, settings, overlay
+        self.scanner = TileScan(detector)
         self.window = plan.window(batch_index, settings.preroll_ms)
         self.batch_index = batch_index
         self.width, self.height = plan.output_size
@@ -102,7 +106,7 @@ class BatchPass:
         self.background = BackgroundClassifier(classifier, settings.predict_batch, settings.lookahead_ms / 2)
         self.classifier = classifier
         self.hits: dict[int, int] = {}
-        self.last_seen: dict[int, tuple[int, np.ndarray, float]] = {}
+        self.last_seen: dict[int, tuple[int, np.ndarray, float, Slot]] = {}
         self.buffer: deque[PendingFrame] = deque()
         self.preroll: list[FrameRecord] = []
         self.frames: list[FrameRecord] = []
@@ -131,12 +135,14 @@ class BatchPass:
         return [self.background.submit(c, t_ms) for c in crops]
 
     def analyse(self, pending: PendingFrame, frame) -> None:
-        offset = pending.index - self.window.first
-        if offset % self.settings.detect_every and pending.index != self.window.end - 1:
+        """Scan every `detect_every`-th frame of the video (counted from its start, so every batch scans the
+        same frames) and the window's last one; the faces found are cropped and sent to the classifier."""
+        every = self.settings.detect_every
+        if pending.index % every and pending.index != self.window.end - 1:
             return
         small = self.detection_image(frame)
         self.clock.lap("convert")
-        found = self.detector.detect(small)
+        found = self.scanner.scan(small, pending.index // every)
         boxes = np.asarray(found.xyxy, np.float64).reshape(-1, 4) * self.to_display
         self.clock.lap("detect")
         ids = self.tracker.update(boxes, pending.t_ms)
@@ -145,15 +151,18 @@ class BatchPass:
         for track, box, score, slot in zip(ids, boxes, found.scores, slots, strict=True):
             self.hits[track] = self.hits.get(track, 0) + 1
             pending.faces.append(PendingFace(track, box, float(score), True, slot))
-            self.fill_gap(track, pending.index, box, float(score))
-            self.last_seen[track] = (pending.index, box, float(score))
+            self.fill_gap(track, pending.index, box, float(score), slot)
+            self.last_seen[track] = (pending.index, box, float(score), slot)
         self.clock.lap("crop")
 
-    def fill_gap(self, track: int, index: int, box: np.ndarray, score: float) -> None:
-        """Boxes for the frames since this person was last found, if those frames are still buffered."""
+    def fill_gap(self, track: int, index: int, box: np.ndarray, score: float, slot: Slot) -> None:
+        """Boxes for the frames since this person was last found, if those frames are still buffered. They
+        take the emotion of the nearer of the two scans (the model is asked about scanned frames only: an
+        expression takes far longer than a gap between scans to change, and the smoother averages over
+        `smoothing_ms` anyway)."""
         if track not in self.last_seen:
             return
-        last_index, last_box, last_score = self.last_seen[track]
+        last_index, last_box, last_score, last_slot = self.last_seen[track]
         if index - last_index < 2:
             return
         times = self.plan.timestamps_ms
@@ -162,9 +171,14 @@ class BatchPass:
                 span = times[index] - times[last_index]
                 w = (pending.t_ms - times[last_index]) / span if span > 0 else 0.5
                 between = last_box + w * (box - last_box)
-                (slot,) = self.submit_crops(pending.luma, between[None], pending.t_ms)
                 pending.faces.append(
-                    PendingFace(track, between, last_score + w * (score - last_score), False, slot)
+                    PendingFace(
+                        track,
+                        between,
+                        last_score + w * (score - last_score),
+                        False,
+                        slot if w > 0.5 else last_slot,
+                    )
                 )
 
     # --- finishing a frame ------------------------------------------------------------------------------
