@@ -12,9 +12,10 @@ from worker.timeline import (
     CSV_COLUMNS,
     SCHEMA_VERSION,
     build_timeline,
-    frame_durations_ms,
+    timed_frames,
     write_csv,
     write_json,
+    write_timeline,
 )
 from worker.tracking import IouTracker
 
@@ -163,6 +164,43 @@ def test_json_is_written_atomically_and_reads_back(tmp_path):
     write_json(path, timeline)
     assert json.loads(path.read_text()) == json.loads(json.dumps(timeline))
     assert [p.name for p in tmp_path.iterdir()] == ["timeline.json"]  # no temporary file left behind
+
+
+def test_streamed_timeline_writes_what_the_whole_timeline_would(tmp_path):
+    timeline = make(two_people())
+    head = {k: v for k, v in timeline.items() if k not in ("frames", "people", "summary")}
+    frames_read = []
+
+    def frames():  # one at a time, as the finish step reads them from the batch records
+        for frame in timeline["frames"]:
+            frames_read.append(frame["index"])
+            yield frame
+
+    write_timeline(
+        tmp_path / "t.json", tmp_path / "t.csv", head, frames(), {"people": timeline["people"], "summary": {}}
+    )
+    assert json.loads((tmp_path / "t.json").read_text()) == {
+        **json.loads(json.dumps(timeline)),
+        "summary": {},
+    }
+    write_csv(tmp_path / "whole.csv", timeline)
+    assert (tmp_path / "t.csv").read_text() == (tmp_path / "whole.csv").read_text()
+    assert frames_read == list(range(50))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.csv", "t.json", "whole.csv"]
+
+
+def test_a_failed_streamed_write_leaves_no_file_behind(tmp_path):
+    def frames():
+        yield {"index": 0, "t_ms": 0.0, "faces": []}
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_timeline(tmp_path / "t.json", tmp_path / "t.csv", {"job_id": "j"}, frames(), {"people": []})
+    assert list(tmp_path.iterdir()) == []
+
+
+def frame_durations_ms(times_ms, fps):
+    return [duration for _, duration in timed_frames(({"t_ms": t} for t in times_ms), fps)]
 
 
 def test_frame_durations():

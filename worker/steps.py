@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from common import job_files
@@ -25,34 +26,40 @@ from worker.batch_pass import run_batch
 from worker.plan import Plan, load_plan, plan_job
 from worker.records import BatchRecord
 from worker.settings import WorkerSettings
-from worker.stitching import stitch
-from worker.timeline import timeline_from_batches, write_csv, write_json
+from worker.stitching import Stitcher
+from worker.timeline import PeopleSummary, batch_frames, timed_frames, timeline_head, write_timeline
 from worker.video_io import join_pieces
 
-__all__ = ["Plan", "finish_job", "load_plan", "load_records", "plan_job", "run_batch"]
+__all__ = ["Plan", "finish_job", "load_plan", "load_record", "plan_job", "run_batch"]
 
 logger = logging.getLogger(__name__)
 
 
-def load_records(storage: LocalStorage, job_id: str, plan: Plan) -> list[BatchRecord]:
-    return [
-        BatchRecord.model_validate_json(storage.path(job_id, job_files.batch_record(i)).read_text())
-        for i in range(len(plan.batches))
-    ]
+def load_record(storage: LocalStorage, job_id: str, index: int) -> BatchRecord:
+    return BatchRecord.model_validate_json(storage.path(job_id, job_files.batch_record(index)).read_text())
 
 
-def processing_report(records: list[BatchRecord]) -> dict:
+class ProcessingReport:
     """What the batches cost, summed over the job (the benchmark reads it from the timeline)."""
-    cpu: dict[str, float] = {}
-    for record in records:
+
+    def __init__(self) -> None:
+        self.cpu: dict[str, float] = {}
+        self.batches, self.wall_s, self.peak_rss_mib = 0, 0.0, 0.0
+
+    def add(self, record: BatchRecord) -> None:
         for stage, seconds in record.cpu_s.items():
-            cpu[stage] = cpu.get(stage, 0.0) + seconds
-    return {
-        "batches": len(records),
-        "cpu_s": {stage: round(seconds, 3) for stage, seconds in cpu.items()},
-        "batch_wall_s": round(sum(r.wall_s for r in records), 3),
-        "peak_rss_mib": max((r.peak_rss_mib for r in records), default=0.0),
-    }
+            self.cpu[stage] = self.cpu.get(stage, 0.0) + seconds
+        self.batches += 1
+        self.wall_s += record.wall_s
+        self.peak_rss_mib = max(self.peak_rss_mib, record.peak_rss_mib)
+
+    def as_dict(self) -> dict:
+        return {
+            "batches": self.batches,
+            "cpu_s": {stage: round(seconds, 3) for stage, seconds in self.cpu.items()},
+            "batch_wall_s": round(self.wall_s, 3),
+            "peak_rss_mib": self.peak_rss_mib,
+        }
 
 
 def finish_job(
@@ -61,17 +68,36 @@ def finish_job(
     """Stitch person ids, write timeline.json and timeline.csv, join the pieces with the original audio into
     result.mp4 (faststart)."""
     t0, cpu0 = time.perf_counter(), time.process_time()
-    records = load_records(storage, job_id, plan)
     info = plan.info
+    # Two passes over the batch records, one record in memory at a time, so the finish step's memory does not
+    # grow with the video: the first stitches person ids and sums up people and costs, the second streams
+    # the frames into timeline.json and timeline.csv.
+    stitcher, people, report = Stitcher(), PeopleSummary(settings.track_max_miss_ms), ProcessingReport()
+    frames, model_version, present = 0, None, []  # present: (batch, first frame) of batches that drew frames
+
+    def first_pass() -> Iterator[dict]:
+        nonlocal frames, model_version
+        for index in range(len(plan.batches)):
+            record = load_record(storage, job_id, index)
+            report.add(record)
+            frames += len(record.frames)
+            model_version = model_version or record.model_version
+            if record.frames:
+                present.append((record.batch_index, record.start))
+            yield from batch_frames(record, stitcher.add(record))
+
+    for frame, duration in timed_frames(first_pass(), info.fps):
+        people.add(frame, duration)
+    person_ids = stitcher.person_ids()
     video = {
         "width": info.width,
         "height": info.height,
         "fps": round(info.fps, 6),
-        "frames": sum(len(r.frames) for r in records),
+        "frames": frames,
         "duration_s": info.duration_s,
         "has_audio": info.has_audio,
     }
-    model = {"name": model_name, "version": next((r.model_version for r in records if r.model_version), None)}
+    model = {"name": model_name, "version": model_version}
     used = {
         "detect_every": settings.detect_every,
         "detect_width": settings.detect_width,
@@ -85,16 +111,21 @@ def finish_job(
         "track_max_miss_ms": settings.track_max_miss_ms,
         "track_min_detections": settings.track_min_detections,
     }
-    report = processing_report(records)
-    timeline = timeline_from_batches(
-        job_id, video, records, stitch(records), model, used, settings.track_max_miss_ms, report
+    people_list, summary = people.result(stitcher.first_seen)
+    write_timeline(
+        storage.path(job_id, job_files.TIMELINE_JSON),
+        storage.path(job_id, job_files.TIMELINE_CSV),
+        timeline_head(job_id, video, model, used),
+        (
+            frame
+            for index, ids in enumerate(person_ids)
+            for frame in batch_frames(load_record(storage, job_id, index), ids)
+        ),
+        {"people": people_list, "summary": summary, "processing": report.as_dict()},
     )
-    write_json(storage.path(job_id, job_files.TIMELINE_JSON), timeline)
-    write_csv(storage.path(job_id, job_files.TIMELINE_CSV), timeline)
     times = plan.timestamps_ms
     # Batches of a damaged stretch may have decoded nothing and have no piece. Each piece lasts until the
     # next piece's first frame, so the joined frames keep the source's times (lost frames leave a gap).
-    present = [(r.batch_index, r.start) for r in records if r.frames]
     if not present:
         raise VideoError("no frame of the video could be decoded; the file is damaged")
     pieces = []
@@ -118,8 +149,8 @@ def finish_job(
     logger.info(
         "job %s: timeline (%d frames, %d people) and %s from %d pieces in %.2f s wall, %.2f s CPU",
         job_id,
-        len(timeline["frames"]),
-        len(timeline["people"]),
+        frames,
+        len(people_list),
         target.name,
         len(pieces),
         time.perf_counter() - t0,

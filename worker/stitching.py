@@ -15,15 +15,26 @@ from worker.records import BatchRecord
 SAME_FACE_IOU = 0.3
 
 
-def stitch(records: list[BatchRecord]) -> list[dict[int, int]]:
-    """Per batch (in order), {its track id: person id}; person ids count 1, 2, … by first appearance."""
-    owned: dict[int, list[tuple[tuple[float, ...], int]]] = {}  # frame index -> (box, global id) drawn there
-    mappings: list[dict[int, int]] = []
-    next_id = 0
-    for record in records:
+class Stitcher:
+    """Takes the batch records one at a time, in order, and keeps only the boxes a later pre-roll can still
+    overlap, so a long video's records need not all be held at once.
+
+    `add` answers the batch's {track id: provisional person id}; once every batch is in, `person_ids` gives
+    the final ids, 1, 2, … by first appearance in the video, as a single pass would have numbered them.
+    """
+
+    def __init__(self) -> None:
+        self.owned: dict[int, list[tuple[tuple[float, ...], int]]] = {}  # frame index -> (box, person) drawn
+        self.mappings: list[dict[int, int]] = []
+        self.first_seen: dict[int, int] = {}  # provisional person id -> final id
+        self.next_id = 0
+
+    def add(self, record: BatchRecord) -> dict[int, int]:
+        first = min((frame.index for frame in record.preroll), default=record.start)
+        self.owned = {index: boxes for index, boxes in self.owned.items() if index >= first}
         votes: Counter[tuple[int, int]] = Counter()
         for frame in record.preroll:
-            earlier = owned.get(frame.index, [])
+            earlier = self.owned.get(frame.index, [])
             if not earlier or not frame.faces:
                 continue
             iou = iou_matrix(
@@ -43,14 +54,17 @@ def stitch(records: list[BatchRecord]) -> list[dict[int, int]]:
         for frame in record.frames:
             for face in frame.faces:
                 if face.track not in mapping:
-                    next_id += 1
-                    mapping[face.track] = next_id
-                owned.setdefault(frame.index, []).append((face.box_xyxy, mapping[face.track]))
-        mappings.append(mapping)
-    # Renumber by first appearance in the video, as a single pass would have numbered them.
-    order: dict[int, int] = {}
-    for record, mapping in zip(records, mappings, strict=True):
-        for frame in record.frames:
-            for face in frame.faces:
-                order.setdefault(mapping[face.track], len(order) + 1)
-    return [{track: order.get(person, 0) for track, person in mapping.items()} for mapping in mappings]
+                    self.next_id += 1
+                    mapping[face.track] = self.next_id
+                person = mapping[face.track]
+                self.owned.setdefault(frame.index, []).append((face.box_xyxy, person))
+                self.first_seen.setdefault(person, len(self.first_seen) + 1)
+        self.mappings.append(mapping)
+        return mapping
+
+    def person_ids(self) -> list[dict[int, int]]:
+        """Per batch (in order), {its track id: person id}."""
+        return [
+            {track: self.first_seen.get(person, 0) for track, person in mapping.items()}
+            for mapping in self.mappings
+        ]

@@ -1,8 +1,8 @@
 """The timeline (schema_version 2): people from tracking, smoothed emotions, per-person and overall shares.
 
-Built from the batch records (`timeline_from_batches`: the emotions exactly as the batches drew them, person
-ids stitched across batches), or from raw analysed frames (`build_timeline`: tracks and smooths them itself,
-for tools that analyse without drawing); see docs/timeline.md for the schema.
+Built from the batch records (`batch_frames` into `write_timeline`, streamed: the emotions exactly as the
+batches drew them, person ids stitched across batches), or from raw analysed frames (`build_timeline`: tracks
+and smooths them itself, for tools that analyse without drawing); see docs/timeline.md for the schema.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -42,11 +43,16 @@ def _dominant(durations: dict[str, float]) -> str | None:
     return best if durations.get(best, 0.0) > 0 else None
 
 
-def frame_durations_ms(times_ms: list[float], fps: float) -> list[float]:
-    """How long each frame is on screen: up to the next frame; the last one lasts 1/fps."""
-    default = 1000.0 / fps if fps > 0 else 0.0
-    out = [max(b - a, 0.0) for a, b in zip(times_ms, times_ms[1:], strict=False)]
-    return out + [default] if times_ms else []
+def timed_frames(frames: Iterable[dict], fps: float) -> Iterator[tuple[dict, float]]:
+    """Each frame with how long it is on screen: up to the next frame; the last one lasts 1/fps. One frame
+    behind its input, so frames can stream through."""
+    previous = None
+    for frame in frames:
+        if previous is not None:
+            yield previous, max(frame["t_ms"] - previous["t_ms"], 0.0)
+        previous = frame
+    if previous is not None:
+        yield previous, 1000.0 / fps if fps > 0 else 0.0
 
 
 def assign_people(frames: list[dict], tracker: IouTracker, min_detections: int = 1) -> None:
@@ -83,50 +89,51 @@ def smooth_people(frames: list[dict], smoother: EmotionSmoother) -> None:
             face["probabilities"] = _probs(raw)
 
 
-def summarize_people(
-    frames: list[dict], durations: list[float], max_gap_ms: float
-) -> tuple[list[dict], dict]:
-    """Per person: first/last time, share of face-time per shown emotion, dominant, segments; and overall."""
-    people: dict[int, dict] = {}
-    overall: dict[str, float] = {}
-    for frame, duration in zip(frames, durations, strict=False):
+class PeopleSummary:
+    """Per person: first/last time, share of face-time per shown emotion, dominant, segments; and overall.
+    Frames come one at a time, in time order, so a long video's frames need not all be held."""
+
+    def __init__(self, max_gap_ms: float) -> None:
+        self.max_gap_ms = max_gap_ms
+        self.people: dict[int, dict] = {}
+        self.overall: dict[str, float] = {}
+
+    def add(self, frame: dict, duration: float) -> None:
         t = frame["t_ms"]
         for face in frame["faces"]:
             pid, emotion = face["person_id"], face["shown_emotion"]
-            person = people.setdefault(
-                pid, {"person_id": pid, "first_ms": t, "last_ms": t, "_time": {}, "segments": []}
-            )
+            person = self.people.setdefault(pid, {"first_ms": t, "last_ms": t, "time": {}, "segments": []})
             segments = person["segments"]
             gap = t - person["last_ms"]
-            if segments and segments[-1]["emotion"] == emotion and gap <= max_gap_ms:
+            if segments and segments[-1]["emotion"] == emotion and gap <= self.max_gap_ms:
                 segments[-1]["end_ms"] = round(t + duration, 3)
             else:
-                if segments and gap <= max_gap_ms:
+                if segments and gap <= self.max_gap_ms:
                     segments[-1]["end_ms"] = t  # the next emotion starts where the last one ends
                 segments.append({"start_ms": t, "end_ms": round(t + duration, 3), "emotion": emotion})
             person["last_ms"] = t
-            person["_time"][emotion] = person["_time"].get(emotion, 0.0) + duration
-            overall[emotion] = overall.get(emotion, 0.0) + duration
-    out = []
-    for pid in sorted(people):
-        person = people[pid]
-        time_by_emotion = person.pop("_time")
-        out.append(
+            person["time"][emotion] = person["time"].get(emotion, 0.0) + duration
+            self.overall[emotion] = self.overall.get(emotion, 0.0) + duration
+
+    def result(self, renumber: dict[int, int] | None = None) -> tuple[list[dict], dict]:
+        """(people sorted by id, overall summary); `renumber` maps the frames' ids to the final ones."""
+        people = [
             {
-                "person_id": pid,
+                "person_id": renumber[pid] if renumber is not None else pid,
                 "first_ms": person["first_ms"],
                 "last_ms": person["last_ms"],
-                "dominant_emotion": _dominant(time_by_emotion),
-                "share": _share(time_by_emotion),
+                "dominant_emotion": _dominant(person["time"]),
+                "share": _share(person["time"]),
                 "segments": person["segments"],
             }
-        )
-    summary = {
-        "face_time_ms": round(sum(overall.values()), 3),
-        "share": _share(overall),
-        "dominant_emotion": _dominant(overall),
-    }
-    return out, summary
+            for pid, person in self.people.items()
+        ]
+        summary = {
+            "face_time_ms": round(sum(self.overall.values()), 3),
+            "share": _share(self.overall),
+            "dominant_emotion": _dominant(self.overall),
+        }
+        return sorted(people, key=lambda person: person["person_id"]), summary
 
 
 def build_timeline(
@@ -146,8 +153,10 @@ def build_timeline(
     )
     assign_people(frames, tracker, min_detections)
     smooth_people(frames, smoother)
-    durations = frame_durations_ms([f["t_ms"] for f in frames], float(video.get("fps") or 0))
-    people, summary = summarize_people(frames, durations, tracker.max_miss_ms)
+    summary_of_people = PeopleSummary(tracker.max_miss_ms)
+    for frame, duration in timed_frames(frames, float(video.get("fps") or 0)):
+        summary_of_people.add(frame, duration)
+    people, summary = summary_of_people.result()
     out_frames = [
         {
             "index": frame["index"],
@@ -169,71 +178,75 @@ def build_timeline(
         for frame in frames
     ]
     return {
-        "schema_version": SCHEMA_VERSION,
-        "job_id": job_id,
-        "emotions": list(EMOTIONS),
-        "video": video,
-        "model": model,
-        "settings": settings,
+        **timeline_head(job_id, video, model, settings),
         "frames": out_frames,
         "people": people,
         "summary": summary,
     }
 
 
-def timeline_from_batches(
-    job_id: str,
-    video: dict,
-    records: list,
-    person_ids: list[dict[int, int]],
-    model: dict,
-    settings: dict,
-    max_gap_ms: float,
-    processing: dict | None = None,
-) -> dict:
-    """The timeline of a job from its batch records (worker.records.BatchRecord, in order) and the stitched
-    {track: person id} of each batch (worker.stitching.stitch)."""
-    frames = []
-    for record, ids in zip(records, person_ids, strict=True):
-        for frame in record.frames:
-            faces = [
-                {
-                    "person_id": ids[face.track],
-                    "box_xyxy": [round(float(v), 1) for v in face.box_xyxy],
-                    "score": round(float(face.score), 4),
-                    "detected": face.detected,
-                    "emotion": EMOTIONS[int(np.argmax(face.probabilities))],
-                    "probabilities": _probs(face.probabilities),
-                    "smoothed_probabilities": _probs(face.smoothed),
-                    "shown_emotion": EMOTIONS[face.shown],
-                }
-                for face in frame.faces
-            ]
-            faces.sort(key=lambda f: f["person_id"])
-            frames.append({"index": frame.index, "t_ms": frame.t_ms, "faces": faces})
-    durations = frame_durations_ms([f["t_ms"] for f in frames], float(video.get("fps") or 0))
-    people, summary = summarize_people(frames, durations, max_gap_ms)
-    timeline = {
+def batch_frames(record, person_ids: dict[int, int]) -> Iterator[dict]:
+    """A batch record's own frames (worker.records.BatchRecord) as timeline frames, with the person ids
+    stitched across batches ({track: person id}, worker.stitching.Stitcher)."""
+    for frame in record.frames:
+        faces = [
+            {
+                "person_id": person_ids[face.track],
+                "box_xyxy": [round(float(v), 1) for v in face.box_xyxy],
+                "score": round(float(face.score), 4),
+                "detected": face.detected,
+                "emotion": EMOTIONS[int(np.argmax(face.probabilities))],
+                "probabilities": _probs(face.probabilities),
+                "smoothed_probabilities": _probs(face.smoothed),
+                "shown_emotion": EMOTIONS[face.shown],
+            }
+            for face in frame.faces
+        ]
+        faces.sort(key=lambda f: f["person_id"])
+        yield {"index": frame.index, "t_ms": frame.t_ms, "faces": faces}
+
+
+def timeline_head(job_id: str, video: dict, model: dict, settings: dict) -> dict:
+    """What comes before the frames in timeline.json."""
+    return {
         "schema_version": SCHEMA_VERSION,
         "job_id": job_id,
         "emotions": list(EMOTIONS),
         "video": video,
         "model": model,
         "settings": settings,
-        "frames": frames,
-        "people": people,
-        "summary": summary,
     }
-    if processing is not None:
-        timeline["processing"] = processing
-    return timeline
+
+
+def write_timeline(json_path: Path, csv_path: Path, head: dict, frames: Iterable[dict], tail: dict) -> None:
+    """timeline.json ({**head, "frames": [...], **tail}, the same as write_json would write) and timeline.csv,
+    with the frames streamed through one at a time; both written atomically."""
+    json_tmp, csv_tmp = atomic_target(Path(json_path)), atomic_target(Path(csv_path))
+    try:
+        with json_tmp.open("w") as out, csv_tmp.open("w", newline="") as table:
+            rows = csv.writer(table)
+            rows.writerow(CSV_COLUMNS)
+            out.write(_compact(head)[:-1] + ',"frames":[')
+            for i, frame in enumerate(frames):
+                out.write(("," if i else "") + _compact(frame))
+                rows.writerows(_csv_rows(frame))
+            out.write("]," + _compact(tail)[1:])
+        os.replace(json_tmp, json_path)
+        os.replace(csv_tmp, csv_path)
+    finally:
+        json_tmp.unlink(missing_ok=True)  # a full disk or an error: no half-written file stays behind
+        csv_tmp.unlink(missing_ok=True)
+
+
+def _compact(data) -> str:
+    return json.dumps(data, separators=(",", ":"))
 
 
 def write_json(path: Path, data: dict) -> None:
     """Write JSON atomically: readers see the old file or the new one, never half of one."""
     tmp = atomic_target(Path(path))
     try:
-        tmp.write_text(json.dumps(data, separators=(",", ":")))
+        tmp.write_text(_compact(data))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)  # a full disk or an error: no half-written file stays behind
@@ -254,17 +267,14 @@ def _write_rows(tmp: Path, timeline: dict) -> None:
         writer = csv.writer(handle)
         writer.writerow(CSV_COLUMNS)
         for frame in timeline["frames"]:
-            for face in frame["faces"]:
-                writer.writerow(
-                    [
-                        frame["index"],
-                        frame["t_ms"],
-                        face["person_id"],
-                        *face["box_xyxy"],
-                        face["score"],
-                        face["emotion"],
-                        face["shown_emotion"],
-                    ]
-                    + [face["probabilities"][e] for e in EMOTIONS]
-                    + [face["smoothed_probabilities"][e] for e in EMOTIONS]
-                )
+            writer.writerows(_csv_rows(frame))
+
+
+def _csv_rows(frame: dict) -> list[list]:
+    return [
+        [frame["index"], frame["t_ms"], face["person_id"], *face["box_xyxy"], face["score"]]
+        + [face["emotion"], face["shown_emotion"]]
+        + [face["probabilities"][e] for e in EMOTIONS]
+        + [face["smoothed_probabilities"][e] for e in EMOTIONS]
+        for face in frame["faces"]
+    ]
