@@ -62,18 +62,18 @@ class ProcessingReport:
         }
 
 
-def finish_job(
+def write_job_timeline(
     storage: LocalStorage, job_id: str, plan: Plan, settings: WorkerSettings, model_name: str
-) -> Path:
-    """Stitch person ids, write timeline.json and timeline.csv, join the pieces with the original audio into
-    result.mp4 (faststart)."""
-    t0, cpu0 = time.perf_counter(), time.process_time()
+) -> tuple[int, int, list[tuple[int, int]]]:
+    """Stitch person ids and write timeline.json and timeline.csv from the batch records. Answers the frames
+    and people in the timeline, and (batch, first frame) of the batches that drew frames.
+
+    Two passes over the records, one record in memory at a time, so memory does not grow with the video:
+    the first stitches person ids and sums up people and costs, the second streams the frames into the files.
+    """
     info = plan.info
-    # Two passes over the batch records, one record in memory at a time, so the finish step's memory does not
-    # grow with the video: the first stitches person ids and sums up people and costs, the second streams
-    # the frames into timeline.json and timeline.csv.
     stitcher, people, report = Stitcher(), PeopleSummary(settings.track_max_miss_ms), ProcessingReport()
-    frames, model_version, present = 0, None, []  # present: (batch, first frame) of batches that drew frames
+    frames, model_version, present = 0, None, []
 
     def first_pass() -> Iterator[dict]:
         nonlocal frames, model_version
@@ -123,6 +123,17 @@ def finish_job(
         ),
         {"people": people_list, "summary": summary, "processing": report.as_dict()},
     )
+    return frames, len(people_list), present
+
+
+def finish_job(
+    storage: LocalStorage, job_id: str, plan: Plan, settings: WorkerSettings, model_name: str
+) -> Path:
+    """Stitch person ids, write timeline.json and timeline.csv, join the pieces with the original audio into
+    result.mp4 (faststart)."""
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    info = plan.info
+    frames, people, present = write_job_timeline(storage, job_id, plan, settings, model_name)
     times = plan.timestamps_ms
     # Batches of a damaged stretch may have decoded nothing and have no piece. Each piece lasts until the
     # next piece's first frame, so the joined frames keep the source's times (lost frames leave a gap).
@@ -150,7 +161,7 @@ def finish_job(
         "job %s: timeline (%d frames, %d people) and %s from %d pieces in %.2f s wall, %.2f s CPU",
         job_id,
         frames,
-        len(people_list),
+        people,
         target.name,
         len(pieces),
         time.perf_counter() - t0,
