@@ -113,11 +113,8 @@ function connect() {
   ws = new WebSocket(`${proto}//${window.location.host}/api/v1/live`);
   ws.binaryType = "arraybuffer";
   statusEl.textContent = "Connecting…";
-  ws.onopen = () => {
-    reconnectDelay = 500;
-    statusEl.textContent = "Connected.";
-    sendFrame();
-  };
+  // Open is not yet admitted: the server checks this browser's live limit first, then says hello.
+  ws.onopen = () => { statusEl.textContent = "Connecting… (checking the live limit)"; };
   ws.onmessage = (event) => onAnswer(JSON.parse(event.data));
   ws.onclose = (event) => {
     inFlight = null;
@@ -171,7 +168,12 @@ function showMs(id, value) {
 let closingError = null;
 
 function onAnswer(message) {
-  if (message.hello) return;
+  if (message.hello) {
+    reconnectDelay = 500;
+    statusEl.textContent = "Connected.";
+    sendFrame();
+    return;
+  }
   if (message.error && message.seq === undefined) { closingError = message.error; return; }
   const now = performance.now();
   const sent = inFlight;
