@@ -270,18 +270,26 @@ def measure(clip: Path, workers: list[int], logs: Path) -> list[dict]:
             gateway, url = start_gateway(stack, logs, name=f"gateway-{n}")
             try:
                 time.sleep(2)  # let the pool processes settle after start-up
-                pids = process_tree(worker.proc.pid) + [model.proc.pid, gateway.proc.pid, redis.proc.pid]
-                gateway_before = peak_rss_mib(gateway.proc.pid)
-                cpu_before = cpu_s(pids)
-                wall, timeline = run_job(url, clip)
-                cpu_after = cpu_s(pids)
                 pool = [p for p in process_tree(worker.proc.pid) if p != worker.proc.pid]
+                # Where the stack's CPU goes, by process (the pool's includes the ffprobe and ffmpeg it ran).
+                groups = {
+                    "worker pool processes": pool,
+                    "Celery's main worker process": [worker.proc.pid],
+                    "model server": [model.proc.pid],
+                    "gateway (upload, status polls)": [gateway.proc.pid],
+                    "Redis": [redis.proc.pid],
+                }
+                gateway_before = peak_rss_mib(gateway.proc.pid)
+                before = {name: cpu_s(pids) for name, pids in groups.items()}
+                wall, timeline = run_job(url, clip)
+                by_process = {name: cpu_s(pids) - before[name] for name, pids in groups.items()}
                 rows.append(
                     {
                         "workers": n,
                         "wall": wall,
                         "frames": len(timeline["frames"]),
-                        "stack_cpu": cpu_after - cpu_before,
+                        "stack_cpu": sum(by_process.values()),
+                        "by_process": by_process,
                         "worker_rss": [peak_rss_mib(p) for p in pool],
                         "gateway_rss": (gateway_before, peak_rss_mib(gateway.proc.pid)),
                         "processing": timeline["processing"],
@@ -329,6 +337,11 @@ def main() -> None:
     last = rows[-1]
     cpu = last["processing"]["cpu_s"]
     frames = last["frames"]
+    print(f"\nCPU of the stack by process ({last['workers']} worker processes):\n")
+    print("| process | CPU s | ms/frame |")
+    print("|---|---:|---:|")
+    for name, seconds in last["by_process"].items():
+        print(f"| {name} | {seconds:.1f} | {seconds / frames * 1000:.2f} |")
     print(
         f"\nCPU per stage, as the worker reported it ({last['workers']} processes, "
         f"{last['processing']['batches']} batches):\n"
