@@ -118,13 +118,21 @@ def test_tile_scan_discovers_a_small_face_in_turn_then_follows_it_and_lets_go_af
     spy = TilesAsked()
     scan = TileScan(spy, hold=3)
     with_face, expected = small_face_frame()
-    counts = [len(scan.scan(with_face, n)) for n in range(6)]
-    assert counts == [0, 0, 1, 1, 1, 1]  # tile 2's turn comes at scan 2; from then on it is held
-    assert spy.asked == [{0}, {1}, {2}, {2, 0}, {2, 1}, {2}]
     empty, _ = small_face_frame(present=False)
+    assert len(scan.scan(empty, 0)) == 0 and spy.asked == [{0, 1, 2}]  # the first scan looks everywhere
+    spy.asked.clear()
+    counts = [len(scan.scan(with_face, n)) for n in range(1, 6)]
+    assert counts == [0, 1, 1, 1, 1]  # tile 2's turn comes at scan 2; from then on it is held
+    assert spy.asked == [{1}, {2}, {2, 0}, {2, 1}, {2}]
     spy.asked.clear()
     assert [len(scan.scan(empty, n)) for n in range(6, 11)] == [0] * 5
     assert spy.asked == [{0, 2}, {1, 2}, {2}, {0}, {1}]  # held for 3 scans after the last sighting
+
+
+def test_tile_scan_finds_small_faces_on_its_first_scan():
+    with_face, expected = small_face_frame()
+    found = TileScan(BlazeFaceDetector(tile_rows=1)).scan(with_face, 7)
+    assert len(found) == 1 and iou_matrix(found.xyxy, [expected])[0, 0] > 0.4
 
 
 def test_tile_scan_asks_for_the_same_tiles_whatever_scan_it_starts_at():

@@ -334,22 +334,28 @@ class TileScan:
     dear as the whole frame's, and most tiles of most videos hold no small face, so a scan also looks only at
     the tiles that held a small face in the last `hold` scans (to keep following those faces) and at one more
     tile in turn (to discover new ones): a small face that appears is found within as many scans as there
-    are tiles. The turn follows the scan's number, not a count kept here, so two runs over the same frames
-    scan the same tiles whatever frame they started at (batches agree once their pre-roll has warmed the
-    held tiles up). A detector without tiles is simply asked to `detect`.
+    are tiles. The first scan looks at every tile: the start of a video shows all its faces at once. The
+    turn follows the scan's number, not a count kept here, so two runs over the same frames scan the same
+    tiles whatever frame they started at (batches agree once their pre-roll has warmed the held tiles up).
+    A detector without tiles is simply asked to `detect`.
     """
 
     def __init__(self, detector: FaceDetector, hold: int = 3) -> None:
         self.detector = detector
         self.hold = hold
         self.held_until: dict[int, int] = {}  # tile -> the last scan number that looks at it again
+        self.scans = 0
 
     def scan(self, image_bgr: np.ndarray, number: int) -> FaceBoxes:
         tiles_of = getattr(self.detector, "tiles", None)
         count = len(tiles_of(*image_bgr.shape[:2])) if tiles_of else 0
         if not count:
             return self.detector.detect(image_bgr)
-        tiles = {number % count} | {t for t, until in self.held_until.items() if until >= number}
+        if self.scans:
+            tiles = {number % count} | {t for t, until in self.held_until.items() if until >= number}
+        else:
+            tiles = set(range(count))  # the first scan has nothing to go on: it looks everywhere
+        self.scans += 1
         found = self.detector.detect(image_bgr, tiles)
         for tile in self.detector.tiles_needed(found.xyxy, *image_bgr.shape[:2]):
             self.held_until[tile] = number + self.hold
