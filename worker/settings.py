@@ -17,8 +17,9 @@ class WorkerSettings(CommonSettings):
     # enter it warm (see worker.batch_pass).
     preroll_ms: float = Field(1000.0, ge=0)
     # A frame is drawn once this much video after it is analysed: detector gaps shorter than this are
-    # bridged, one-frame false detections dropped.
-    lookahead_ms: float = Field(300.0, ge=0)
+    # bridged, one-frame false detections dropped. 450 ms holds 3-4 scans at `detect_every` 3, so a faint
+    # face the detector finds on every other scan is still confirmed (a crowd's far faces).
+    lookahead_ms: float = Field(450.0, ge=0)
     # Scan for faces on every k-th frame and interpolate boxes in between (1 = every frame); the frames
     # between take the nearer scan's emotion. The detector is the biggest cost after encoding: every 3rd
     # frame (10 scans a second at 30 fps) tracks and smooths as well as every other, at two thirds of the
