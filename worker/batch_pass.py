@@ -210,9 +210,12 @@ class BatchPass:
             return
         self.frames.append(record)
         if faces:
+            # The decoder may still read this frame's buffer as a reference picture for frames not yet
+            # decoded: drawing into it would smear the emoji into them. make_writable copies a shared buffer.
             frame = pending.frame
+            frame.make_writable()
             self.overlay.draw_yuv_planes(
-                pending.luma,
+                plane_array(frame, 0),
                 plane_array(frame, 1),
                 plane_array(frame, 2),
                 [(f.box_xyxy, EMOTIONS[f.shown]) for f in faces],
