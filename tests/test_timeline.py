@@ -13,8 +13,6 @@ from worker.timeline import (
     SCHEMA_VERSION,
     build_timeline,
     timed_frames,
-    write_csv,
-    write_json,
     write_timeline,
 )
 from worker.tracking import IouTracker
@@ -147,46 +145,37 @@ def test_raw_and_smoothed_are_both_kept():
     assert f["probabilities"]["happy"] > f["smoothed_probabilities"]["happy"]
 
 
+def write(timeline: dict, folder) -> list[int]:
+    """Write a whole timeline as the finish step does, its frames streamed one at a time; answers the order
+    in which the frames were read."""
+    head = {k: v for k, v in timeline.items() if k not in ("frames", "people", "summary")}
+    read = []
+
+    def frames():
+        for frame in timeline["frames"]:
+            read.append(frame["index"])
+            yield frame
+
+    tail = {"people": timeline["people"], "summary": timeline["summary"]}
+    write_timeline(folder / "timeline.json", folder / "timeline.csv", head, frames(), tail)
+    return read
+
+
 def test_csv_has_one_row_per_frame_per_person(tmp_path):
     timeline = make(two_people())
-    path = tmp_path / "timeline.csv"
-    write_csv(path, timeline)
-    rows = list(csv.DictReader(path.open()))
+    write(timeline, tmp_path)
+    rows = list(csv.DictReader((tmp_path / "timeline.csv").open()))
     assert list(rows[0]) == CSV_COLUMNS
     assert len(rows) == sum(len(f["faces"]) for f in timeline["frames"]) == 2 * 45
     assert rows[0]["person_id"] == "1" and rows[1]["person_id"] == "2"
     assert float(rows[0]["p_sad"]) == pytest.approx(0.9) and rows[0]["shown_emotion"] == "sad"
 
 
-def test_json_is_written_atomically_and_reads_back(tmp_path):
-    timeline = make(two_people(10))
-    path = tmp_path / "timeline.json"
-    write_json(path, timeline)
-    assert json.loads(path.read_text()) == json.loads(json.dumps(timeline))
-    assert [p.name for p in tmp_path.iterdir()] == ["timeline.json"]  # no temporary file left behind
-
-
-def test_streamed_timeline_writes_what_the_whole_timeline_would(tmp_path):
+def test_streamed_json_reads_back_as_the_whole_timeline_and_leaves_no_temporary_file(tmp_path):
     timeline = make(two_people())
-    head = {k: v for k, v in timeline.items() if k not in ("frames", "people", "summary")}
-    frames_read = []
-
-    def frames():  # one at a time, as the finish step reads them from the batch records
-        for frame in timeline["frames"]:
-            frames_read.append(frame["index"])
-            yield frame
-
-    write_timeline(
-        tmp_path / "t.json", tmp_path / "t.csv", head, frames(), {"people": timeline["people"], "summary": {}}
-    )
-    assert json.loads((tmp_path / "t.json").read_text()) == {
-        **json.loads(json.dumps(timeline)),
-        "summary": {},
-    }
-    write_csv(tmp_path / "whole.csv", timeline)
-    assert (tmp_path / "t.csv").read_text() == (tmp_path / "whole.csv").read_text()
-    assert frames_read == list(range(50))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.csv", "t.json", "whole.csv"]
+    assert write(timeline, tmp_path) == list(range(50))  # frame by frame, in order
+    assert json.loads((tmp_path / "timeline.json").read_text()) == json.loads(json.dumps(timeline))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["timeline.csv", "timeline.json"]
 
 
 def test_a_failed_streamed_write_leaves_no_file_behind(tmp_path):

@@ -27,7 +27,14 @@ from worker.plan import Plan, load_plan, plan_job
 from worker.records import BatchRecord
 from worker.settings import WorkerSettings
 from worker.stitching import Stitcher
-from worker.timeline import PeopleSummary, batch_frames, timed_frames, timeline_head, write_timeline
+from worker.timeline import (
+    PeopleSummary,
+    batch_frames,
+    shown_people,
+    timed_frames,
+    timeline_head,
+    write_timeline,
+)
 from worker.video_io import join_pieces
 
 __all__ = ["Plan", "finish_job", "load_plan", "load_record", "plan_job", "run_batch"]
@@ -84,7 +91,7 @@ def write_job_timeline(
             model_version = model_version or record.model_version
             if record.frames:
                 present.append((record.batch_index, record.start))
-            yield from batch_frames(record, stitcher.add(record))
+            yield from shown_people(record, stitcher.add(record))
 
     for frame, duration in timed_frames(first_pass(), info.fps):
         people.add(frame, duration)
