@@ -344,18 +344,18 @@ class TileScan:
         self.detector = detector
         self.hold = hold
         self.held_until: dict[int, int] = {}  # tile -> the last scan number that looks at it again
-        self.scans = 0
+        self.started = False  # the first scan looks at every tile
 
     def scan(self, image_bgr: np.ndarray, number: int) -> FaceBoxes:
         tiles_of = getattr(self.detector, "tiles", None)
         count = len(tiles_of(*image_bgr.shape[:2])) if tiles_of else 0
         if not count:
             return self.detector.detect(image_bgr)
-        if self.scans:
+        if self.started:
             tiles = {number % count} | {t for t, until in self.held_until.items() if until >= number}
         else:
             tiles = set(range(count))  # the first scan has nothing to go on: it looks everywhere
-        self.scans += 1
+            self.started = True
         found = self.detector.detect(image_bgr, tiles)
         for tile in self.detector.tiles_needed(found.xyxy, *image_bgr.shape[:2]):
             self.held_until[tile] = number + self.hold
