@@ -257,6 +257,22 @@ def test_gateway_sweeps_the_files_of_expired_jobs(redis_url, tmp_path):
         store.redis.flushdb()
 
 
+def test_a_frame_that_fails_unexpectedly_is_answered_with_an_error_and_keeps_the_session():
+    """A surprise in one frame must not close the socket: that would free the viewer's place in its
+    owner's live count while the page reconnects (and let a second page in)."""
+    from gateway.api.live import _answer
+    from gateway.settings import GatewaySettings
+
+    class BrokenHub:
+        async def classify(self, pubsub, client_id, frame):
+            raise KeyError("status")
+
+    settings = GatewaySettings()
+    answer = json.loads(asyncio.run(_answer(b"\xff\xd8 jpeg", 7, BrokenHub(), settings, None, "viewer")))
+    assert answer["seq"] == 7 and answer["error"]["code"] == "live_frame_failed"
+    assert "next one" in answer["error"]["message"]
+
+
 def test_live_says_so_when_the_queue_is_down_and_keeps_the_socket(one_viewer_gateway):
     from websockets.sync.client import connect
 

@@ -93,6 +93,11 @@ def test_a_second_browser_sees_none_of_the_first_ones_jobs(browser, gateway, ast
         second.close()
 
 
+# Exactly the page's "Connected." (text-is): `:text('Connected')` is a case-insensitive substring match,
+# which the initial "Not connected." already satisfies.
+CONNECTED = "#live-status:text-is('Connected.')"
+
+
 def test_a_browser_over_its_live_viewer_limit_is_told_so(playwright, stack_env, service_logs, worker):
     """With one live page allowed per browser, the second page of the same browser says which limit."""
     from tests.conftest import start_gateway
@@ -107,7 +112,7 @@ def test_a_browser_over_its_live_viewer_limit_is_told_so(playwright, stack_env, 
         for page in (first, second):
             page.goto(f"{url}/live")
         first.click("#start-button")
-        first.wait_for_selector("#live-status:text('Connected')", timeout=30_000)
+        first.wait_for_selector(CONNECTED, timeout=30_000)
         second.click("#start-button")
         # Refused or (wrongly) admitted: either way the page settles, and a failure says which.
         second.wait_for_function(
@@ -116,7 +121,11 @@ def test_a_browser_over_its_live_viewer_limit_is_told_so(playwright, stack_env, 
             timeout=60_000,
         )
         status = second.text_content("#live-status")
-        assert second.is_visible("#live-error"), f"the second page was not refused; it says {status!r}"
+        viewers = [line for line in service.log_tail(20_000).splitlines() if "live viewer" in line]
+        assert second.is_visible("#live-error"), (
+            f"the second page was not refused; it says {status!r}, the first says "
+            f"{first.text_content('#live-status')!r}; the gateway's viewers: {viewers}"
+        )
         text = second.text_content("#live-error")
         assert "Too many live pages open" in text and "1 live page open, your limit is 1" in text
         shot(second, "live-over-limit")
@@ -125,7 +134,7 @@ def test_a_browser_over_its_live_viewer_limit_is_told_so(playwright, stack_env, 
         other = _context(browser).new_page()
         other.goto(f"{url}/live")
         other.click("#start-button")
-        other.wait_for_selector("#live-status:text('Connected')", timeout=30_000)
+        other.wait_for_selector(CONNECTED, timeout=30_000)
         assert context.problems == []
     finally:
         browser.close()
