@@ -22,9 +22,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from common.media import probe  # noqa: E402
+from common.media import frame_index, probe  # noqa: E402
 from worker.detection import BlazeFaceDetector, FaceBoxes, iou_matrix, weighted_nms  # noqa: E402
-from worker.video_io import even, read_frames  # noqa: E402
+from worker.video_io import DecodeWindow, DisplayFrames, decode_frames, even, plane_array  # noqa: E402
 
 LABELS = REPO / "bench" / "detection_labels.json"
 MATCH_IOU = 0.4
@@ -126,18 +126,21 @@ def detectors() -> dict[str, object]:
 
 
 def decode(path: Path, wanted: set[int] | None = None) -> dict[int, np.ndarray]:
-    """Frames (BGR, as displayed) of a clip by index: all of them, or the `wanted` ones."""
+    """Frames (BGR, as displayed) of a clip by index: all of them, or the `wanted` ones. Decoded as the
+    worker decodes (PyAV, the plan's frame times, rotation applied)."""
     info = probe(path)
-    width, height = even(info.width), even(info.height)
-    count = info.frames if wanted is None else max(wanted) + 1
+    times, _ = frame_index(path)
+    count = len(times) if wanted is None else min(len(times), max(wanted) + 1)
+    display = DisplayFrames(info.rotation, (even(info.width), even(info.height)))
     frames = {}
-    for index, frame in enumerate(
-        read_frames(
-            path, info.format_name, width, height, "yuv420p", count, source_size=(info.width, info.height)
-        )
-    ):
+    for index, raw in decode_frames(path, info.format_name, times, DecodeWindow(0, 0, 0, count)):
         if wanted is None or index in wanted:
-            frames[index] = cv2.cvtColor(frame.reshape(height * 3 // 2, width), cv2.COLOR_YUV2BGR_I420)
+            frame = display(raw)
+            planes = [plane_array(frame, i) for i in range(3)]
+            flat = np.concatenate([plane.reshape(-1) for plane in planes])
+            frames[index] = cv2.cvtColor(
+                flat.reshape(frame.height * 3 // 2, frame.width), cv2.COLOR_YUV2BGR_I420
+            )
     return frames
 
 
