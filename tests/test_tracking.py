@@ -77,6 +77,20 @@ def test_people_entering_and_leaving_get_new_ids_and_others_keep_theirs():
     assert ids[30] == [1, 3] and ids[39] == [1, 3]
 
 
+def test_a_fast_face_scanned_every_third_frame_keeps_one_id():
+    # Someone close to the camera crossing it: a face size further at every scan, 100 ms apart.
+    frames = [(i * 100.0, [box(100 + 60 * i, 200)]) for i in range(8)]
+    tracker = IouTracker()
+    ids = [tracker.update(np.asarray(boxes, float), t) for t, boxes in frames]
+    assert {i[0] for i in ids} == {1}, ids
+
+
+def test_a_far_face_does_not_become_a_near_one_in_a_step():
+    tracker = IouTracker()
+    assert tracker.update(np.asarray([box(100, 200, 30)], float), 0.0) == [1]
+    assert tracker.update(np.asarray([box(130, 200, 90)], float), 100.0) == [2]
+
+
 def test_boxes_far_apart_never_match():
     ids = run(IouTracker(), [[box(100, 100)], [box(600, 600)]])
     assert ids == [[1], [2]]

@@ -14,6 +14,12 @@ from worker.detection import iou_matrix
 
 # A prediction further ahead than this is more guess than motion; hold the box still beyond it.
 MAX_PREDICT_MS = 300.0
+# How fast a face seen only once may have moved, in face sizes per ms (12 a second: someone close to the
+# camera walking across it). With no velocity yet, such a face is a face size or more away at the next scan
+# (every 3rd frame) and would otherwise start a new person at every scan, never confirmed, never drawn.
+FIRST_STEP_SPEED = 0.012
+# ...and then only to a box of about the same size (a far face does not turn into a near one in a step).
+FIRST_STEP_SIZE_RATIO = 1.5
 
 
 @dataclass
@@ -45,6 +51,11 @@ class Track:
             float(data["last_ms"]),
             int(data["hits"]),
         )
+
+
+def _side(boxes: np.ndarray) -> np.ndarray:
+    """Mean side of each box [N,4]."""
+    return ((boxes[:, 2] - boxes[:, 0]) + (boxes[:, 3] - boxes[:, 1])) / 2
 
 
 def _centre_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -90,13 +101,22 @@ class IouTracker:
             predicted = np.stack([t.predict(t_ms) for t in self.tracks])
             iou = iou_matrix(predicted, boxes).astype(np.float64)
             distance = _centre_distance(predicted, boxes)
-            # IoU decides; a near centre (fast motion, a box that changed size) is a weaker fallback.
-            near = (
-                np.clip(1.0 - distance / max(self.max_centre_distance, 1e-6), 0.0, 1.0) * self.min_iou * 0.99
-            )
-            score = np.where(
-                iou >= self.min_iou, iou, np.where(distance <= self.max_centre_distance, near, 0.0)
-            )
+            # IoU decides; a near centre (fast motion, a box that changed size) is a weaker fallback. A track
+            # seen once has no velocity to predict with: its reach grows with the time since, for boxes of
+            # its size.
+            reach = np.full((len(self.tracks), 1), self.max_centre_distance)
+            first = np.array([t.hits == 1 for t in self.tracks])
+            if first.any():
+                elapsed = np.array([max(t_ms - t.last_ms, 0.0) for t in self.tracks])
+                sizes = _side(predicted)[:, None] / np.maximum(_side(boxes)[None, :], 1e-6)
+                similar = (sizes <= FIRST_STEP_SIZE_RATIO) & (sizes >= 1 / FIRST_STEP_SIZE_RATIO)
+                reach = np.where(
+                    first[:, None] & similar,
+                    self.max_centre_distance + FIRST_STEP_SPEED * elapsed[:, None],
+                    reach,
+                )
+            near = np.clip(1.0 - distance / np.maximum(reach, 1e-6), 0.0, 1.0) * self.min_iou * 0.99
+            score = np.where(iou >= self.min_iou, iou, np.where(distance <= reach, near, 0.0))
             while True:
                 ti, bi = np.unravel_index(int(np.argmax(score)), score.shape)
                 if score[ti, bi] <= 0:
@@ -116,7 +136,8 @@ class IouTracker:
     def _advance(self, track: Track, box: np.ndarray, t_ms: float) -> None:
         dt = t_ms - track.last_ms
         if dt > 0:
-            a = self.velocity_smoothing
+            # The first step is the only motion known: take it whole rather than averaged with "still".
+            a = 1.0 if track.hits == 1 else self.velocity_smoothing
             track.velocity = a * (box - track.box) / dt + (1 - a) * track.velocity
         track.box = box.copy()
         track.last_ms = float(t_ms)
