@@ -25,9 +25,10 @@ class WorkerSettings(CommonSettings):
     # frame (10 scans a second at 30 fps) tracks and smooths as well as every other, at two thirds of the
     # cost (docs/benchmarks.md).
     detect_every: int = Field(3, ge=1)
-    # The detector gets a BGR copy of the frame this wide (never upscaled). BlazeFace looks at 192 px
-    # squares: 384 keeps a 16:9 frame's short side above that, for `detect_tiles` too.
-    detect_width: int = Field(384, ge=64)
+    # The detector gets a BGR copy of the frame this wide (never upscaled), made by a bilinear resize of the
+    # planes. BlazeFace looks at 192 px squares; 512 keeps a 16:9 tile's side at 288 px, so the detector's
+    # own area resize to 192 smooths away the bilinear shrink's aliasing (at 384, small crowd faces got lost).
+    detect_width: int = Field(512, ge=64)
     # BlazeFace variant (worker/detection.py): "full_range" finds faces near and far, "short_range" (4x
     # cheaper) only faces close to the camera.
     detect_model: Literal["full_range", "short_range"] = "full_range"
