@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO))
 
 from common.media import frame_index, probe  # noqa: E402
 from worker.detection import BlazeFaceDetector, FaceBoxes, iou_matrix, weighted_nms  # noqa: E402
-from worker.video_io import DecodeWindow, DisplayFrames, decode_frames, even, plane_array  # noqa: E402
+from worker.video_io import DecodeWindow, DisplayFrames, decode_frames, even  # noqa: E402
 
 LABELS = REPO / "bench" / "detection_labels.json"
 MATCH_IOU = 0.4
@@ -171,12 +171,8 @@ def decode(path: Path, wanted: set[int] | None = None) -> dict[int, np.ndarray]:
     frames = {}
     for index, raw in decode_frames(path, info.format_name, times, DecodeWindow(0, 0, 0, count)):
         if wanted is None or index in wanted:
-            frame = display(raw)
-            planes = [plane_array(frame, i) for i in range(3)]
-            flat = np.concatenate([plane.reshape(-1) for plane in planes])
-            frames[index] = cv2.cvtColor(
-                flat.reshape(frame.height * 3 // 2, frame.width), cv2.COLOR_YUV2BGR_I420
-            )
+            # yuv420p as one (H * 3/2, W) array, converted as the worker converts its detection copy.
+            frames[index] = cv2.cvtColor(display(raw).to_ndarray(), cv2.COLOR_YUV2BGR_I420)
     return frames
 
 

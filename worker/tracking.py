@@ -62,8 +62,7 @@ def _centre_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Distance between box centres of a [N,4] and b [M,4], in units of the mean side of the `a` box."""
     ca = (a[:, None, :2] + a[:, None, 2:]) / 2
     cb = (b[None, :, :2] + b[None, :, 2:]) / 2
-    side = ((a[:, 2] - a[:, 0]) + (a[:, 3] - a[:, 1]))[:, None] / 2
-    return np.linalg.norm(ca - cb, axis=2) / np.maximum(side, 1e-6)
+    return np.linalg.norm(ca - cb, axis=2) / np.maximum(_side(a)[:, None], 1e-6)
 
 
 class IouTracker:

@@ -130,8 +130,9 @@ async def _answer(
         # One frame's surprise must not end the viewer's session: a dropped socket would free its place
         # in the owner's live count until the page reconnects, and lose the page's state.
         logger.exception("live frame %d of %s failed unexpectedly", seq, client_id)
-        return _error("live_frame_failed", "this frame could not be processed; the next one will be tried",
-                      seq=seq)
+        return _error(
+            "live_frame_failed", "this frame could not be processed; the next one will be tried", seq=seq
+        )
     answer["seq"] = seq
     answer["server_ms"] = round((time.perf_counter() - received) * 1000.0, 2)
     return json.dumps(answer)
