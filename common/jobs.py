@@ -19,6 +19,7 @@ import redis
 from pydantic import BaseModel
 
 from common.errors import JobNotFound
+from common.render_options import RenderOptions
 
 STAGES: tuple[str, ...] = ("batch",)
 # Share of the progress bar each stage fills; the last 5% is the timeline and joining the pieces with audio.
@@ -66,6 +67,7 @@ class Job(BaseModel):
     video: dict | None = None
     batches_total: int = 0
     warnings: list[JobWarning] = []
+    options: RenderOptions = RenderOptions()
 
 
 ACTIVE = (JobStatus.queued.value, JobStatus.running.value)
@@ -203,6 +205,7 @@ class JobStore:
             warnings=sorted(
                 (JobWarning.model_validate_json(w) for w in warnings), key=lambda w: (w.frames or [0])[0]
             ),
+            options=RenderOptions.from_record(raw),
         )
 
     def list_ids(self, limit: int = 50) -> list[str]:

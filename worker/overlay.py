@@ -19,6 +19,13 @@ DEFAULT_EMOJI_DIR = REPO_ROOT / "emojis"
 SIZE_STEP = 4
 MAX_SIZE = 4096
 
+# A cover is this much larger than the face box: the round emoji's disk then hides the box but its very
+# corners, with room for a box that lags a moving face by a few pixels.
+COVER_FACTOR = 1.4
+# A label's text is this fraction of its emoji's size tall, and never under LABEL_MIN_PX.
+LABEL_HEIGHT = 0.2
+LABEL_MIN_PX = 10
+
 # (Kr, Kb) of the two matrices H.264 video uses in practice.
 MATRICES = {"bt601": (0.299, 0.114), "bt709": (0.2126, 0.0722)}
 
@@ -53,6 +60,11 @@ def sprite(emotion: str, size: int, space: str = "bgr", emoji_dir: str = str(DEF
         (size, size),
         interpolation=cv2.INTER_AREA if size < 117 else cv2.INTER_LINEAR,
     ).astype(np.float32)
+    return in_space(rgba, space)
+
+
+def in_space(rgba: np.ndarray, space: str) -> Sprite:
+    """An RGBA float32 image [h, w, 4] (h and w even for YUV) as a Sprite in "bgr", "bt601" or "bt709"."""
     alpha = rgba[:, :, 3:4] / 255.0
     rgb = rgba[:, :, :3] / 255.0
     if space == "bgr":
@@ -64,12 +76,36 @@ def sprite(emotion: str, size: int, space: str = "bgr", emoji_dir: str = str(DEF
     u = 128 + 224 * (b - luma) / (2 * (1 - kb))
     v = 128 + 224 * (r - luma) / (2 * (1 - kr))
     # Chroma is subsampled 2x2, weighted by alpha so transparent pixels do not bleed their colour in.
-    half = size // 2
-    a = alpha[: half * 2, : half * 2, 0]
-    a_sum = a.reshape(half, 2, half, 2).sum(axis=(1, 3))
-    uv = np.stack([u, v], axis=2)[: half * 2, : half * 2] * a[:, :, None]
-    uv = uv.reshape(half, 2, half, 2, 2).sum(axis=(1, 3)) / np.maximum(a_sum, 1e-6)[:, :, None]
+    half_h, half_w = rgba.shape[0] // 2, rgba.shape[1] // 2
+    a = alpha[: half_h * 2, : half_w * 2, 0]
+    a_sum = a.reshape(half_h, 2, half_w, 2).sum(axis=(1, 3))
+    uv = np.stack([u, v], axis=2)[: half_h * 2, : half_w * 2] * a[:, :, None]
+    uv = uv.reshape(half_h, 2, half_w, 2, 2).sum(axis=(1, 3)) / np.maximum(a_sum, 1e-6)[:, :, None]
     return Sprite(y[:, :, None], alpha, uv.astype(np.float32), (a_sum / 4.0)[:, :, None])
+
+
+@lru_cache(maxsize=256)
+def label_sprite(emotion: str, emoji_size: int, space: str = "bgr") -> Sprite:
+    """The emotion's name, white with a dark outline (readable on any background), sized to an emoji of
+    `emoji_size` px; width and height even so 4:2:0 chroma lines up."""
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    text_px = max(LABEL_MIN_PX, emoji_size * LABEL_HEIGHT)
+    scale = text_px / 22.0  # HERSHEY_SIMPLEX is ~22 px tall at scale 1
+    thickness = max(1, round(scale * 1.6))
+    outline = thickness + max(2, round(scale * 2))
+    (w, h), baseline = cv2.getTextSize(emotion, font, scale, outline)
+    pad = outline
+    width, height = (w + 2 * pad + 1) & ~1, (h + baseline + 2 * pad + 1) & ~1
+    mask_outline = np.zeros((height, width), np.uint8)
+    mask_text = np.zeros((height, width), np.uint8)
+    origin = (pad, pad + h)
+    cv2.putText(mask_outline, emotion, origin, font, scale, 255, outline, cv2.LINE_AA)
+    cv2.putText(mask_text, emotion, origin, font, scale, 255, thickness, cv2.LINE_AA)
+    rgba = np.zeros((height, width, 4), np.float32)
+    # White text; the outline around it near-black.
+    rgba[:, :, :3] = mask_text[:, :, None] + (255 - mask_text[:, :, None].astype(np.float32)) * 0.12
+    rgba[:, :, 3] = np.maximum(mask_outline, mask_text) * 0.9
+    return in_space(rgba, space)
 
 
 def overlay_image(scene: np.ndarray, colour: np.ndarray, alpha: np.ndarray, x: int, y: int) -> np.ndarray:
@@ -114,11 +150,16 @@ def yuv420p_planes(frame: np.ndarray, width: int, height: int) -> tuple[np.ndarr
 class EmojiOverlay:
     """Draws each face's emoji; configured once, then `draw_bgr` / `draw_yuv420p` per frame.
 
-    `scale` is the badge's size as a fraction of the face; "cover" hides the whole face.
+    `scale` is the badge's size as a fraction of the face; "cover" hides the whole face; `labels` writes
+    the emotion's name under each emoji.
     """
 
     def __init__(
-        self, mode: str = "badge", scale: float = 0.6, emoji_dir: str | Path = DEFAULT_EMOJI_DIR
+        self,
+        mode: str = "badge",
+        scale: float = 0.6,
+        emoji_dir: str | Path = DEFAULT_EMOJI_DIR,
+        labels: bool = False,
     ) -> None:
         if mode not in ("badge", "cover"):
             raise ValueError(f"mode must be 'badge' or 'cover', got {mode!r}")
@@ -127,6 +168,7 @@ class EmojiOverlay:
         self.mode = mode
         self.scale = scale
         self.emoji_dir = str(emoji_dir)
+        self.labels = labels
         for emotion in EMOTIONS:  # fail at start-up, not on the first face
             load_emoji(emotion, self.emoji_dir)
 
@@ -136,13 +178,14 @@ class EmojiOverlay:
         A badge goes to the face's upper-right corner unless it would hide one of the `others` (boxes of the
         other faces in the frame): then to another corner, or above the head, or smaller, whichever first
         hides none of them (and stays inside the frame, if its size is given); failing all, the spot that
-        hides the least. A cover shrinks from 1.15x to 1x the face when it would hide a neighbour.
+        hides the least. A cover is COVER_FACTOR times the face, centred on it, whatever it hides: the
+        neighbours have their own cover.
         """
         x1, y1, x2, y2 = (float(v) for v in box_xyxy)
         side = max(x2 - x1, y2 - y1)
         others = np.asarray(others, np.float64).reshape(-1, 4)
         if self.mode == "cover":
-            spots = [((x1 + x2) / 2, (y1 + y2) / 2, side * f) for f in (1.15, 1.0)]
+            spots = [((x1 + x2) / 2, (y1 + y2) / 2, side * COVER_FACTOR)]
         else:
             spots = []
             for factor in (1.0, 0.75, 0.5):
@@ -215,3 +258,25 @@ class EmojiOverlay:
                     x // 2,
                     y // 2,
                 )
+        if self.labels:
+            for (_, emotion), spot in zip(faces, spots, strict=True):
+                self._draw_label(luma, chroma, emotion, spot, matrix)
+
+    def label_position(
+        self, spot: tuple[int, int, int], label_wh: tuple[int, int], frame_wh: tuple[int, int]
+    ) -> tuple[int, int]:
+        """Top-left of a label: centred under its emoji, moved inside the frame; both even (4:2:0)."""
+        x, y, size = spot
+        w, h = label_wh
+        lx = min(max(x + size // 2 - w // 2, 0), max(frame_wh[0] - w, 0)) & ~1
+        ly = min(max(y + size + 2, 0), max(frame_wh[1] - h, 0)) & ~1
+        return lx, ly
+
+    def _draw_label(self, luma, chroma, emotion: str, spot, matrix: str) -> None:
+        s = label_sprite(emotion, spot[2], matrix)
+        h, w = s.alpha.shape[:2]
+        lx, ly = self.label_position(spot, (w, h), (luma.shape[1], luma.shape[0]))
+        overlay_image(luma[:, :, None], s.colour, s.alpha, lx, ly)
+        for plane in (0, 1):
+            uv = s.chroma[:, :, plane : plane + 1]
+            overlay_image(chroma[plane][:, :, None], uv, s.chroma_alpha, lx // 2, ly // 2)

@@ -122,7 +122,7 @@ def write_job_timeline(
     write_timeline(
         storage.path(job_id, job_files.TIMELINE_JSON),
         storage.path(job_id, job_files.TIMELINE_CSV),
-        timeline_head(job_id, video, model, used),
+        {**timeline_head(job_id, video, model, used), "options": plan.options.model_dump()},
         (
             frame
             for index, ids in enumerate(person_ids)

@@ -1,0 +1,118 @@
+"""Render options per job: parsing as the gateway does, and what the overlay draws for each (no stack)."""
+
+import numpy as np
+import pytest
+
+from common.classes import EMOTIONS
+from common.render_options import RenderOptions
+from worker.overlay import COVER_FACTOR, EmojiOverlay, label_sprite, sprite, yuv420p_planes
+
+H, W = 360, 480
+
+
+@pytest.mark.parametrize(
+    ("style", "labels", "expected"),
+    [
+        (None, None, RenderOptions()),
+        ("cover", "true", RenderOptions(style="cover", labels=True)),
+        (" Cover ", "1", RenderOptions(style="cover", labels=True)),
+        ("badge", "false", RenderOptions(style="badge", labels=False)),
+        ("", "", RenderOptions()),
+        ("badge", True, RenderOptions(labels=True)),
+    ],
+)
+def test_options_from_form_fields(style, labels, expected):
+    assert RenderOptions.from_fields(style, labels) == expected
+
+
+@pytest.mark.parametrize(
+    ("style", "labels", "names"), [("sparkles", None, "badge, cover"), ("cover", "maybe", "true")]
+)
+def test_unknown_values_are_refused_with_the_allowed_ones(style, labels, names):
+    with pytest.raises(ValueError, match=names):
+        RenderOptions.from_fields(style, labels)
+
+
+def test_options_survive_the_job_record():
+    options = RenderOptions(style="cover", labels=True)
+    assert RenderOptions.from_record(options.to_record()) == options
+    assert RenderOptions.from_record({}) == RenderOptions()  # a job recorded before options existed
+
+
+def grey_frame() -> np.ndarray:
+    return np.full(W * H * 3 // 2, 128, np.uint8)
+
+
+def draw(overlay: EmojiOverlay, faces) -> np.ndarray:
+    frame = grey_frame()
+    luma, chroma = yuv420p_planes(frame, W, H)
+    overlay.draw_yuv_planes(luma, chroma[0], chroma[1], faces, "bt601")
+    return luma
+
+
+def ellipse_mask(box) -> np.ndarray:
+    x1, y1, x2, y2 = box
+    yy, xx = np.mgrid[0:H, 0:W]
+    cx, cy, rx, ry = (x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1) / 2, (y2 - y1) / 2
+    return ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1
+
+
+@pytest.mark.parametrize(
+    "box",
+    [
+        (200, 100, 280, 200),  # a usual face box, taller than wide
+        (100, 80, 220, 190),  # wider than tall
+        (300, 150, 330, 180),  # small
+        (-20, 100, 60, 200),  # cut by the left edge
+    ],
+)
+def test_a_cover_hides_the_whole_face(box):
+    """Every pixel of the face (the ellipse in its box) is under the emoji's opaque disk."""
+    luma = draw(EmojiOverlay("cover"), [(box, "happy")])
+    face = ellipse_mask(box)
+    # Only the parts inside the frame can be seen, so only those need covering.
+    assert (np.abs(luma[face].astype(int) - 128) > 10).mean() > 0.97
+
+
+def test_a_cover_is_a_little_larger_than_the_face_and_centred_on_it():
+    x, y, size = EmojiOverlay("cover").placement((200, 100, 280, 200))
+    assert size == pytest.approx(100 * COVER_FACTOR, abs=4)
+    assert x + size / 2 == pytest.approx(240, abs=2) and y + size / 2 == pytest.approx(150, abs=2)
+
+
+def test_a_cover_stays_the_same_size_beside_another_face():
+    """A badge moves off a neighbour; a cover must not shrink and let its own face show."""
+    overlay = EmojiOverlay("cover")
+    alone = overlay.placement((200, 100, 280, 200))
+    beside = overlay.placements([(200, 100, 280, 200), (285, 100, 365, 200)])[0]
+    assert beside == alone
+
+
+def test_labels_write_the_emotion_under_the_emoji():
+    box = (200, 80, 280, 180)
+    with_labels = draw(EmojiOverlay("badge", labels=True), [(box, "surprise")])
+    without = draw(EmojiOverlay("badge"), [(box, "surprise")])
+    x, y, size = EmojiOverlay("badge").placement(box, frame_wh=(W, H))
+    changed = np.argwhere(with_labels != without)
+    assert len(changed) > 50, "no label drawn"
+    assert changed[:, 0].min() >= y + size, "the label overlaps the emoji instead of sitting under it"
+    assert (with_labels[changed[:, 0], changed[:, 1]] > 200).sum() > 20, "no white text"
+
+
+def test_label_at_the_bottom_edge_moves_inside_the_frame():
+    overlay = EmojiOverlay("cover", labels=True)
+    spot = overlay.placement((200, 300, 260, 360))
+    label = label_sprite("neutral", spot[2], "bt601")
+    h, w = label.alpha.shape[:2]
+    lx, ly = overlay.label_position(spot, (w, h), (W, H))
+    assert ly + h <= H and lx >= 0 and lx % 2 == 0 and ly % 2 == 0
+
+
+@pytest.mark.parametrize("emotion", EMOTIONS)
+def test_label_sprites_grow_with_the_emoji_and_have_even_sides(emotion):
+    small, large = label_sprite(emotion, 40, "bt709"), label_sprite(emotion, 200, "bt709")
+    assert large.alpha.shape[0] > small.alpha.shape[0]
+    for s in (small, large):
+        assert s.alpha.shape[0] % 2 == 0 and s.alpha.shape[1] % 2 == 0
+        assert s.chroma.shape[:2] == (s.alpha.shape[0] // 2, s.alpha.shape[1] // 2)
+    assert sprite(emotion, 40, "bt709").alpha.shape == (40, 40, 1)
