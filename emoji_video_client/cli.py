@@ -116,6 +116,7 @@ def follow(bar: tqdm) -> Callable[[dict], None]:
         if bar.unit != "%":
             bar.reset(total=100)
             bar.unit, bar.unit_scale = "%", False
+            bar.bar_format = "{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}{postfix}"
         bar.set_postfix_str(job["status"], refresh=False)
         bar.n = round(job["progress"] * 100)
         bar.refresh()

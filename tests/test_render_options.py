@@ -100,13 +100,27 @@ def test_labels_write_the_emotion_under_the_emoji():
     assert (with_labels[changed[:, 0], changed[:, 1]] > 200).sum() > 20, "no white text"
 
 
-def test_label_at_the_bottom_edge_moves_inside_the_frame():
+@pytest.mark.parametrize(
+    ("box", "where"),
+    [
+        ((200, 100, 260, 160), "below"),
+        ((200, 270, 260, 330), "above"),  # no room below: above the emoji
+        ((180, -40, 300, 380), "inside"),  # a close-up, no room either way: inside the frame, on the emoji
+    ],
+)
+def test_a_label_goes_under_its_emoji_or_above_it_and_stays_in_the_frame(box, where):
     overlay = EmojiOverlay("cover", labels=True)
-    spot = overlay.placement((200, 300, 260, 360))
-    label = label_sprite("neutral", spot[2], "bt601")
+    x, y, size = spot = overlay.placement(box)
+    label = label_sprite("neutral", size, "bt601")
     h, w = label.alpha.shape[:2]
     lx, ly = overlay.label_position(spot, (w, h), (W, H))
-    assert ly + h <= H and lx >= 0 and lx % 2 == 0 and ly % 2 == 0
+    assert 0 <= lx <= W - w and 0 <= ly <= H - h and lx % 2 == 0 and ly % 2 == 0
+    assert {"below": ly >= y + size, "above": ly + h <= y, "inside": True}[where]
+
+
+def test_labels_stay_readable_but_never_huge():
+    assert label_sprite("happy", 20, "bgr").alpha.shape[0] >= 10
+    assert label_sprite("happy", 800, "bgr").alpha.shape[0] < 80
 
 
 @pytest.mark.parametrize("emotion", EMOTIONS)

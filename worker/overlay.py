@@ -25,9 +25,11 @@ MAX_SIZE = 4096
 # tracked crowd faces were wholly covered; at 1.6x, lifted 5%, all 32).
 COVER_FACTOR = 1.6
 COVER_LIFT = 0.05
-# A label's text is this fraction of its emoji's size tall, and never under LABEL_MIN_PX.
-LABEL_HEIGHT = 0.2
+# A label's text is this fraction of its emoji's size tall, between LABEL_MIN_PX and LABEL_MAX_PX (a
+# close-up's cover is half the frame: its label need not be).
+LABEL_HEIGHT = 0.15
 LABEL_MIN_PX = 10
+LABEL_MAX_PX = 40
 
 # (Kr, Kb) of the two matrices H.264 video uses in practice.
 MATRICES = {"bt601": (0.299, 0.114), "bt709": (0.2126, 0.0722)}
@@ -92,7 +94,7 @@ def label_sprite(emotion: str, emoji_size: int, space: str = "bgr") -> Sprite:
     """The emotion's name, white with a dark outline (readable on any background), sized to an emoji of
     `emoji_size` px; width and height even so 4:2:0 chroma lines up."""
     font = cv2.FONT_HERSHEY_SIMPLEX
-    text_px = max(LABEL_MIN_PX, emoji_size * LABEL_HEIGHT)
+    text_px = min(max(LABEL_MIN_PX, emoji_size * LABEL_HEIGHT), LABEL_MAX_PX)
     scale = text_px / 22.0  # HERSHEY_SIMPLEX is ~22 px tall at scale 1
     thickness = max(1, round(scale * 1.6))
     outline = thickness + max(2, round(scale * 2))
@@ -268,11 +270,15 @@ class EmojiOverlay:
     def label_position(
         self, spot: tuple[int, int, int], label_wh: tuple[int, int], frame_wh: tuple[int, int]
     ) -> tuple[int, int]:
-        """Top-left of a label: centred under its emoji, moved inside the frame; both even (4:2:0)."""
+        """Top-left of a label: centred under its emoji, or above it when there is no room below, moved
+        inside the frame; both even (4:2:0)."""
         x, y, size = spot
         w, h = label_wh
         lx = min(max(x + size // 2 - w // 2, 0), max(frame_wh[0] - w, 0)) & ~1
-        ly = min(max(y + size + 2, 0), max(frame_wh[1] - h, 0)) & ~1
+        ly = y + size + 2
+        if ly + h > frame_wh[1] and y - h - 2 >= 0:
+            ly = y - h - 2
+        ly = min(max(ly, 0), max(frame_wh[1] - h, 0)) & ~1
         return lx, ly
 
     def _draw_label(self, luma, chroma, emotion: str, spot, matrix: str) -> None:
