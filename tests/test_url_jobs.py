@@ -115,8 +115,8 @@ def url_gateway(stack_env, service_logs, worker):
     service.stop()
 
 
-def submit_url(base_url: str, url: str, **fields) -> httpx.Response:
-    return httpx.post(f"{base_url}/api/v1/jobs", json={"url": url, **fields}, timeout=60)
+def submit_url(base_url: str, url: str, headers: dict | None = None, **fields) -> httpx.Response:
+    return httpx.post(f"{base_url}/api/v1/jobs", json={"url": url, **fields}, headers=headers, timeout=60)
 
 
 def refused(base_url: str, url: str, storage_dir: Path) -> dict:
@@ -129,8 +129,16 @@ def refused(base_url: str, url: str, storage_dir: Path) -> dict:
 
 
 def test_a_video_by_url_is_processed_like_an_upload(url_gateway, video_server, astronaut_video, tmp_path):
-    reply = submit_url(url_gateway, video_server.url("/astronaut.mp4"), style="cover", labels=True)
+    key = {"Idempotency-Key": f"url-job-{time.monotonic_ns()}"}
+    reply = submit_url(url_gateway, video_server.url("/astronaut.mp4"), key, style="cover", labels=True)
     assert reply.status_code == 202, reply.text
+    # The same request again with the same key: the same job, and the video is not fetched twice.
+    again = submit_url(url_gateway, video_server.url("/astronaut.mp4"), key, style="cover", labels=True)
+    assert again.status_code == 202 and again.json()["id"] == reply.json()["id"]
+    assert again.headers["idempotent-replayed"] == "true"
+    assert sum(r.endswith("/astronaut.mp4") for r in video_server.requests) == 1
+    other = submit_url(url_gateway, video_server.url("/astronaut.mp4"), key, style="badge")
+    assert other.status_code == 422 and other.json()["error"]["code"] == "idempotency_key_reused"
     job = wait_for_job(url_gateway, reply.json()["id"])
     assert job["status"] == "succeeded", job
     assert job["filename"] == "astronaut.mp4" and job["frames_total"] == 75
