@@ -169,3 +169,10 @@ def test_api_errors_carry_the_apis_message(client_gateway):
         client.submit_url("http://127.0.0.1:9/video.mp4")
     assert refused.value.status == 422 and refused.value.code == "url_scheme_refused"
     assert "https://" in str(refused.value)
+
+
+def test_a_refused_url_gives_the_apis_reason_and_a_failing_exit(client_gateway, tmp_path):
+    run = cli(client_gateway, "process", "--from-url", "http://127.0.0.1:9/video.mp4", "--out", str(tmp_path))
+    assert run.returncode == 1
+    assert "url must be an https:// URL with a host name (422 url_scheme_refused)" in run.stderr
+    assert "Traceback" not in run.stderr
