@@ -236,6 +236,9 @@ class JobStore:
     def batch_done(self, job_id: str, stage: str, batch_index: int) -> bool:
         return bool(self.redis.hexists(self.key(job_id, stage), str(batch_index)))
 
+    def batches_done(self, job_id: str, stage: str) -> int:
+        return int(self.redis.hlen(self.key(job_id, stage)))
+
     def add_warning(self, job_id: str, key: str, warning: JobWarning) -> bool:
         """Attach a warning to an active job, once per `key` (a batch that runs twice warns once)."""
         return int(
