@@ -117,15 +117,6 @@ def probe(path: Path, limits: MediaLimits | None = None) -> VideoInfo:
     )
 
 
-def frame_timestamps_ms(path: Path) -> list[float]:
-    """Presentation time of every video frame, in ms from the stream's start, in display order."""
-    data = run_ffprobe(path, "-select_streams", "v:0", "-show_entries", "packet=pts_time:stream=start_time")
-    start = float((data.get("streams") or [{}])[0].get("start_time") or 0.0)
-    packets = data.get("packets", [])
-    times = sorted(float(p["pts_time"]) for p in packets if p.get("pts_time") not in (None, "N/A"))
-    return [round((t - start) * 1000.0, 3) for t in times]
-
-
 # The first bytes of every container in ALLOWED_INPUT_FORMATS. An upload that goes straight to an object
 # store cannot be probed by the gateway (ffprobe reads local files only): these let it refuse what is
 # certainly not a video (a photo, a document, a playlist) at once; the worker's probe decides the rest.

@@ -282,7 +282,7 @@ def test_state_changes_of_a_deleted_job_do_not_recreate_it(redis_url):
     store.delete(job_id)
     assert store.mark_running(job_id) is False
     assert store.update(job_id, frames_total=5) is False
-    assert store.mark_batch_done(job_id, "batch", 0, 10) == -1
+    assert store.mark_batch_done(job_id, 0, 10) == -1
     assert store.add_warning(job_id, "x", JobWarning(code="c", message="m")) is False
     store.count_delivery(job_id, "process_batch:0")
     store.end_delivery(job_id, "process_batch:0")
@@ -446,7 +446,7 @@ def test_a_batch_delivered_again_records_nothing_twice(stack, tmp_path):
     job_id = upload(stack.url, source)
     store = JobStore(stack.client())
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not store.batch_done(job_id, "batch", 0):
+    while time.monotonic() < deadline and not store.batch_done(job_id, 0):
         time.sleep(0.1)
     plan = json.loads((stack.storage / job_id / "plan.json").read_text())
     celery = make_celery(CommonSettings(redis_url=stack.env["EMOJI_REDIS_URL"]))
@@ -454,7 +454,7 @@ def test_a_batch_delivered_again_records_nothing_twice(stack, tmp_path):
         celery.send_task("worker.process_batch", args=[job_id, index, start, end], queue="video")
     job = wait_for_job(stack.url, job_id, timeout_s=240)
     assert job["status"] == "succeeded", job
-    assert store.redis.hlen(store.key(job_id, "batch")) == len(plan["batches"])
+    assert store.batches_done(job_id) == len(plan["batches"])
     timeline = httpx.get(f"{stack.url}{API}/{job_id}/timeline", timeout=30).json()
     assert [f["index"] for f in timeline["frames"]] == list(range(job["frames_total"]))
     stack.assert_clean()

@@ -389,10 +389,10 @@ def process_batch(
         batch_lock(job_id, "batch", batch_index, outputs) as fence,
     ):
         ensure_active(job_id)
-        if store().batch_done(job_id, "batch", batch_index):
+        if store().batch_done(job_id, batch_index):
             # A run that recorded this batch may have died before it queued the finish: queue it again.
             total = store().get(job_id).batches_total
-            finish_when_complete(job_id, store().batches_done(job_id, "batch"), total)
+            finish_when_complete(job_id, store().batches_done(job_id), total)
             raise JobGone(f"batch {batch_index} is done already")
         plan = steps.load_plan(files, job_id)
         if tuple(plan.batches[batch_index]) != (start, end):
@@ -413,7 +413,7 @@ def process_batch(
         publish(files)
         fence()
         metrics.FRAMES.labels("batch").inc(frames)
-        done = store().mark_batch_done(job_id, "batch", batch_index, frames)
+        done = store().mark_batch_done(job_id, batch_index, frames)
         finish_when_complete(job_id, done, len(plan.batches))
 
 
@@ -429,7 +429,7 @@ def finish_when_complete(job_id: str, done: int, total: int) -> None:
 def check_frames_lost(job_id: str, plan: steps.Plan) -> None:
     """Fail a job that lost more of its frames than `max_lost_frames_fraction` (damaged file); fewer lost
     frames leave a `frames_lost` warning (added by the batch) and the job goes on."""
-    decoded = int(sum(int(v) for v in store().redis.hvals(store().key(job_id, "batch"))))
+    decoded = store().frames_decoded(job_id)
     lost = plan.frames - decoded
     if lost and lost > settings().max_lost_frames_fraction * plan.frames:
         raise VideoError(
