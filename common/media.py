@@ -20,13 +20,20 @@ ALLOWED_INPUT_FORMATS = ("mov", "mp4", "matroska", "webm", "avi", "mpegts", "flv
 PROBE_TIMEOUT_S = 60
 
 
-def safe_input_args(path: Path, input_format: str | None = None) -> list[str]:
-    """ffmpeg/ffprobe input options that confine the read to `path` (and, once probed, to its format)."""
-    args = ["-protocol_whitelist", "file", "-format_whitelist", ",".join(ALLOWED_INPUT_FORMATS)]
+def safe_input(path: Path, input_format: str | None = None) -> tuple[str, dict[str, str]]:
+    """The input URL and the ffmpeg/ffprobe input options that confine the read to `path` (and, once probed,
+    to its format)."""
+    options = {"protocol_whitelist": "file", "format_whitelist": ",".join(ALLOWED_INPUT_FORMATS)}
     if input_format:
-        args += ["-f", input_format.split(",")[0]]
+        options["f"] = input_format.split(",")[0]
     # "file:" stops a name like "pipe:0" or "http://…" from being read as another protocol.
-    return args + ["-i", f"file:{Path(path).resolve()}"]
+    return f"file:{Path(path).resolve()}", options
+
+
+def safe_input_args(path: Path, input_format: str | None = None) -> list[str]:
+    """`safe_input` as command-line arguments, ending with `-i URL`."""
+    url, options = safe_input(path, input_format)
+    return [arg for name, value in options.items() for arg in (f"-{name}", value)] + ["-i", url]
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import numpy as np
 
 from common import processes
 from common.errors import VideoError
-from common.media import ALLOWED_INPUT_FORMATS, safe_input_args
+from common.media import ALLOWED_INPUT_FORMATS, safe_input
 
 if TYPE_CHECKING:
     import av
@@ -69,7 +69,7 @@ def remove_stale_temps(path: Path) -> int:
 
 
 def open_upload(path: Path, input_format: str) -> av.container.InputContainer:
-    """The upload opened for demuxing, confined like `common.media.safe_input_args`."""
+    """The upload opened for demuxing, confined like `common.media.safe_input`."""
     import av
 
     demuxer = input_format.split(",")[0]
@@ -293,6 +293,36 @@ class PieceWriter:
         self.tmp.unlink(missing_ok=True)
 
 
+def join_command(
+    listing: Path,
+    source: Path,
+    source_format: str,
+    target: Path,
+    audio_codec: str | None,
+    copy_audio_codecs: tuple[str, ...],
+    video_offset_s: float = 0.0,
+) -> list[str]:
+    """ffmpeg's command line (built with ffmpeg-python) that joins the pieces named in `listing` into
+    `target`, with the source's first audio stream. Both inputs are read only as local files: the listing
+    with the concat demuxer in its safe mode (plain names only), the source as `common.media.safe_input`
+    confines every read of an upload."""
+    import ffmpeg
+
+    # The source's video started `video_offset_s` after its audio; the offset keeps them in sync.
+    offset = {"itsoffset": f"{video_offset_s:.6f}"} if video_offset_s > 0 else {}
+    pieces = ffmpeg.input(f"file:{listing}", f="concat", safe=1, protocol_whitelist="file", **offset)
+    streams, audio = [pieces["v:0"]], {}
+    if audio_codec:
+        url, options = safe_input(source, source_format)
+        streams.append(ffmpeg.input(url, **options)["a:0"])
+        audio = {"c:a": "copy"} if audio_codec in copy_audio_codecs else {"c:a": "aac", "b:a": "192k"}
+    video = {"c:v": "copy", "fps_mode": "passthrough"}
+    output = ffmpeg.output(*streams, str(target), f="mp4", movflags="+faststart", **video, **audio)
+    return output.global_args("-nostdin", "-hide_banner", "-loglevel", "error").overwrite_output().compile(
+        cmd=FFMPEG
+    )
+
+
 def join_pieces(
     pieces: list[tuple[Path, float | None]],
     source: Path,
@@ -310,7 +340,7 @@ def join_pieces(
     folder = pieces[0][0].parent
     if any(p.parent != folder for p, _ in pieces):
         raise ValueError("all pieces must be in one folder")
-    # Our own list of our own piece names, read with the concat demuxer in its safe mode (plain names only).
+    # Our own list of our own piece names.
     listing = atomic_target(folder / "concat.txt")
     lines = ["ffconcat version 1.0"]
     for path, duration_s in pieces:
@@ -319,21 +349,7 @@ def join_pieces(
             lines.append(f"duration {duration_s:.6f}")
     listing.write_text("\n".join(lines) + "\n")
     tmp = atomic_target(target)
-    cmd = [FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
-    if video_offset_s > 0:
-        # The source's video started this much after its audio; keep them in sync.
-        cmd += ["-itsoffset", f"{video_offset_s:.6f}"]
-    cmd += ["-protocol_whitelist", "file", "-f", "concat", "-safe", "1", "-i", f"file:{listing}"]
-    if audio_codec:
-        cmd += safe_input_args(source, source_format)
-        cmd += ["-map", "0:v:0", "-map", "1:a:0"]
-        if audio_codec in copy_audio_codecs:
-            cmd += ["-c:a", "copy"]
-        else:
-            cmd += ["-c:a", "aac", "-b:a", "192k"]
-    else:
-        cmd += ["-map", "0:v:0"]
-    cmd += ["-c:v", "copy", "-fps_mode", "passthrough", "-movflags", "+faststart", "-f", "mp4", str(tmp)]
+    cmd = join_command(listing, source, source_format, tmp, audio_codec, copy_audio_codecs, video_offset_s)
     try:
         result = processes.run(cmd, timeout_s, "ffmpeg (joining)")
     except BaseException:
