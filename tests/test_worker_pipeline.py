@@ -25,7 +25,7 @@ from worker.detection import FaceBoxes, make_detector
 from worker.overlay import EmojiOverlay
 from worker.plan import plan_batches
 from worker.settings import WorkerSettings
-from worker.video_io import DecodeWindow, decode_frames, join_command, plane_array
+from worker.video_io import DecodeWindow, JoinSource, decode_frames, join_command, plane_array
 
 WIDTH, HEIGHT, FPS, FRAMES = 320, 240, 24, 50
 SQUARE = 60
@@ -447,7 +447,7 @@ def test_playlists_pointing_at_local_files_are_refused(tmp_path, storage, settin
 @pytest.mark.parametrize("audio", [None, "aac", "opus"])
 def test_the_join_reads_nothing_but_its_own_list_and_the_upload(tmp_path, audio):
     listing, source, target = tmp_path / ".concat.x.txt", tmp_path / "input", tmp_path / ".result.x.mp4"
-    cmd = join_command(listing, source, "mov,mp4,m4a,3gp", target, audio, ("aac",), video_offset_s=0.25)
+    cmd = join_command(listing, JoinSource(source, "mov,mp4,m4a,3gp", audio, ("aac",), 0.25), target)
     inputs = [i for i, arg in enumerate(cmd) if arg == "-i"]
     assert [cmd[i + 1] for i in inputs] == [f"file:{listing}", f"file:{source}"][: 2 if audio else 1]
     before = [cmd[start:i] for start, i in zip([0, *[j + 2 for j in inputs]], inputs, strict=False)]

@@ -35,7 +35,7 @@ from worker.timeline import (
     timeline_head,
     write_timeline,
 )
-from worker.video_io import join_pieces
+from worker.video_io import JoinSource, join_pieces
 
 __all__ = ["Plan", "finish_job", "load_plan", "load_record", "plan_job", "run_batch"]
 
@@ -154,16 +154,14 @@ def finish_job(
     if missing:
         raise RuntimeError(f"job {job_id}: pieces {missing} are missing; cannot join")
     target = storage.path(job_id, job_files.RESULT)
-    join_pieces(
-        pieces,
+    source = JoinSource(
         storage.path(job_id, job_files.INPUT),
         info.format_name,
-        target,
         info.audio_codec if info.has_audio else None,
         tuple(settings.mp4_audio_codecs),
         video_offset_s=max(plan.video_start_s - plan.container_start_s, 0.0),
-        timeout_s=settings.ffmpeg_timeout_s,
     )
+    join_pieces(pieces, source, target, timeout_s=settings.ffmpeg_timeout_s)
     logger.info(
         "job %s: timeline (%d frames, %d people) and %s from %d pieces in %.2f s wall, %.2f s CPU",
         job_id,

@@ -293,29 +293,34 @@ class PieceWriter:
         self.tmp.unlink(missing_ok=True)
 
 
-def join_command(
-    listing: Path,
-    source: Path,
-    source_format: str,
-    target: Path,
-    audio_codec: str | None,
-    copy_audio_codecs: tuple[str, ...],
-    video_offset_s: float = 0.0,
-) -> list[str]:
+@dataclass(frozen=True)
+class JoinSource:
+    """The upload as the join needs it: its first audio stream (none: `audio_codec` None) goes into the
+    result, copied if MP4 takes its codec, else re-encoded to AAC; `video_offset_s` is how long after its
+    audio the upload's video starts."""
+
+    path: Path
+    format_name: str
+    audio_codec: str | None
+    copy_audio_codecs: tuple[str, ...]
+    video_offset_s: float = 0.0
+
+
+def join_command(listing: Path, source: JoinSource, target: Path) -> list[str]:
     """ffmpeg's command line (built with ffmpeg-python) that joins the pieces named in `listing` into
-    `target`, with the source's first audio stream. Both inputs are read only as local files: the listing
-    with the concat demuxer in its safe mode (plain names only), the source as `common.media.safe_input`
-    confines every read of an upload."""
+    `target`, with the source's audio. Both inputs are read only as local files: the listing with the
+    concat demuxer in its safe mode (plain names only), the upload as `common.media.safe_input` confines
+    every read of an upload."""
     import ffmpeg
 
-    # The source's video started `video_offset_s` after its audio; the offset keeps them in sync.
-    offset = {"itsoffset": f"{video_offset_s:.6f}"} if video_offset_s > 0 else {}
+    offset = {"itsoffset": f"{source.video_offset_s:.6f}"} if source.video_offset_s > 0 else {}
     pieces = ffmpeg.input(f"file:{listing}", f="concat", safe=1, protocol_whitelist="file", **offset)
     streams, audio = [pieces["v:0"]], {}
-    if audio_codec:
-        url, options = safe_input(source, source_format)
+    if source.audio_codec:
+        url, options = safe_input(source.path, source.format_name)
         streams.append(ffmpeg.input(url, **options)["a:0"])
-        audio = {"c:a": "copy"} if audio_codec in copy_audio_codecs else {"c:a": "aac", "b:a": "192k"}
+        copy = source.audio_codec in source.copy_audio_codecs
+        audio = {"c:a": "copy"} if copy else {"c:a": "aac", "b:a": "192k"}
     video = {"c:v": "copy", "fps_mode": "passthrough"}
     output = ffmpeg.output(*streams, str(target), f="mp4", movflags="+faststart", **video, **audio)
     return output.global_args("-nostdin", "-hide_banner", "-loglevel", "error").overwrite_output().compile(
@@ -324,14 +329,7 @@ def join_command(
 
 
 def join_pieces(
-    pieces: list[tuple[Path, float | None]],
-    source: Path,
-    source_format: str,
-    target: Path,
-    audio_codec: str | None,
-    copy_audio_codecs: tuple[str, ...],
-    video_offset_s: float = 0.0,
-    timeout_s: float = 540.0,
+    pieces: list[tuple[Path, float | None]], source: JoinSource, target: Path, timeout_s: float = 540.0
 ) -> None:
     """Join our pieces (no re-encode; each but the last lasts exactly its given seconds, so the frames keep
     the source's times), add the source's first audio stream; write `target` atomically (faststart)."""
@@ -349,7 +347,7 @@ def join_pieces(
             lines.append(f"duration {duration_s:.6f}")
     listing.write_text("\n".join(lines) + "\n")
     tmp = atomic_target(target)
-    cmd = join_command(listing, source, source_format, tmp, audio_codec, copy_audio_codecs, video_offset_s)
+    cmd = join_command(listing, source, tmp)
     try:
         result = processes.run(cmd, timeout_s, "ffmpeg (joining)")
     except BaseException:
