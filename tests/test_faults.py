@@ -346,6 +346,23 @@ def test_retry_waits_are_jittered_and_outlast_a_few_minutes_of_outage():
     assert all(8 <= w <= 16 for w in again)
 
 
+def test_each_passing_fault_has_its_own_count_limit_and_wait():
+    from common.errors import ModelServerError, ModelServerUnavailable, StorageUnavailable, VideoError
+    from worker.settings import WorkerSettings
+    from worker.tasks import BatchBusy, retry_rule
+
+    settings = WorkerSettings(model_retries=4, storage_retries=2, model_retry_jitter=False,
+                              task_time_limit_s=400, task_soft_time_limit_s=390, ffmpeg_timeout_s=300)
+    busy, model, store = (retry_rule(e("x"), settings)
+                          for e in (BatchBusy, ModelServerUnavailable, StorageUnavailable))
+    assert len({busy.cause, model.cause, store.cause}) == 3, "two causes share one count"
+    assert (busy.limit, model.limit, store.limit) == (None, 4, 2)
+    assert busy.wait_s(0) == busy.wait_s(50) == 100  # a quarter of the hard time limit, every time
+    assert [model.wait_s(n) for n in range(3)] == [2.0, 4.0, 8.0]
+    assert "tries" in model.gave_up and "object store" in store.gave_up
+    assert all(retry_rule(e("x"), settings) is None for e in (VideoError, ModelServerError))
+
+
 def test_time_limits_stay_below_the_visibility_timeout():
     from common.settings import CommonSettings
 
