@@ -90,6 +90,8 @@ def test_schema_has_every_part_and_every_frame(tmp_path):
     assert set(timeline) >= {"job_id", "video", "model", "settings", "frames", "people", "summary"}
     assert timeline["job_id"] == JOB and timeline["model"] == {"name": "emotion", "version": "1"}
     assert timeline["processing"]["batches"] == 1 and timeline["processing"]["cpu_s"] == {"detect": 0.5}
+    assert timeline["settings"]["track_max_miss_ms"] == 200.0 and timeline["settings"]["detect_every"] == 3
+    assert len(timeline["settings"]) == 11
     assert [f["index"] for f in timeline["frames"]] == list(range(50))
     assert timeline["frames"][22]["faces"] == []
     one = timeline["frames"][0]["faces"][0]

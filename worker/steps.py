@@ -69,6 +69,22 @@ class ProcessingReport:
         }
 
 
+# The settings that shape a timeline, recorded in it.
+TIMELINE_SETTINGS = (
+    "detect_every",
+    "detect_width",
+    "detect_model",
+    "detect_tile_rows",
+    "preroll_ms",
+    "lookahead_ms",
+    "smoothing_ms",
+    "hysteresis_margin",
+    "hysteresis_hold_ms",
+    "track_max_miss_ms",
+    "track_min_detections",
+)
+
+
 def write_job_timeline(
     storage: LocalStorage, job_id: str, plan: Plan, settings: WorkerSettings, model_name: str
 ) -> tuple[int, int, list[tuple[int, int]]]:
@@ -105,24 +121,11 @@ def write_job_timeline(
         "has_audio": info.has_audio,
     }
     model = {"name": model_name, "version": model_version}
-    used = {
-        "detect_every": settings.detect_every,
-        "detect_width": settings.detect_width,
-        "detect_model": settings.detect_model,
-        "detect_tile_rows": settings.detect_tile_rows,
-        "preroll_ms": settings.preroll_ms,
-        "lookahead_ms": settings.lookahead_ms,
-        "smoothing_ms": settings.smoothing_ms,
-        "hysteresis_margin": settings.hysteresis_margin,
-        "hysteresis_hold_ms": settings.hysteresis_hold_ms,
-        "track_max_miss_ms": settings.track_max_miss_ms,
-        "track_min_detections": settings.track_min_detections,
-    }
     people_list, summary = people.result(stitcher.first_seen)
     write_timeline(
         storage.path(job_id, job_files.TIMELINE_JSON),
         storage.path(job_id, job_files.TIMELINE_CSV),
-        timeline_head(job_id, video, model, used),
+        timeline_head(job_id, video, model, {name: getattr(settings, name) for name in TIMELINE_SETTINGS}),
         (
             frame
             for index, ids in enumerate(person_ids)
