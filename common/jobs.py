@@ -1,8 +1,8 @@
 """Job records in Redis: what the gateway shows and what the worker's tasks update.
 
-A job's progress is counted as frames of finished batches (stage "batch": faces found, classified, emoji
-drawn and encoded, in one pass). Batches record themselves in a hash keyed by batch index, so a
-batch that runs twice (a worker died, the task came back) counts once.
+A job's progress is counted as frames of finished batches (faces found, classified, emoji drawn and
+encoded, in one pass). Batches record themselves in a hash keyed by batch index, so a batch that runs twice
+(a worker died, the task came back) counts once.
 
 Every change a worker makes is conditional, in one Lua script: on the record existing and being queued or
 running. A job deleted (or finished) meanwhile is never re-created or revived by a late write.
@@ -21,12 +21,13 @@ from pydantic import BaseModel
 from common.errors import JobNotFound
 from common.render_options import RenderOptions
 
-STAGES: tuple[str, ...] = ("batch",)
-# Share of the progress bar each stage fills; the last 5% is the timeline and joining the pieces with audio.
-STAGE_WEIGHTS: dict[str, float] = {"batch": 0.95}
+# The job's part that counts its finished batches: {batch index: frames decoded}.
+BATCHES = "batch"
+# Share of the progress bar the batches fill; the last 5% is the timeline and joining the pieces with audio.
+BATCHES_SHARE = 0.95
 KEY_PREFIX = "emoji:job:"
 # Every key of one job: the record, the stages' batch counts, its warnings, its tasks' delivery counts.
-PARTS: tuple[str, ...] = ("", *STAGES, "warnings", "deliveries")
+PARTS: tuple[str, ...] = ("", BATCHES, "warnings", "deliveries")
 JOB_INDEX_KEY = "emoji:jobs"
 # Each owner's jobs (see gateway/auth.py), newest last; jobs recorded before owners existed belong to the one
 # shared local owner.
@@ -162,28 +163,26 @@ class JobStore:
     def get(self, job_id: str) -> Job:
         pipe = self.redis.pipeline()
         pipe.hgetall(self.key(job_id))
-        for stage in STAGES:
-            pipe.hvals(self.key(job_id, stage))
+        pipe.hvals(self.key(job_id, BATCHES))
         pipe.hvals(self.key(job_id, "warnings"))
-        raw, *stage_values, warnings = pipe.execute()
+        raw, batches, warnings = pipe.execute()
         if not raw:
             raise JobNotFound(f"no job with id {job_id}")
         try:
-            return self._parse(job_id, raw, stage_values, warnings)
+            return self._parse(job_id, raw, batches, warnings)
         except (KeyError, ValueError) as exc:
             # A record missing its core fields (written by a late worker before conditional writes, or by
             # hand) is not a job; the API answers 404 for it, never 500.
             raise JobNotFound(f"no job with id {job_id} (its record is incomplete)") from exc
 
-    def _parse(self, job_id: str, raw: dict, stage_values: list, warnings: list) -> Job:
+    def _parse(self, job_id: str, raw: dict, batches: list, warnings: list) -> Job:
         total = int(raw.get("frames_total", 0))
-        counts = zip(STAGES, stage_values, strict=True)
-        done = {stage: sum(int(v) for v in values) for stage, values in counts}
+        done = min(sum(int(v) for v in batches), total)
         status = JobStatus(raw["status"])
         if status is JobStatus.succeeded:
             progress = 1.0
         elif total:
-            progress = sum(STAGE_WEIGHTS[s] * min(done[s], total) / total for s in STAGES)
+            progress = BATCHES_SHARE * done / total
         else:
             progress = 0.0
         error = None
@@ -194,7 +193,7 @@ class JobStore:
             status=status,
             filename=raw.get("filename", ""),
             progress=round(progress, 4),
-            frames_done=total if status is JobStatus.succeeded else min(done[STAGES[-1]], total),
+            frames_done=total if status is JobStatus.succeeded else done,
             frames_total=total,
             created_at=_time(raw["created_at"]),
             started_at=_time(raw.get("started_at")),
@@ -229,15 +228,21 @@ class JobStore:
             {"started_at": _now(), "status": JobStatus.running.value, "heartbeat_at": time.time()},
         )
 
-    def mark_batch_done(self, job_id: str, stage: str, batch_index: int, frames: int) -> int:
-        """Record a finished batch; returns how many batches of that stage are done, -1 if the job is gone."""
-        if stage not in STAGES:
-            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
-        keys = [self.key(job_id), self.key(job_id, stage)]
+    def mark_batch_done(self, job_id: str, batch_index: int, frames: int) -> int:
+        """Record a finished batch and the frames it decoded; returns how many batches are done, -1 if the job
+        is gone."""
+        keys = [self.key(job_id), self.key(job_id, BATCHES)]
         return int(self._hset_if_active(keys=keys, args=[batch_index, frames, self.ttl_s, time.time()]))
 
-    def batch_done(self, job_id: str, stage: str, batch_index: int) -> bool:
-        return bool(self.redis.hexists(self.key(job_id, stage), str(batch_index)))
+    def batch_done(self, job_id: str, batch_index: int) -> bool:
+        return bool(self.redis.hexists(self.key(job_id, BATCHES), str(batch_index)))
+
+    def batches_done(self, job_id: str) -> int:
+        return int(self.redis.hlen(self.key(job_id, BATCHES)))
+
+    def frames_decoded(self, job_id: str) -> int:
+        """Frames the finished batches decoded, together."""
+        return sum(int(v) for v in self.redis.hvals(self.key(job_id, BATCHES)))
 
     def add_warning(self, job_id: str, key: str, warning: JobWarning) -> bool:
         """Attach a warning to an active job, once per `key` (a batch that runs twice warns once)."""
@@ -276,8 +281,9 @@ class JobStore:
             out.append((job_id, status, now - last))
         return out
 
-    def reset_stage(self, job_id: str, stage: str) -> None:
-        self.redis.delete(self.key(job_id, stage))
+    def reset_batches(self, job_id: str) -> None:
+        """Forget the finished batches (a job re-queued from its first step)."""
+        self.redis.delete(self.key(job_id, BATCHES))
 
     def _finish(self, job_id: str, mapping: dict) -> bool:
         """Active -> finished, once: a deleted job stays deleted and the first outcome stays."""

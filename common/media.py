@@ -20,13 +20,20 @@ ALLOWED_INPUT_FORMATS = ("mov", "mp4", "matroska", "webm", "avi", "mpegts", "flv
 PROBE_TIMEOUT_S = 60
 
 
-def safe_input_args(path: Path, input_format: str | None = None) -> list[str]:
-    """ffmpeg/ffprobe input options that confine the read to `path` (and, once probed, to its format)."""
-    args = ["-protocol_whitelist", "file", "-format_whitelist", ",".join(ALLOWED_INPUT_FORMATS)]
+def safe_input(path: Path, input_format: str | None = None) -> tuple[str, dict[str, str]]:
+    """The input URL and the ffmpeg/ffprobe input options that confine the read to `path` (and, once probed,
+    to its format)."""
+    options = {"protocol_whitelist": "file", "format_whitelist": ",".join(ALLOWED_INPUT_FORMATS)}
     if input_format:
-        args += ["-f", input_format.split(",")[0]]
+        options["f"] = input_format.split(",")[0]
     # "file:" stops a name like "pipe:0" or "http://…" from being read as another protocol.
-    return args + ["-i", f"file:{Path(path).resolve()}"]
+    return f"file:{Path(path).resolve()}", options
+
+
+def safe_input_args(path: Path, input_format: str | None = None) -> list[str]:
+    """`safe_input` as command-line arguments, ending with `-i URL`."""
+    url, options = safe_input(path, input_format)
+    return [arg for name, value in options.items() for arg in (f"-{name}", value)] + ["-i", url]
 
 
 @dataclass(frozen=True)
@@ -115,15 +122,6 @@ def probe(path: Path, limits: MediaLimits | None = None) -> VideoInfo:
         format_name=data.get("format", {}).get("format_name", ""),
         rotation=rotation,
     )
-
-
-def frame_timestamps_ms(path: Path) -> list[float]:
-    """Presentation time of every video frame, in ms from the stream's start, in display order."""
-    data = run_ffprobe(path, "-select_streams", "v:0", "-show_entries", "packet=pts_time:stream=start_time")
-    start = float((data.get("streams") or [{}])[0].get("start_time") or 0.0)
-    packets = data.get("packets", [])
-    times = sorted(float(p["pts_time"]) for p in packets if p.get("pts_time") not in (None, "N/A"))
-    return [round((t - start) * 1000.0, 3) for t in times]
 
 
 # The first bytes of every container in ALLOWED_INPUT_FORMATS. An upload that goes straight to an object

@@ -1,12 +1,13 @@
-"""External processes (ffmpeg, ffprobe) with a wall-clock deadline that holds while the caller is blocked.
+"""External processes (ffprobe probing an upload, ffmpeg joining the pieces) with a wall-clock deadline.
 
-`subprocess`'s own timeouts are only checked in `wait()`/`communicate()`; a caller blocked reading a pipe of
-a stopped (SIGSTOP) or hung ffmpeg never gets there. Here a timer kills the child's whole process group at
-the deadline, whatever the caller is doing: the blocked read then sees end-of-file and the caller goes on.
-Each child also dies with the process that started it (the parent-death signal, set by util-linux's
-`setpriv` before it becomes ffmpeg), so a worker killed by the OOM killer or a hard time limit leaves no
-ffmpeg behind. Not with a `preexec_fn`: that forces a plain fork(), whose fork handlers gRPC's threads (the
-worker's model client) do not survive.
+Frames are decoded and encoded in the worker's own process (PyAV), so no caller streams frames through a
+pipe any more: each program here runs to its end under `run`, its output read by `communicate()`. What
+`subprocess.run(timeout=...)` alone would not give: a timer SIGKILLs the child's whole process group at the
+deadline, whatever the caller is doing (blocked on a pipe too), and the end is told apart as TimedOut or
+StorageFull. Each child also dies with the process that started it (the parent-death signal, set by
+util-linux's `setpriv` before it becomes ffmpeg), so a worker killed by the OOM killer or a hard time limit
+leaves no ffmpeg behind. Not with a `preexec_fn`: that forces a plain fork(), whose fork handlers gRPC's
+threads (the worker's model client) do not survive.
 """
 
 from __future__ import annotations

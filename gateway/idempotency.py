@@ -45,11 +45,6 @@ def checked_key(header: str) -> str:
     return header
 
 
-def file_sha256(path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 class Idempotency:
     def __init__(self, client: redis.Redis, ttl_s: int, wait_s: float) -> None:
         self.redis = client

@@ -2,7 +2,7 @@
 
 It happens when Redis restarts without its data on disk (or from an older snapshot), or when someone
 flushes the queue: the records come back, the tasks do not, and the jobs would wait forever. Such a job
-is re-queued from its first step (its stages' counts reset; every step may run twice), at most
+is re-queued from its first step (its finished batches forgotten; every step may run twice), at most
 `reconcile_max_requeues` times, then it fails with `tasks_lost`.
 
 It runs in the gateway, not in a Celery beat: the gateway is always up when anyone can look at a job, the
@@ -17,7 +17,7 @@ import logging
 
 from celery import Celery
 
-from common.jobs import STAGES, JobStore
+from common.jobs import JobStore
 from common.queue import TASK_DELIVER_WEBHOOK, TASK_START_JOB, VIDEO_QUEUE, WEBHOOK_QUEUE, pending_job_ids
 from common.webhooks import queue_delivery
 
@@ -47,8 +47,7 @@ def reconcile(store: JobStore, celery: Celery, grace_s: float, max_requeues: int
                 found["failed"].append(job_id)
                 _queue_webhook(store, celery, job_id)
             continue
-        for stage in STAGES:
-            store.reset_stage(job_id, stage)
+        store.reset_batches(job_id)
         store.update(job_id)  # a new sign of life, so the next round waits out the grace again
         celery.send_task(TASK_START_JOB, args=[job_id], queue=VIDEO_QUEUE, ignore_result=True)
         found["requeued"].append(job_id)

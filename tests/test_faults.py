@@ -14,6 +14,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -281,7 +282,7 @@ def test_state_changes_of_a_deleted_job_do_not_recreate_it(redis_url):
     store.delete(job_id)
     assert store.mark_running(job_id) is False
     assert store.update(job_id, frames_total=5) is False
-    assert store.mark_batch_done(job_id, "batch", 0, 10) == -1
+    assert store.mark_batch_done(job_id, 0, 10) == -1
     assert store.add_warning(job_id, "x", JobWarning(code="c", message="m")) is False
     store.count_delivery(job_id, "process_batch:0")
     store.end_delivery(job_id, "process_batch:0")
@@ -343,6 +344,23 @@ def test_retry_waits_are_jittered_and_outlast_a_few_minutes_of_outage():
     again = [retry_countdown(3, settings, rng) for _ in range(10)]
     assert max(again) - min(again) > 1.0
     assert all(8 <= w <= 16 for w in again)
+
+
+def test_each_passing_fault_has_its_own_count_limit_and_wait():
+    from common.errors import ModelServerError, ModelServerUnavailable, StorageUnavailable, VideoError
+    from worker.settings import WorkerSettings
+    from worker.tasks import BatchBusy, retry_rule
+
+    settings = WorkerSettings(model_retries=4, storage_retries=2, model_retry_jitter=False,
+                              task_time_limit_s=400, task_soft_time_limit_s=390, ffmpeg_timeout_s=300)
+    busy, model, store = (retry_rule(e("x"), settings)
+                          for e in (BatchBusy, ModelServerUnavailable, StorageUnavailable))
+    assert len({busy.cause, model.cause, store.cause}) == 3, "two causes share one count"
+    assert (busy.limit, model.limit, store.limit) == (None, 4, 2)
+    assert busy.wait_s(0) == busy.wait_s(50) == 100  # a quarter of the hard time limit, every time
+    assert [model.wait_s(n) for n in range(3)] == [2.0, 4.0, 8.0]
+    assert "tries" in model.gave_up and "object store" in store.gave_up
+    assert all(retry_rule(e("x"), settings) is None for e in (VideoError, ModelServerError))
 
 
 def test_time_limits_stay_below_the_visibility_timeout():
@@ -445,7 +463,7 @@ def test_a_batch_delivered_again_records_nothing_twice(stack, tmp_path):
     job_id = upload(stack.url, source)
     store = JobStore(stack.client())
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not store.batch_done(job_id, "batch", 0):
+    while time.monotonic() < deadline and not store.batch_done(job_id, 0):
         time.sleep(0.1)
     plan = json.loads((stack.storage / job_id / "plan.json").read_text())
     celery = make_celery(CommonSettings(redis_url=stack.env["EMOJI_REDIS_URL"]))
@@ -453,7 +471,7 @@ def test_a_batch_delivered_again_records_nothing_twice(stack, tmp_path):
         celery.send_task("worker.process_batch", args=[job_id, index, start, end], queue="video")
     job = wait_for_job(stack.url, job_id, timeout_s=240)
     assert job["status"] == "succeeded", job
-    assert store.redis.hlen(store.key(job_id, "batch")) == len(plan["batches"])
+    assert store.batches_done(job_id) == len(plan["batches"])
     timeline = httpx.get(f"{stack.url}{API}/{job_id}/timeline", timeout=30).json()
     assert [f["index"] for f in timeline["frames"]] == list(range(job["frames_total"]))
     stack.assert_clean()
@@ -545,6 +563,112 @@ def test_jobs_whose_tasks_are_gone_are_requeued_then_failed_by_the_reconciler(st
     stack.start_worker()
     stack.assert_clean()
     stack.assert_next_job_succeeds(clip)
+
+
+class Forwarder:
+    """A TCP port that refuses connections until `open()`, then forwards each one to `target`: a model
+    server that is down for a moment and comes back."""
+
+    def __init__(self, target: str) -> None:
+        self.port, self.target = free_port(), target
+        self.server: socket.socket | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def open(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        host, port = self.target.rsplit(":", 1)
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection((host, int(port)))
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            sink.close()
+
+    def close(self) -> None:
+        if self.server:
+            self.server.close()
+
+
+def wait_for_log(service: ServiceProcess, text: str, count: int = 1, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while service.log_text().count(text) < count:
+        assert time.monotonic() < deadline, f"{text!r} not {count} times in {service.name}'s log"
+        time.sleep(0.2)
+
+
+@pytest.mark.e2e
+def test_retries_of_one_cause_do_not_use_up_another_causes_limit(stack, clip, model_server):
+    """A batch waits out another run's lock three times, then the model server is down for a moment:
+    the model server's own limit (3 retries) still holds, so the job succeeds."""
+    from worker.batch_lock import BatchLock
+
+    forwarder = Forwarder(model_server)
+    stack.worker.stop()
+    job_id = upload(stack.url, clip)
+    # Another run holds batch 0 (this process: alive, on this machine), so the batch is busy.
+    lock = BatchLock(JobStore(stack.client()), job_id, "batch", 0, ttl_s=120)
+    assert lock.acquire()
+    worker = stack.start_worker(
+        name="faults-worker-retries", EMOJI_MODEL_SERVER_ADDRESS=forwarder.address,
+        EMOJI_MODEL_RETRIES="3", EMOJI_MODEL_RETRY_BACKOFF_S="2",
+    )
+    try:
+        wait_for_log(worker, "BatchBusy(", count=3)  # Celery logs each retry once, with its cause
+        lock.release()
+        wait_for_log(worker, f"model server {forwarder.address}")
+        forwarder.open()
+        job = wait_for_job(stack.url, job_id, timeout_s=120)
+        assert job["status"] == "succeeded", job
+        assert job["frames_done"] == job["frames_total"]
+    finally:
+        forwarder.close()
+        stack.worker.stop()
+        stack.start_worker()
+
+
+@pytest.mark.e2e
+def test_a_batch_delivered_again_after_its_worker_died_before_sending_the_finish_sends_it(stack, clip):
+    """The last batch's worker recorded the batch, then died before it queued the finish: its task comes
+    back (acks_late), finds the batch done, and must queue the finish itself, not leave the job to the
+    reconciler. The state such a death leaves is made from a finished job: every batch recorded, the job
+    running, no result, no finish queued, the batch's task in the queue again."""
+    from common.queue import make_celery
+    from common.settings import CommonSettings
+
+    job_id = upload(stack.url, clip)
+    assert wait_for_job(stack.url, job_id, timeout_s=240)["status"] == "succeeded"
+    client, key = stack.client(), JobStore.key(job_id)
+    for name in ("result.mp4", "timeline.json", "timeline.csv"):
+        (stack.storage / job_id / name).unlink()
+    client.hdel(key, "finished_at")
+    client.hset(key, mapping={"status": "running", "heartbeat_at": time.time()})
+    plan = json.loads((stack.storage / job_id / "plan.json").read_text())
+    last = len(plan["batches"]) - 1
+    celery = make_celery(CommonSettings(redis_url=stack.env["EMOJI_REDIS_URL"]))
+    celery.send_task("worker.process_batch", args=[job_id, last, *plan["batches"][last]], queue="video")
+    job = wait_for_job(stack.url, job_id, timeout_s=120)
+    assert job["status"] == "succeeded", job
+    assert client.hget(key, "requeues") is None, "the reconciler had to re-queue the job"
+    assert (stack.storage / job_id / "result.mp4").stat().st_size > 0
+    stack.assert_clean()
 
 
 def test_the_reconciler_sees_tasks_waiting_in_the_queue_however_they_were_sent(redis_url):

@@ -1,11 +1,13 @@
-"""Emoji overlay: alpha blending, clipping at every edge, the yuv420p path drawing the same emoji."""
+"""Emoji overlay: alpha blending, clipping at every edge, and the emoji drawn as the batches draw it: on the
+planes of a decoded yuv420p frame (PyAV), the same picture as the PNG blended in BGR."""
 
-import cv2
+import av
 import numpy as np
 import pytest
 
 from common.classes import EMOTIONS
-from worker.overlay import EmojiOverlay, hidden_fraction, load_emoji, overlay_image, sprite, yuv420p_planes
+from worker.overlay import EmojiOverlay, hidden_fraction, load_emoji, overlay_image, sprite
+from worker.video_io import plane_array
 
 H, W = 120, 160
 
@@ -64,48 +66,69 @@ def test_unknown_emotion_is_refused():
         load_emoji("bored")
 
 
+def decoded_frame(bgr: np.ndarray) -> av.VideoFrame:
+    """A yuv420p frame as the decoder hands it to a batch (PyAV; its planes' lines may be padded)."""
+    return av.VideoFrame.from_ndarray(bgr, format="bgr24").reformat(format="yuv420p")
+
+
+def draw(overlay: EmojiOverlay, frame: av.VideoFrame, faces, matrix: str = "bt601") -> av.VideoFrame:
+    """Draw as worker.batch_pass does: on writable views of the decoded frame's three planes."""
+    frame.make_writable()
+    planes = [plane_array(frame, i) for i in range(3)]
+    overlay.draw_yuv_planes(*planes, faces, matrix)
+    return frame
+
+
 @pytest.mark.parametrize(
     "box", [(40, 30, 100, 90), (-30, -30, 40, 40), (120, 80, 200, 160), (-500, -500, 900, 900)]
 )
-def test_draw_bgr_changes_only_the_emoji_region_and_never_fails_at_edges(box):
+def test_drawing_changes_only_the_emoji_region_and_never_fails_at_edges(box):
     overlay = EmojiOverlay("badge", 0.6)
-    frame = np.zeros((H, W, 3), np.uint8)
-    overlay.draw_bgr(frame, [(box, "happy")])
+    black = plane_array(decoded_frame(np.zeros((H, W, 3), np.uint8)), 0).copy()
+    luma = plane_array(draw(overlay, decoded_frame(np.zeros((H, W, 3), np.uint8)), [(box, "happy")]), 0)
     x, y, size = overlay.placement(box, frame_wh=(W, H))
     outside = np.ones((H, W), bool)
     outside[max(y, 0) : max(y + size, 0), max(x, 0) : max(x + size, 0)] = False
-    assert not frame[outside].any()
+    assert (luma[outside] == black[outside]).all()
     # Where an opaque part of the emoji lies inside the frame, something was drawn there.
     alpha = sprite("happy", size).alpha[:, :, 0]
     visible = alpha[max(0, -y) : max(0, H - y), max(0, -x) : max(0, W - x)]
     if (visible > 0.5).any():
-        assert frame[~outside].any()
+        assert (luma[~outside] != black[~outside]).any()
 
 
-def test_yuv_and_bgr_paths_draw_the_same_picture():
-    overlay = EmojiOverlay("cover")
+@pytest.mark.parametrize("mode", ["cover", "badge"])
+def test_the_planes_get_the_same_picture_as_the_png_blended_in_bgr(mode):
+    overlay = EmojiOverlay(mode)
     width, height = 160, 120
-    bgr = np.full((height, width, 3), 90, np.uint8)
-    yuv = cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420).reshape(-1)
     faces = [((50, 30, 110, 90), "sad"), ((-20, 60, 30, 130), "angry")]
-    overlay.draw_bgr(bgr, faces)
-    overlay.draw_yuv420p(yuv, width, height, faces, matrix="bt601")
-    back = cv2.cvtColor(yuv.reshape(height * 3 // 2, width), cv2.COLOR_YUV2BGR_I420)
+    drawn = draw(overlay, decoded_frame(np.full((height, width, 3), 90, np.uint8)), faces)
+    back = drawn.to_ndarray(format="bgr24").astype(int)
+    # The reference: each emoji's BGR sprite blended where placements puts it, on the undrawn frame.
+    expected = decoded_frame(np.full((height, width, 3), 90, np.uint8)).to_ndarray(format="bgr24")
+    for (_, emotion), (x, y, size) in zip(faces, overlay.placements([b for b, _ in faces], (width, height)),
+                                          strict=True):
+        s = sprite(emotion, size, "bgr")
+        overlay_image(expected, s.colour, s.alpha, x, y)
+    assert (back != 90).sum() > 1000, "nothing was drawn"
     # Chroma is subsampled and the two colour conversions round differently: close, not equal.
-    assert np.abs(back.astype(int) - bgr.astype(int)).mean() < 6
+    assert np.abs(back - expected.astype(int)).mean() < 6
 
 
-def test_yuv_draw_touches_only_the_emoji_region():
+def test_drawing_on_padded_planes_touches_only_the_emoji_region():
     overlay = EmojiOverlay("badge")
-    width, height = 64, 48
-    frame = np.full(width * height * 3 // 2, 77, np.uint8)
-    overlay.draw_yuv420p(frame, width, height, [((20, 10, 50, 40), "fear")])
-    luma, chroma = yuv420p_planes(frame, width, height)
+    width, height = 66, 48  # lines of 66 px are padded in PyAV's buffers: the views are strided
+    frame = decoded_frame(np.full((height, width, 3), 77, np.uint8))
+    before = [plane_array(frame, i).copy() for i in range(3)]
+    draw(overlay, frame, [((20, 10, 50, 40), "fear")])
     x, y, size = overlay.placement((20, 10, 50, 40), frame_wh=(width, height))
     assert x % 2 == 0 and y % 2 == 0
-    mask = np.ones_like(luma, bool)
-    mask[max(y, 0) : y + size, max(x, 0) : x + size] = False
-    assert (luma[mask] == 77).all() and (luma[~mask] != 77).any()
+    for index, old in enumerate(before):
+        step = 1 if index == 0 else 2
+        mask = np.ones_like(old, bool)
+        mask[max(y, 0) // step : (y + size) // step, max(x, 0) // step : (x + size) // step] = False
+        plane = plane_array(frame, index)
+        assert (plane[mask] == old[mask]).all() and (plane[~mask] != old[~mask]).any(), index
 
 
 def hides(spot, box) -> float:
@@ -136,13 +159,13 @@ def test_a_badge_never_hides_another_face_when_there_is_room(neighbour):
 def test_in_a_tight_row_every_badge_keeps_off_the_other_faces():
     overlay = EmojiOverlay("badge", 0.6)
     row = [(x, 100, x + 60, 160) for x in (0, 62, 124, 186, 248)]
-    frame = np.zeros((300, 320, 3), np.uint8)
     spots = overlay.placements(row, (320, 300))
     for i, spot in enumerate(spots):
         assert all(hides(spot, other) == 0 for j, other in enumerate(row) if j != i), (i, spot)
-    overlay.draw_bgr(frame, [(box, "happy") for box in row])  # draws where placements says
+    frame = draw(overlay, decoded_frame(np.zeros((300, 320, 3), np.uint8)), [(box, "happy") for box in row])
+    luma = plane_array(frame, 0)
     x, y, size = spots[2]
-    assert frame[y : y + size, x : x + size].any()
+    assert (luma[y : y + size, x : x + size] > 16).any()  # drawn where placements says
 
 
 def test_without_neighbours_the_badge_stays_at_the_upper_right_corner():

@@ -5,7 +5,7 @@ import pytest
 
 from common.classes import EMOTIONS
 from common.render_options import RenderOptions
-from worker.overlay import COVER_FACTOR, COVER_LIFT, EmojiOverlay, label_sprite, sprite, yuv420p_planes
+from worker.overlay import COVER_FACTOR, COVER_LIFT, EmojiOverlay, label_sprite, sprite
 
 H, W = 360, 480
 
@@ -39,14 +39,11 @@ def test_options_survive_the_job_record():
     assert RenderOptions.from_record({}) == RenderOptions()  # a job recorded before options existed
 
 
-def grey_frame() -> np.ndarray:
-    return np.full(W * H * 3 // 2, 128, np.uint8)
-
-
 def draw(overlay: EmojiOverlay, faces) -> np.ndarray:
-    frame = grey_frame()
-    luma, chroma = yuv420p_planes(frame, W, H)
-    overlay.draw_yuv_planes(luma, chroma[0], chroma[1], faces, "bt601")
+    """The luma plane of a grey yuv420p frame after drawing `faces`."""
+    luma = np.full((H, W), 128, np.uint8)
+    chroma_u, chroma_v = (np.full((H // 2, W // 2), 128, np.uint8) for _ in range(2))
+    overlay.draw_yuv_planes(luma, chroma_u, chroma_v, faces, "bt601")
     return luma
 
 

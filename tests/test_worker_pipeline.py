@@ -26,7 +26,7 @@ from worker.detection import FaceBoxes, make_detector
 from worker.overlay import EmojiOverlay
 from worker.plan import plan_batches
 from worker.settings import WorkerSettings
-from worker.video_io import DecodeWindow, decode_frames, plane_array
+from worker.video_io import DecodeWindow, JoinSource, decode_frames, join_command, plane_array
 
 WIDTH, HEIGHT, FPS, FRAMES = 320, 240, 24, 50
 SQUARE = 60
@@ -443,6 +443,24 @@ def test_playlists_pointing_at_local_files_are_refused(tmp_path, storage, settin
     for path in storage.job_dir(job).rglob("*"):
         if path.is_file():
             assert b"root:" not in path.read_bytes()
+
+
+@pytest.mark.parametrize("audio", [None, "aac", "opus"])
+def test_the_join_reads_nothing_but_its_own_list_and_the_upload(tmp_path, audio):
+    listing, source, target = tmp_path / ".concat.x.txt", tmp_path / "input", tmp_path / ".result.x.mp4"
+    cmd = join_command(listing, JoinSource(source, "mov,mp4,m4a,3gp", audio, ("aac",), 0.25), target)
+    inputs = [i for i, arg in enumerate(cmd) if arg == "-i"]
+    assert [cmd[i + 1] for i in inputs] == [f"file:{listing}", f"file:{source}"][: 2 if audio else 1]
+    before = [cmd[start:i] for start, i in zip([0, *[j + 2 for j in inputs]], inputs, strict=False)]
+    for options in before:  # each input's own options: local files only
+        assert options[options.index("-protocol_whitelist") + 1] == "file"
+    assert before[0][before[0].index("-f") + 1] == "concat" and before[0][before[0].index("-safe") + 1] == "1"
+    assert before[0][before[0].index("-itsoffset") + 1] == "0.250000"
+    if audio:
+        assert before[1][before[1].index("-f") + 1] == "mov" and "-format_whitelist" in before[1]
+        assert cmd[cmd.index("-c:a") + 1] == ("copy" if audio == "aac" else "aac")
+    assert cmd[-6:] == [str(target), "-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
+    assert cmd[cmd.index("-c:v") + 1] == "copy"
 
 
 def test_not_a_video_is_refused_with_a_message(storage, settings):

@@ -144,16 +144,8 @@ def hidden_fraction(square_xyxy, boxes: np.ndarray) -> float:
     return float((w * h / area).max())
 
 
-def yuv420p_planes(frame: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
-    """Views of a flat yuv420p frame: Y [H, W] and UV [2, H/2, W/2] (writes go to the frame)."""
-    y_size = width * height
-    luma = frame[:y_size].reshape(height, width)
-    chroma = frame[y_size : y_size + y_size // 2].reshape(2, height // 2, width // 2)
-    return luma, chroma
-
-
 class EmojiOverlay:
-    """Draws each face's emoji; configured once, then `draw_bgr` / `draw_yuv420p` per frame.
+    """Draws each face's emoji; configured once, then `draw_yuv_planes` per frame.
 
     `scale` is the badge's size as a fraction of the face; "cover" hides the whole face; `labels` writes
     the emotion's name under each emoji.
@@ -225,23 +217,6 @@ class EmojiOverlay:
         """`placement` of every face of one frame, each avoiding all the others."""
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
         return [self.placement(box, np.delete(boxes, i, axis=0), frame_wh) for i, box in enumerate(boxes)]
-
-    def draw_bgr(self, frame: np.ndarray, faces) -> np.ndarray:
-        """Draw on a BGR frame [H, W, 3] in place; `faces` are (box_xyxy, emotion) pairs."""
-        faces = list(faces)
-        spots = self.placements([box for box, _ in faces], (frame.shape[1], frame.shape[0]))
-        for (_, emotion), (x, y, size) in zip(faces, spots, strict=True):
-            s = sprite(emotion, size, "bgr", self.emoji_dir)
-            overlay_image(frame, s.colour, s.alpha, x, y)
-        return frame
-
-    def draw_yuv420p(
-        self, frame: np.ndarray, width: int, height: int, faces, matrix: str = "bt709"
-    ) -> np.ndarray:
-        """Draw on a flat yuv420p frame (uint8 [W*H*3/2]) in place, touching only the emoji's pixels."""
-        luma, chroma = yuv420p_planes(frame, width, height)
-        self.draw_yuv_planes(luma, chroma[0], chroma[1], faces, matrix)
-        return frame
 
     def draw_yuv_planes(
         self, luma: np.ndarray, chroma_u: np.ndarray, chroma_v: np.ndarray, faces, matrix: str = "bt709"

@@ -68,7 +68,7 @@ class WorkerSettings(CommonSettings):
     # come back in the same second.
     model_retry_jitter: bool = True
     # A damaged video whose decoder gave fewer frames than it has succeeds with a warning naming the frames
-    # lost, unless more than this share of them is lost: then the job fails with `video_damaged`.
+    # lost, unless more than this share of them is lost: then the job fails with `invalid_video`.
     max_lost_frames_fraction: float = Field(0.5, ge=0, le=1)
 
     # Object store down or failing: retries with the backoff above, then the job fails (storage_unavailable).

@@ -35,7 +35,7 @@ from worker.timeline import (
     timeline_head,
     write_timeline,
 )
-from worker.video_io import join_pieces
+from worker.video_io import JoinSource, join_pieces
 
 __all__ = ["Plan", "finish_job", "load_plan", "load_record", "plan_job", "run_batch"]
 
@@ -67,6 +67,22 @@ class ProcessingReport:
             "batch_wall_s": round(self.wall_s, 3),
             "peak_rss_mib": self.peak_rss_mib,
         }
+
+
+# The settings that shape a timeline, recorded in it.
+TIMELINE_SETTINGS = (
+    "detect_every",
+    "detect_width",
+    "detect_model",
+    "detect_tile_rows",
+    "preroll_ms",
+    "lookahead_ms",
+    "smoothing_ms",
+    "hysteresis_margin",
+    "hysteresis_hold_ms",
+    "track_max_miss_ms",
+    "track_min_detections",
+)
 
 
 def write_job_timeline(
@@ -105,24 +121,12 @@ def write_job_timeline(
         "has_audio": info.has_audio,
     }
     model = {"name": model_name, "version": model_version}
-    used = {
-        "detect_every": settings.detect_every,
-        "detect_width": settings.detect_width,
-        "detect_model": settings.detect_model,
-        "detect_tile_rows": settings.detect_tile_rows,
-        "preroll_ms": settings.preroll_ms,
-        "lookahead_ms": settings.lookahead_ms,
-        "smoothing_ms": settings.smoothing_ms,
-        "hysteresis_margin": settings.hysteresis_margin,
-        "hysteresis_hold_ms": settings.hysteresis_hold_ms,
-        "track_max_miss_ms": settings.track_max_miss_ms,
-        "track_min_detections": settings.track_min_detections,
-    }
+    used = {name: getattr(settings, name) for name in TIMELINE_SETTINGS}
     people_list, summary = people.result(stitcher.first_seen)
     write_timeline(
         storage.path(job_id, job_files.TIMELINE_JSON),
         storage.path(job_id, job_files.TIMELINE_CSV),
-        {**timeline_head(job_id, video, model, used), "options": plan.options.model_dump()},
+        timeline_head(job_id, video, model, used, plan.options.model_dump()),
         (
             frame
             for index, ids in enumerate(person_ids)
@@ -154,16 +158,14 @@ def finish_job(
     if missing:
         raise RuntimeError(f"job {job_id}: pieces {missing} are missing; cannot join")
     target = storage.path(job_id, job_files.RESULT)
-    join_pieces(
-        pieces,
+    source = JoinSource(
         storage.path(job_id, job_files.INPUT),
         info.format_name,
-        target,
         info.audio_codec if info.has_audio else None,
         tuple(settings.mp4_audio_codecs),
         video_offset_s=max(plan.video_start_s - plan.container_start_s, 0.0),
-        timeout_s=settings.ffmpeg_timeout_s,
     )
+    join_pieces(pieces, source, target, timeout_s=settings.ffmpeg_timeout_s)
     logger.info(
         "job %s: timeline (%d frames, %d people) and %s from %d pieces in %.2f s wall, %.2f s CPU",
         job_id,

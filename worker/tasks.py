@@ -1,12 +1,17 @@
 """Celery tasks: thin wrappers (job id and frame range in, retries and acks) around worker.steps.
 
-Chain: start_job -> process_batch xN (in parallel, any worker) -> finish_job. The last batch to finish
-(counted per batch index in Redis) enqueues the finish; a step that runs twice only overwrites its own files,
-so duplicates are harmless. A job deleted or failed meanwhile stops quietly.
+Chain: start_job -> process_batch xN (in parallel, any worker) -> finish_job. The batch that records the
+last one (counted per batch index in Redis) enqueues the finish, and so does any later delivery of a recorded
+batch, in case its first run died in between; a step that runs twice only overwrites its own files, so
+duplicates are harmless. A job deleted or failed meanwhile stops quietly.
+
+Passing faults (a busy batch, the model server or the object store down) are retried, each cause with its
+own count and limit (RetryRule), so waiting for a busy batch never uses up the model server's tries.
 
 Costs are bounded: every task has Celery's soft and hard time limits (common/queue.py) and every ffmpeg a
 deadline; a batch runs once at a time (worker/batch_lock.py); a task whose worker keeps dying fails its job
-with `resource_exhausted` after `max_lost_workers` deaths instead of coming back forever.
+with `resource_exhausted` once more than `max_lost_workers` deliveries of it died, instead of coming back
+forever.
 
 With an object store (EMOJI_STORAGE_URL), each task works in a private scratch folder: `job_step` hands the
 pipeline a TaskFiles view that fetches the job's files on first use, the task publishes what it wrote
@@ -20,7 +25,9 @@ import logging
 import random
 import shutil
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import lru_cache
 
 from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
@@ -59,6 +66,8 @@ logger = logging.getLogger(__name__)
 
 TASK_PROCESS_BATCH = "worker.process_batch"
 TASK_FINISH_JOB = "worker.finish_job"
+# The keyword in which a retried task carries its retries so far, per cause (see RetryRule).
+RETRIED = "retried"
 
 
 class JobGone(Exception):
@@ -144,6 +153,110 @@ def retry_countdown(
     return full / 2 + (rng or random).uniform(0, full / 2)
 
 
+@dataclass(frozen=True)
+class RetryRule:
+    """How one passing cause is retried: its own count (carried in the task's RETRIED keyword, so that
+    waiting for a busy batch never uses up the model server's or the object store's tries), its limit
+    (None: no limit), its wait before retry number n + 1, and the job's error message once it gives up."""
+
+    cause: str
+    limit: int | None
+    wait_s: Callable[[int], float]
+    gave_up: str = ""
+
+
+def retry_rule(exc: Exception, s: WorkerSettings) -> RetryRule | None:
+    """The rule for a passing fault; None for anything that is not one."""
+    if isinstance(exc, BatchBusy):
+        # No limit: the other run ends within its hard time limit, and its lock with it.
+        return RetryRule("batch_busy", None, lambda n: max(1.0, s.task_time_limit_s / 4))
+    if isinstance(exc, ModelServerUnavailable):
+        return RetryRule(
+            "model_server", s.model_retries, lambda n: retry_countdown(n, s),
+            "the emotion model server did not answer after {tries} tries; try again later ({exc})",
+        )
+    if isinstance(exc, StorageUnavailable):
+        return RetryRule(
+            "storage", s.storage_retries, lambda n: retry_countdown(n, s, first_s=s.storage_retry_backoff_s),
+            "the object store did not answer after {tries} tries; try again later ({exc})",
+        )
+    return None
+
+
+def retry_or_fail(task: Task, job_id: str, what: str, exc: Exception, rule: RetryRule) -> Exception | None:
+    """The Retry to raise for `exc` (its cause's count goes up by one), or None once the cause's limit is
+    reached and the job has failed."""
+    counts = dict(task.request.kwargs.get(RETRIED) or {})
+    done = counts.get(rule.cause, 0)
+    if rule.limit is not None and done >= rule.limit:
+        fail(job_id, getattr(exc, "code", "internal_error"), rule.gave_up.format(tries=done + 1, exc=exc))
+        return None
+    countdown = rule.wait_s(done)
+    limit = "" if rule.limit is None else f"/{rule.limit}"
+    logger.warning("job %s: %s: %s retry %d%s in %.1f s: %s", job_id, what, rule.cause, done + 1, limit,
+                   countdown, exc)
+    counts[rule.cause] = done + 1
+    kwargs = {**task.request.kwargs, RETRIED: counts}
+    # max_retries=None with the task's own max_retries=None: Celery sets no limit, the rule does.
+    return task.retry(exc=exc, countdown=countdown, kwargs=kwargs, throw=False)
+
+
+# Errors that fail the job with their own code and message.
+FAILS_AS_SAID = (VideoError, ModelServerError, TimedOut, StorageFull, ResourceExhausted, StorageError)
+
+
+def settle(task: Task, job_id: str, what: str, exc: Exception) -> tuple[str, Exception | None]:
+    """The job's fate after `exc` ended a step: the outcome to count and, to retry, the Retry to raise.
+    Gone -> stop quietly; a passing fault -> retry by its rule, then fail; bad video, model error or a
+    refusing object store -> fail with the message; too slow -> `timed_out`; disk full -> `storage_full`;
+    anything else -> `internal_error`."""
+    if isinstance(exc, JobGone):
+        logger.info("job %s: %s skipped: %s", job_id, what, exc)
+        notify_finished(job_id)  # a finished job whose webhook a dead worker never queued gets it now
+        return "skipped", None
+    if isinstance(exc, LockLost):
+        logger.warning("job %s: %s stopped without writing: %s", job_id, what, exc)
+        return "skipped", None
+    rule = retry_rule(exc, settings())
+    if rule:
+        retry = retry_or_fail(task, job_id, what, exc, rule)
+        return ("retried" if retry else "failed"), retry
+    if isinstance(exc, FAILS_AS_SAID):
+        fail(job_id, exc.code, str(exc))
+    elif isinstance(exc, SoftTimeLimitExceeded):
+        fail(job_id, TimedOut.code, f"the worker took longer than {settings().task_soft_time_limit_s} s "
+             f"while {what} (EMOJI_TASK_SOFT_TIME_LIMIT_S) and stopped; try a shorter video")
+    elif is_storage_full(exc):
+        fail(job_id, StorageFull.code, f"the disk is full ({exc.strerror}) while {what}; try again later")
+    elif not store().exists(job_id):
+        logger.info("job %s: %s stopped, the job was deleted", job_id, what)
+        return "skipped", None
+    else:
+        logger.exception("job %s: %s failed", job_id, what)
+        fail(job_id, "internal_error", f"the worker failed while {what}: {type(exc).__name__}: {exc}")
+    return "failed", None
+
+
+@contextmanager
+def counted_delivery(job_id: str, key: str, what: str):
+    """Count the task's deliveries under `key`: one that starts after `max_lost_workers` deliveries whose
+    worker died fails the job with `resource_exhausted` (the step's own first check then stops it). The
+    count comes down on every end this process sees (a retry too); never when the process is killed."""
+    lost = store().count_delivery(job_id, key) - 1
+    try:
+        if lost > settings().max_lost_workers:
+            fail(
+                job_id,
+                ResourceExhausted.code,
+                f"the worker processing this video died {lost} times while {what} (out of memory or a "
+                f"decoder crash; limit EMOJI_MAX_LOST_WORKERS={settings().max_lost_workers}); "
+                "try a shorter or smaller video",
+            )
+        yield
+    finally:
+        store().end_delivery(job_id, key)
+
+
 @contextmanager
 def _task_files(job_id: str):
     """The storage the pipeline uses for this task: the shared folder itself, or a private scratch view
@@ -179,109 +292,22 @@ def task_key(task: Task, *parts) -> str:
 
 @contextmanager
 def job_step(task: Task, job_id: str, what: str, key: str | None = None):
-    """Run one step of a job in its files (see _task_files) and map errors to the job's fate: gone -> stop
-    quietly, model server or object store down -> retry then fail, bad video, model error or a refusing
-    object store -> fail with the message, too slow -> `timed_out`, disk full -> `storage_full`, anything
-    else -> fail as internal error. Counts and times every run (worker/metrics.py); every line logged
-    meanwhile names the job.
-
-    Counts the task's deliveries under `key`: one that starts after `max_lost_workers` deliveries whose
-    worker died fails the job with `resource_exhausted`."""
-    key = key or task_key(task)
-    counted = False
+    """Run one step of a job in its files (see _task_files), its deliveries counted (counted_delivery),
+    and settle the job's fate from whatever ends it (settle). Counts and times every run
+    (worker/metrics.py); every line logged meanwhile names the job."""
     name = task.name.rsplit(".", 1)[-1]
     token = logs.current_job_id.set(job_id)
     started = time.perf_counter()
     outcome = "failed"
     try:
-        deliveries = store().count_delivery(job_id, key)
-        counted = True
-        lost = deliveries - 1
-        if lost > settings().max_lost_workers:
-            # Failed here, the step's own first check (ensure_active) then stops it before any work.
-            fail(
-                job_id,
-                ResourceExhausted.code,
-                f"the worker processing this video died {lost} times while {what} (out of memory or a "
-                f"decoder crash; limit EMOJI_MAX_LOST_WORKERS={settings().max_lost_workers}); "
-                "try a shorter or smaller video",
-            )
-        with _task_files(job_id) as files:
+        with counted_delivery(job_id, key or task_key(task), what), _task_files(job_id) as files:
             yield files
         outcome = "succeeded"
-    except JobGone as exc:
-        outcome = "skipped"
-        logger.info("job %s: %s skipped: %s", job_id, what, exc)
-        notify_finished(job_id)  # a finished job whose webhook a dead worker never queued gets it now
-    except LockLost as exc:
-        outcome = "skipped"
-        logger.warning("job %s: %s stopped without writing: %s", job_id, what, exc)
-    except BatchBusy as exc:
-        outcome = "retried"
-        countdown = max(1.0, settings().task_time_limit_s / 4)
-        logger.warning("job %s: %s: %s; again in %.0f s", job_id, what, exc, countdown)
-        raise task.retry(exc=exc, countdown=countdown, max_retries=None) from exc
-    except ModelServerUnavailable as exc:
-        s = settings()
-        retries = task.request.retries
-        outcome = "retried"
-        if retries >= s.model_retries:
-            outcome = "failed"
-            fail(
-                job_id,
-                exc.code,
-                f"the emotion model server did not answer after {retries + 1} tries; try again later ({exc})",
-            )
-            return
-        countdown = retry_countdown(retries, s)
-        logger.warning(
-            "job %s: %s: model server unavailable, retry %d/%d in %.1f s: %s",
-            job_id,
-            what,
-            retries + 1,
-            s.model_retries,
-            countdown,
-            exc,
-        )
-        raise task.retry(exc=exc, countdown=countdown, max_retries=s.model_retries) from exc
-    except StorageUnavailable as exc:
-        s = settings()
-        retries = task.request.retries
-        outcome = "retried"
-        if retries >= s.storage_retries:
-            outcome = "failed"
-            message = f"the object store did not answer after {retries + 1} tries; try again later ({exc})"
-            fail(job_id, exc.code, message)
-            return
-        countdown = retry_countdown(retries, s, first_s=s.storage_retry_backoff_s)
-        logger.warning(
-            "job %s: %s: object store unavailable, retry %d/%d in %.1f s: %s",
-            job_id, what, retries + 1, s.storage_retries, countdown, exc,
-        )
-        raise task.retry(exc=exc, countdown=countdown, max_retries=s.storage_retries) from exc
-    except (VideoError, ModelServerError, TimedOut, StorageFull, ResourceExhausted, StorageError) as exc:
-        fail(job_id, exc.code, str(exc))
-    except SoftTimeLimitExceeded:
-        fail(
-            job_id,
-            TimedOut.code,
-            f"the worker took longer than {settings().task_soft_time_limit_s} s while {what} "
-            "(EMOJI_TASK_SOFT_TIME_LIMIT_S) and stopped; try a shorter video",
-        )
     except Exception as exc:
-        if is_storage_full(exc):
-            fail(job_id, StorageFull.code, f"the disk is full ({exc.strerror}) while {what}; try again later")
-            return
-        if not store().exists(job_id):
-            outcome = "skipped"
-            logger.info("job %s: %s stopped, the job was deleted", job_id, what)
-            return
-        logger.exception("job %s: %s failed", job_id, what)
-        fail(job_id, "internal_error", f"the worker failed while {what}: {type(exc).__name__}: {exc}")
+        outcome, retry = settle(task, job_id, what, exc)
+        if retry:
+            raise retry from exc
     finally:
-        # Reached on every end this process sees (a retry too); never when the process is killed.
-        if counted:
-            store().end_delivery(job_id, key)
         if not store().exists(job_id):
             # Deleted while we worked (or before): our writes may have re-created its files; remove them.
             storage().delete_job(job_id)
@@ -330,8 +356,10 @@ def _hard_time_limit(sender=None, task_id=None, exception=None, args=None, **_) 
             remove_stale_temps(storage().path(job_id, output))
 
 
-@app.task(name=TASK_START_JOB, bind=True)
-def start_job(self: Task, job_id: str) -> None:
+# max_retries=None: Celery counts every retry of a task as one (request.retries) and would cap them all
+# together; each cause has its own limit instead (retry_rule). `retried` is those counts (RETRIED).
+@app.task(name=TASK_START_JOB, bind=True, max_retries=None)
+def start_job(self: Task, job_id: str, retried: dict | None = None) -> None:
     """Probe the upload, split it into batches, enqueue them."""
     with job_step(self, job_id, "reading the video") as files:
         if not store().mark_running(job_id):
@@ -352,8 +380,10 @@ def start_job(self: Task, job_id: str) -> None:
             process_batch.apply_async((job_id, index, start, end), queue=VIDEO_QUEUE)
 
 
-@app.task(name=TASK_PROCESS_BATCH, bind=True)
-def process_batch(self: Task, job_id: str, batch_index: int, start: int, end: int) -> None:
+@app.task(name=TASK_PROCESS_BATCH, bind=True, max_retries=None)
+def process_batch(
+    self: Task, job_id: str, batch_index: int, start: int, end: int, retried: dict | None = None
+) -> None:
     """Analyse frames [start, end), draw their emoji, encode the piece; the last batch enqueues the finish."""
     outputs = batch_outputs(batch_index)
     with (
@@ -361,7 +391,10 @@ def process_batch(self: Task, job_id: str, batch_index: int, start: int, end: in
         batch_lock(job_id, "batch", batch_index, outputs) as fence,
     ):
         ensure_active(job_id)
-        if store().batch_done(job_id, "batch", batch_index):
+        if store().batch_done(job_id, batch_index):
+            # A run that recorded this batch may have died before it queued the finish: queue it again.
+            total = store().get(job_id).batches_total
+            finish_when_complete(job_id, store().batches_done(job_id), total)
             raise JobGone(f"batch {batch_index} is done already")
         plan = steps.load_plan(files, job_id)
         if tuple(plan.batches[batch_index]) != (start, end):
@@ -383,16 +416,23 @@ def process_batch(self: Task, job_id: str, batch_index: int, start: int, end: in
         publish(files)
         fence()
         metrics.FRAMES.labels("batch").inc(frames)
-        done = store().mark_batch_done(job_id, "batch", batch_index, frames)
-        if done >= len(plan.batches):
-            ensure_active(job_id)
-            finish_job.apply_async((job_id,), queue=VIDEO_QUEUE)
+        done = store().mark_batch_done(job_id, batch_index, frames)
+        finish_when_complete(job_id, done, len(plan.batches))
+
+
+def finish_when_complete(job_id: str, done: int, total: int) -> None:
+    """Queue the finish once every batch is recorded: from the batch that recorded the last one, and again
+    from any later delivery of a recorded batch (its first run may have died before queueing it; a finish
+    that runs twice is harmless, only the first marks the job done)."""
+    if total and done >= total:
+        ensure_active(job_id)
+        finish_job.apply_async((job_id,), queue=VIDEO_QUEUE)
 
 
 def check_frames_lost(job_id: str, plan: steps.Plan) -> None:
     """Fail a job that lost more of its frames than `max_lost_frames_fraction` (damaged file); fewer lost
     frames leave a `frames_lost` warning (added by the batch) and the job goes on."""
-    decoded = int(sum(int(v) for v in store().redis.hvals(store().key(job_id, "batch"))))
+    decoded = store().frames_decoded(job_id)
     lost = plan.frames - decoded
     if lost and lost > settings().max_lost_frames_fraction * plan.frames:
         raise VideoError(
@@ -402,8 +442,8 @@ def check_frames_lost(job_id: str, plan: steps.Plan) -> None:
         )
 
 
-@app.task(name=TASK_FINISH_JOB, bind=True)
-def finish_job(self: Task, job_id: str) -> None:
+@app.task(name=TASK_FINISH_JOB, bind=True, max_retries=None)
+def finish_job(self: Task, job_id: str, retried: dict | None = None) -> None:
     """Stitch person ids, write the timeline, join the pieces with the original audio; mark the job done."""
     with job_step(self, job_id, "joining the video") as files:
         ensure_active(job_id)
@@ -412,8 +452,8 @@ def finish_job(self: Task, job_id: str) -> None:
         steps.finish_job(files, job_id, plan, settings(), settings().model_name)
         # The result is uploaded whole before the job says it succeeded: nothing half-written is served.
         publish(files)
-        ensure_active(job_id)
-        store().mark_succeeded(job_id)
+        if not store().mark_succeeded(job_id):
+            raise JobGone(f"job {job_id} was deleted or finished meanwhile")
         metrics.JOBS.labels("succeeded").inc()
         logger.info("job %s succeeded", job_id)
         notify_finished(job_id)

@@ -1,8 +1,8 @@
 """The timeline (schema_version 2): people from tracking, smoothed emotions, per-person and overall shares.
 
-Built from the batch records (`batch_frames` into `write_timeline`, streamed: the emotions exactly as the
-batches drew them, person ids stitched across batches), or from raw analysed frames (`build_timeline`: tracks
-and smooths them itself, for tools that analyse without drawing); see docs/timeline.md for the schema.
+Built from the batch records by the finish step (worker.steps.write_job_timeline: `batch_frames` into
+`write_timeline`, streamed): the emotions exactly as the batches drew them, person ids stitched across
+batches; see docs/timeline.md for the schema.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ from pathlib import Path
 import numpy as np
 
 from common.classes import EMOTIONS
-from worker.smoothing import EmotionSmoother
-from worker.tracking import IouTracker
 from worker.video_io import atomic_target
 
 SCHEMA_VERSION = 2
@@ -53,40 +51,6 @@ def timed_frames(frames: Iterable[dict], fps: float) -> Iterator[tuple[dict, flo
         previous = frame
     if previous is not None:
         yield previous, 1000.0 / fps if fps > 0 else 0.0
-
-
-def assign_people(frames: list[dict], tracker: IouTracker, min_detections: int = 1) -> None:
-    """Give every face a `person_id` (1, 2, … by first appearance); drop people detected too rarely."""
-    raw_ids: list[list[int]] = []
-    hits: dict[int, int] = {}
-    for frame in frames:
-        boxes = [face["box_xyxy"] for face in frame["faces"]]
-        ids = tracker.update(np.asarray(boxes, np.float64).reshape(-1, 4), frame["t_ms"])
-        raw_ids.append(ids)
-        for face, pid in zip(frame["faces"], ids, strict=False):
-            hits[pid] = hits.get(pid, 0) + int(bool(face.get("detected", True)))
-    renumber: dict[int, int] = {}
-    for frame, ids in zip(frames, raw_ids, strict=False):
-        kept = []
-        for face, pid in zip(frame["faces"], ids, strict=False):
-            # A track the detector confirmed only once or twice is most likely a false detection.
-            if hits[pid] < min_detections:
-                continue
-            face["person_id"] = renumber.setdefault(pid, len(renumber) + 1)
-            kept.append(face)
-        frame["faces"] = kept
-
-
-def smooth_people(frames: list[dict], smoother: EmotionSmoother) -> None:
-    """Add raw `emotion`, `smoothed_probabilities` and `shown_emotion` to every face (in time order)."""
-    for frame in frames:
-        for face in frame["faces"]:
-            raw = np.asarray(face["probabilities"], np.float64)
-            smoothed, shown = smoother.update(face["person_id"], raw, frame["t_ms"])
-            face["emotion"] = EMOTIONS[int(np.argmax(raw))]
-            face["smoothed_probabilities"] = _probs(smoothed)
-            face["shown_emotion"] = EMOTIONS[shown]
-            face["probabilities"] = _probs(raw)
 
 
 class PeopleSummary:
@@ -136,55 +100,6 @@ class PeopleSummary:
         return sorted(people, key=lambda person: person["person_id"]), summary
 
 
-def build_timeline(
-    job_id: str,
-    video: dict,
-    frames: list[dict],
-    model: dict,
-    settings: dict,
-    tracker: IouTracker,
-    smoother: EmotionSmoother,
-    min_detections: int = 1,
-) -> dict:
-    """The timeline from analysed frames (`index`, `t_ms`, faces: box, score, detected, probabilities)."""
-    # Copies: the caller's frames stay as they were (the same analysis may be built into several timelines).
-    frames = sorted(
-        ({**f, "faces": [dict(face) for face in f["faces"]]} for f in frames), key=lambda f: f["index"]
-    )
-    assign_people(frames, tracker, min_detections)
-    smooth_people(frames, smoother)
-    summary_of_people = PeopleSummary(tracker.max_miss_ms)
-    for frame, duration in timed_frames(frames, float(video.get("fps") or 0)):
-        summary_of_people.add(frame, duration)
-    people, summary = summary_of_people.result()
-    out_frames = [
-        {
-            "index": frame["index"],
-            "t_ms": frame["t_ms"],
-            "faces": [
-                {
-                    "person_id": face["person_id"],
-                    "box_xyxy": [round(float(v), 1) for v in face["box_xyxy"]],
-                    "score": round(float(face["score"]), 4),
-                    "detected": bool(face.get("detected", True)),
-                    "emotion": face["emotion"],
-                    "probabilities": face["probabilities"],
-                    "smoothed_probabilities": face["smoothed_probabilities"],
-                    "shown_emotion": face["shown_emotion"],
-                }
-                for face in frame["faces"]
-            ],
-        }
-        for frame in frames
-    ]
-    return {
-        **timeline_head(job_id, video, model, settings),
-        "frames": out_frames,
-        "people": people,
-        "summary": summary,
-    }
-
-
 def batch_frames(record, person_ids: dict[int, int]) -> Iterator[dict]:
     """A batch record's own frames (worker.records.BatchRecord) as timeline frames, with the person ids
     stitched across batches ({track: person id}, worker.stitching.Stitcher)."""
@@ -214,8 +129,8 @@ def shown_people(record, person_ids: dict[int, int]) -> Iterator[dict]:
         yield {"t_ms": frame.t_ms, "faces": faces}
 
 
-def timeline_head(job_id: str, video: dict, model: dict, settings: dict) -> dict:
-    """What comes before the frames in timeline.json."""
+def timeline_head(job_id: str, video: dict, model: dict, settings: dict, options: dict) -> dict:
+    """What comes before the frames in timeline.json; `options`: how the emoji were drawn (style, labels)."""
     return {
         "schema_version": SCHEMA_VERSION,
         "job_id": job_id,
@@ -223,6 +138,7 @@ def timeline_head(job_id: str, video: dict, model: dict, settings: dict) -> dict
         "video": video,
         "model": model,
         "settings": settings,
+        "options": options,
     }
 
 

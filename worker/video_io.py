@@ -25,7 +25,7 @@ import numpy as np
 
 from common import processes
 from common.errors import VideoError
-from common.media import ALLOWED_INPUT_FORMATS, safe_input_args
+from common.media import ALLOWED_INPUT_FORMATS, safe_input
 
 if TYPE_CHECKING:
     import av
@@ -69,7 +69,7 @@ def remove_stale_temps(path: Path) -> int:
 
 
 def open_upload(path: Path, input_format: str) -> av.container.InputContainer:
-    """The upload opened for demuxing, confined like `common.media.safe_input_args`."""
+    """The upload opened for demuxing, confined like `common.media.safe_input`."""
     import av
 
     demuxer = input_format.split(",")[0]
@@ -293,15 +293,43 @@ class PieceWriter:
         self.tmp.unlink(missing_ok=True)
 
 
+@dataclass(frozen=True)
+class JoinSource:
+    """The upload as the join needs it: its first audio stream (none: `audio_codec` None) goes into the
+    result, copied if MP4 takes its codec, else re-encoded to AAC; `video_offset_s` is how long after its
+    audio the upload's video starts."""
+
+    path: Path
+    format_name: str
+    audio_codec: str | None
+    copy_audio_codecs: tuple[str, ...]
+    video_offset_s: float = 0.0
+
+
+def join_command(listing: Path, source: JoinSource, target: Path) -> list[str]:
+    """ffmpeg's command line (built with ffmpeg-python) that joins the pieces named in `listing` into
+    `target`, with the source's audio. Both inputs are read only as local files: the listing with the
+    concat demuxer in its safe mode (plain names only), the upload as `common.media.safe_input` confines
+    every read of an upload."""
+    import ffmpeg
+
+    offset = {"itsoffset": f"{source.video_offset_s:.6f}"} if source.video_offset_s > 0 else {}
+    pieces = ffmpeg.input(f"file:{listing}", f="concat", safe=1, protocol_whitelist="file", **offset)
+    streams, audio = [pieces["v:0"]], {}
+    if source.audio_codec:
+        url, options = safe_input(source.path, source.format_name)
+        streams.append(ffmpeg.input(url, **options)["a:0"])
+        copy = source.audio_codec in source.copy_audio_codecs
+        audio = {"c:a": "copy"} if copy else {"c:a": "aac", "b:a": "192k"}
+    video = {"c:v": "copy", "fps_mode": "passthrough"}
+    output = ffmpeg.output(*streams, str(target), f="mp4", movflags="+faststart", **video, **audio)
+    return output.global_args("-nostdin", "-hide_banner", "-loglevel", "error").overwrite_output().compile(
+        cmd=FFMPEG
+    )
+
+
 def join_pieces(
-    pieces: list[tuple[Path, float | None]],
-    source: Path,
-    source_format: str,
-    target: Path,
-    audio_codec: str | None,
-    copy_audio_codecs: tuple[str, ...],
-    video_offset_s: float = 0.0,
-    timeout_s: float = 540.0,
+    pieces: list[tuple[Path, float | None]], source: JoinSource, target: Path, timeout_s: float = 540.0
 ) -> None:
     """Join our pieces (no re-encode; each but the last lasts exactly its given seconds, so the frames keep
     the source's times), add the source's first audio stream; write `target` atomically (faststart)."""
@@ -310,7 +338,7 @@ def join_pieces(
     folder = pieces[0][0].parent
     if any(p.parent != folder for p, _ in pieces):
         raise ValueError("all pieces must be in one folder")
-    # Our own list of our own piece names, read with the concat demuxer in its safe mode (plain names only).
+    # Our own list of our own piece names.
     listing = atomic_target(folder / "concat.txt")
     lines = ["ffconcat version 1.0"]
     for path, duration_s in pieces:
@@ -319,21 +347,7 @@ def join_pieces(
             lines.append(f"duration {duration_s:.6f}")
     listing.write_text("\n".join(lines) + "\n")
     tmp = atomic_target(target)
-    cmd = [FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
-    if video_offset_s > 0:
-        # The source's video started this much after its audio; keep them in sync.
-        cmd += ["-itsoffset", f"{video_offset_s:.6f}"]
-    cmd += ["-protocol_whitelist", "file", "-f", "concat", "-safe", "1", "-i", f"file:{listing}"]
-    if audio_codec:
-        cmd += safe_input_args(source, source_format)
-        cmd += ["-map", "0:v:0", "-map", "1:a:0"]
-        if audio_codec in copy_audio_codecs:
-            cmd += ["-c:a", "copy"]
-        else:
-            cmd += ["-c:a", "aac", "-b:a", "192k"]
-    else:
-        cmd += ["-map", "0:v:0"]
-    cmd += ["-c:v", "copy", "-fps_mode", "passthrough", "-movflags", "+faststart", "-f", "mp4", str(tmp)]
+    cmd = join_command(listing, source, tmp)
     try:
         result = processes.run(cmd, timeout_s, "ffmpeg (joining)")
     except BaseException:
