@@ -24,6 +24,8 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 TERMINAL = ("succeeded", "failed")
 # What `download` fetches: (link name in the job's links, file name suffix).
 RESULTS = {"video": "emoji.mp4", "timeline": "timeline.json", "timeline_csv": "timeline.csv"}
+# A photo job (where the service has them) links its drawn photo as "image", in the upload's format.
+IMAGE_SUFFIXES = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp", "image/heic": "heic"}
 
 
 class ClientError(Exception):
@@ -263,8 +265,9 @@ class Client:
         stem: str | None = None,
         what: tuple[str, ...] = tuple(RESULTS),
     ) -> dict[str, Path]:
-        """Save a finished job's results in `out_dir` as <stem>-emoji.mp4, <stem>-timeline.json and
-        <stem>-timeline.csv (stem: the uploaded file's); {what: path}."""
+        """Save a finished job's results in `out_dir` as <stem>-emoji.mp4 (a photo job's photo:
+        <stem>-emoji.jpg, .png, ...), <stem>-timeline.json and <stem>-timeline.csv (stem: the uploaded
+        file's); {what: path}."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         job = self.job(job_id)
@@ -273,10 +276,18 @@ class Client:
         stem = stem or Path(job.get("filename") or job_id).stem or job_id
         saved = {}
         for name in what:
-            target = out / f"{stem}-{RESULTS[name]}"
+            if name == "video" and job["links"].get("image"):
+                name, suffix = "image", self._image_suffix(job["links"]["image"])
+            else:
+                suffix = RESULTS[name]
+            target = out / f"{stem}-{suffix}"
             self._save(job["links"][name], target)
             saved[name] = target
         return saved
+
+    def _image_suffix(self, link: str) -> str:
+        kind = self._send("HEAD", link).headers.get("content-type", "").split(";")[0]
+        return f"emoji.{IMAGE_SUFFIXES.get(kind, 'img')}"
 
     def _save(self, link: str, target: Path) -> None:
         """Stream one result to `target` (a partial file never stays: written beside it, then renamed)."""

@@ -97,3 +97,21 @@ def test_a_missing_file_is_a_usage_error_before_anything_is_sent(tmp_path, capsy
     transport = scripted()
     assert main(["--url", "http://service", "process", str(tmp_path / "nope.mp4")], transport=transport) == 2
     assert "no such file" in capsys.readouterr().err and transport.seen == []
+
+
+def test_a_photo_jobs_result_is_saved_as_the_photo(tmp_path):
+    """Where the service takes photos, a photo job links its result as "image" (its video link answers
+    409): the client saves the photo with the extension of its type."""
+    links = {"video": "/v", "image": "/i", "timeline": "/t", "timeline_csv": "/c"}
+    job = {"id": "p" * 32, "status": "succeeded", "filename": "team.jpg", "links": links}
+    transport = scripted(
+        httpx.Response(200, json=job),
+        httpx.Response(200, headers={"content-type": "image/jpeg"}),
+        httpx.Response(200, content=b"jpeg bytes", headers={"content-type": "image/jpeg"}),
+        httpx.Response(200, content=b"{}"),
+        httpx.Response(200, content=b"frame"),
+    )
+    with Client("http://service", transport=transport) as client:
+        saved = client.download(job["id"], tmp_path)
+    assert saved["image"] == tmp_path / "team-emoji.jpg" and saved["image"].read_bytes() == b"jpeg bytes"
+    assert [r.url.path for r in transport.seen] == [f"/api/v1/jobs/{job['id']}", "/i", "/i", "/t", "/c"]
