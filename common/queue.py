@@ -24,6 +24,8 @@ LIVE_QUEUE = "live"
 WEBHOOK_QUEUE = "webhooks"
 
 TASK_START_JOB = "worker.start_job"
+# A photo: one task does it all (check, analyse, draw, timeline); see worker/photo.py.
+TASK_PHOTO_JOB = "worker.photo_job"
 TASK_LIVE_FRAME = "worker.live_frame"
 TASK_DELIVER_WEBHOOK = "worker.deliver_webhook"
 
