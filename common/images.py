@@ -148,11 +148,15 @@ def probe_image(path: Path, limits: ImageLimits) -> ImageInfo:
             raise refuse_image(kind)
         if kind is None:
             raise not_a_photo(head)
-        check_structure(handle, kind)
+        declared = check_structure(handle, kind)
+    if declared is not None:
+        check_size(*declared, limits)  # before Pillow reads anything: its own bomb guard fires on open
     try:
         with Image.open(path, formats=[IMAGE_FORMATS[kind].pillow]) as image:
             width, height = image.size  # from the header; nothing is decoded yet
             check_size(width, height, limits)
+            if declared is not None and declared != (width, height):
+                raise VideoError(f"the photo's headers disagree on its size ({declared} and {image.size})")
             orientation = int(image.getexif().get(0x0112, 1) or 1)
             animated = getattr(image, "n_frames", 1) > 1 and kind != "heif"
             alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
@@ -160,7 +164,7 @@ def probe_image(path: Path, limits: ImageLimits) -> ImageInfo:
         detail = str(exc).replace(str(path), "the file")  # never our storage path in a user's message
         message = f"the photo's header cannot be read ({detail}); it is damaged, upload another copy"
         raise VideoError(message) from exc
-    except Image.DecompressionBombError as exc:  # Pillow's own guard (it fires before we see the size)
+    except Image.DecompressionBombError as exc:  # Pillow's own guard, for a HEIF far over our limit
         raise MediaRefused(
             "image_pixels",
             f"the photo is far too large to decode ({exc}); the limit is {limits.max_pixels:,} pixels "
@@ -196,23 +200,27 @@ def _truncated() -> VideoError:
     return VideoError("the photo is cut off (the file ends before the picture does); upload a complete copy")
 
 
-def check_structure(handle, kind: str) -> None:
-    """Walk the file's markers, chunks or boxes (never its pixel data): VideoError if it ends too early."""
+def check_structure(handle, kind: str) -> tuple[int, int] | None:
+    """Walk the file's markers, chunks or boxes (never its pixel data): VideoError if it ends too early.
+    Answers the size its header declares (None for HEIF, whose size Pillow reads from deep in its boxes)."""
     size = handle.seek(0, 2)
     if size < 32:
         raise _truncated()
     with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        {"jpeg": _jpeg_complete, "png": _png_complete, "webp": _webp_complete, "heif": _boxes_complete}[kind](
-            data, size
-        )
+        walk = {"jpeg": _jpeg_walk, "png": _png_walk, "webp": _webp_walk, "heif": _boxes_walk}[kind]
+        return walk(data, size)
 
 
-def _jpeg_complete(data, size: int) -> None:
+# Start-of-frame markers (baseline, progressive, lossless, arithmetic): they carry the picture's size.
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def _jpeg_walk(data, size: int) -> tuple[int, int]:
     """Segments up to the first scan, then an end-of-image marker after it (scan data never holds FF D9:
     a literal FF is stuffed as FF 00). Data after the end (a phone's motion photo) is allowed."""
-    at = 2
+    at, declared = 2, None
     while True:
-        while at < size and data[at] == 0xFF and at + 1 < size and data[at + 1] == 0xFF:
+        while at + 1 < size and data[at] == 0xFF and data[at + 1] == 0xFF:
             at += 1  # fill bytes
         if at + 4 > size:
             raise _truncated()
@@ -223,38 +231,54 @@ def _jpeg_complete(data, size: int) -> None:
             at += 2
             continue
         length = int.from_bytes(data[at + 2 : at + 4], "big")
+        if marker in _JPEG_SOF and at + 9 <= size:
+            height, width = struct.unpack(">HH", data[at + 5 : at + 9])
+            declared = declared or (width, height)
         if marker == 0xDA:  # start of scan
+            if declared is None:
+                raise VideoError("the JPEG has no picture header; upload another copy")
             if data.find(b"\xff\xd9", at + 2 + length) < 0:
                 raise _truncated()
-            return
+            return declared
         if marker == 0xD9:
             raise VideoError("the JPEG ends before its picture starts; upload another copy")
         at += 2 + length
 
 
-def _png_complete(data, size: int) -> None:
+def _png_walk(data, size: int) -> tuple[int, int]:
+    if data[12:16] != b"IHDR":
+        raise VideoError("the PNG has no header chunk; upload another copy")
+    declared = struct.unpack(">II", data[16:24])
     at, seen_data = 8, False
     while at + 12 <= size:
         length = int.from_bytes(data[at : at + 4], "big")
         chunk = bytes(data[at + 4 : at + 8])
         if chunk == b"IEND":
             if seen_data:
-                return
+                return declared
             break
         seen_data = seen_data or chunk == b"IDAT"
         at += 12 + length
     raise _truncated()
 
 
-def _webp_complete(data, size: int) -> None:
-    declared = int.from_bytes(data[4:8], "little") + 8
-    if declared > size:
+def _webp_walk(data, size: int) -> tuple[int, int]:
+    if int.from_bytes(data[4:8], "little") + 8 > size:
         raise _truncated()
-    if data[12:16] == b"VP8X" and data[20] & 0x02:
-        raise VideoError("the image is animated; upload it as a video (MP4) or pick one frame as a photo")
+    chunk = bytes(data[12:16])
+    if chunk == b"VP8X":
+        if data[20] & 0x02:
+            raise VideoError("the image is animated; upload it as a video (MP4) or pick one frame as a photo")
+        return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
+    if chunk == b"VP8L":  # signature byte, then 14 bits of width - 1 and 14 of height - 1
+        bits = int.from_bytes(data[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":  # key frame start code, then 14-bit sizes
+        return int.from_bytes(data[26:28], "little") & 0x3FFF, int.from_bytes(data[28:30], "little") & 0x3FFF
+    raise VideoError("the WebP file's header is damaged; upload another copy")
 
 
-def _boxes_complete(data, size: int) -> None:
+def _boxes_walk(data, size: int) -> None:
     """ISO-BMFF (HEIF): every top-level box lies inside the file."""
     at, names = 0, set()
     while at < size:
@@ -273,3 +297,4 @@ def _boxes_complete(data, size: int) -> None:
         at += box_size
     if b"meta" not in names:
         raise _truncated()
+    return None
