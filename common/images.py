@@ -36,6 +36,11 @@ def supported() -> str:
     return "JPEG, PNG, WebP" + (", HEIC/HEIF" if heif_supported() else "")
 
 
+def photo_formats() -> list[str]:
+    """The photo formats this installation reads (names of IMAGE_FORMATS)."""
+    return [name for name in IMAGE_FORMATS if name != "heif" or heif_supported()]
+
+
 @dataclass(frozen=True)
 class ImageFormat:
     name: str  # our name: jpeg, png, webp, heif

@@ -102,6 +102,8 @@ class Limits(BaseModel):
 
     max_upload_bytes: int
     accepted_formats: list[str]
+    # Photos (JPEG, PNG, WebP, HEIC/HEIF where installed): one-frame jobs, the result in the same format.
+    photo_formats: list[str] = []
     live: LiveLimits
 
 
