@@ -108,8 +108,9 @@ def test_an_animated_webp_is_refused(tmp_path):
 def frame_with(box, shown: int = 3) -> FrameRecord:
     probs = [0.0] * 7
     probs[shown] = 1.0
-    face = FaceRecord(track=1, box_xyxy=box, score=0.9, detected=True, probabilities=probs, smoothed=probs,
-                      shown=shown)
+    face = FaceRecord(
+        track=1, box_xyxy=box, score=0.9, detected=True, probabilities=probs, smoothed=probs, shown=shown
+    )
     return FrameRecord(index=0, t_ms=0.0, faces=[face])
 
 
