@@ -14,7 +14,7 @@ from common.errors import MediaRefused, VideoError
 from common.images import ImageLimits, heif_supported, probe_image, sniff_image
 from common.media import media_kind
 from tests import photo_files
-from worker.photo import draw_photo, load_photo, save_photo
+from worker.photo import bgr_of, draw_photo, load_photo, save_photo
 from worker.records import FaceRecord, FrameRecord
 
 FORMATS = ["JPEG", "PNG", "WEBP"] + (["HEIF"] if heif_supported() else [])
@@ -121,7 +121,7 @@ def test_a_badge_over_a_transparent_corner_is_opaque_and_keeps_its_colour(tmp_pa
     assert info.has_alpha and image.mode == "RGBA"
     rgba = np.asarray(image)
     # A face in the top-right corner of the opaque part: the badge sticks out over the transparent border.
-    drawn = draw_photo(EmojiOverlay(), rgba, frame_with((450.0, 70.0, 570.0, 190.0)))
+    drawn = draw_photo(EmojiOverlay(), *bgr_of(image), frame_with((450.0, 70.0, 570.0, 190.0)))
     assert drawn.shape == (640, 640, 4)
     border = drawn[:64, 576:]  # transparent before
     assert rgba[:64, 576:, 3].max() == 0
@@ -147,7 +147,7 @@ def test_the_drawn_photo_is_saved_in_its_own_format_without_exif(tmp_path, image
     image, info, icc = load_photo(source, LIMITS)
     from worker.overlay import EmojiOverlay
 
-    drawn = draw_photo(EmojiOverlay(), np.asarray(image), frame_with((180.0, 60.0, 290.0, 200.0)))
+    drawn = draw_photo(EmojiOverlay(), *bgr_of(image), frame_with((180.0, 60.0, 290.0, 200.0)))
     target = tmp_path / "out"
     save_photo(drawn, info, icc, target)
     raw = target.read_bytes()

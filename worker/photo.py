@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 JPEG_QUALITY = 92
 WEBP_QUALITY = 90
+# How the detector's copy is shrunk (see the module docstring).
+DETECT_SHRINK = cv2.INTER_AREA
 
 
 def load_photo(path: Path, limits: ImageLimits):
@@ -58,7 +60,8 @@ def load_photo(path: Path, limits: ImageLimits):
                 f"the photo cannot be decoded ({exc}); it is damaged, upload another copy"
             ) from exc
         upright = ImageOps.exif_transpose(image)
-    return upright.convert("RGBA" if info.has_alpha else "RGB"), info, icc
+    mode = "RGBA" if info.has_alpha else "RGB"
+    return (upright if upright.mode == mode else upright.convert(mode)), info, icc
 
 
 def analyse_photo(
@@ -67,7 +70,7 @@ def analyse_photo(
     """The photo's faces, emotions and emoji, found as a video's first frame would be (see the module)."""
     height, width = bgr.shape[:2]
     size = detection_size(width, height, settings.detect_width)
-    small = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
+    small = cv2.resize(bgr, size, interpolation=DETECT_SHRINK)
     boxes, scores = scan_faces(TileScan(detector), small, 0, width / size[0])
     # Person ids left to right, as people read a group photo.
     order = np.argsort((boxes[:, 0] + boxes[:, 2]) / 2, kind="stable")
@@ -81,13 +84,23 @@ def analyse_photo(
     return FrameRecord(index=0, t_ms=0.0, faces=faces)
 
 
-def draw_photo(overlay: EmojiOverlay, rgb_or_rgba: np.ndarray, frame: FrameRecord) -> np.ndarray:
-    """The photo with its emoji (BGR or BGRA array); with transparency the emoji is composited over the
-    photo's own alpha, so a badge over a transparent corner stays visible."""
+def bgr_of(image) -> tuple[np.ndarray, np.ndarray | None]:
+    """A Pillow RGB or RGBA image as (BGR array, alpha or None): what the detector and the overlay take."""
+    pixels = np.asarray(image)
+    if pixels.shape[2] == 4:
+        return cv2.cvtColor(pixels, cv2.COLOR_RGBA2BGR), np.ascontiguousarray(pixels[:, :, 3])
+    return cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR), None
+
+
+def draw_photo(
+    overlay: EmojiOverlay, bgr: np.ndarray, alpha: np.ndarray | None, frame: FrameRecord
+) -> np.ndarray:
+    """The photo with its emoji: `bgr` drawn on in place, or with transparency a BGRA copy where the emoji is
+    composited over the photo's own alpha, so a badge over a transparent corner stays visible."""
     faces = emoji_faces(frame.faces)
-    if rgb_or_rgba.shape[2] == 3:
-        return overlay.draw_bgr(np.ascontiguousarray(rgb_or_rgba[:, :, ::-1]), faces)
-    bgra = np.ascontiguousarray(rgb_or_rgba[:, :, [2, 1, 0, 3]])
+    if alpha is None:
+        return overlay.draw_bgr(bgr, faces)
+    bgra = np.dstack([bgr, alpha])
     height, width = bgra.shape[:2]
     for (_, emotion), (x, y, side) in zip(
         faces, overlay.placements([b for b, _ in faces], (width, height)), strict=True
@@ -118,8 +131,10 @@ def save_photo(drawn_bgr: np.ndarray, info: ImageInfo, icc: bytes | None, target
     EXIF: no camera, place or time; the orientation is already in the pixels)."""
     from PIL import Image
 
-    channels = [2, 1, 0, 3] if drawn_bgr.shape[2] == 4 else [2, 1, 0]
-    image = Image.fromarray(np.ascontiguousarray(drawn_bgr[:, :, channels]))
+    mode, raw = ("RGBA", "BGRA") if drawn_bgr.shape[2] == 4 else ("RGB", "BGR")
+    height, width = drawn_bgr.shape[:2]
+    # Pillow reads the BGR(A) bytes as they are: no whole-image copy to reorder the channels.
+    image = Image.frombuffer(mode, (width, height), np.ascontiguousarray(drawn_bgr), "raw", raw, 0, 1)
     options: dict = {"icc_profile": icc} if icc else {}
     if info.format == "jpeg":
         options |= {"quality": JPEG_QUALITY}
@@ -170,12 +185,11 @@ def run_photo(
     caller writes the timeline from it)."""
     started, usage, clock = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF), StageClock()
     image, info, icc = load_photo(storage.path(job_id, job_files.INPUT), ImageLimits.from_settings(settings))
-    rgb = np.asarray(image)
-    bgr = np.ascontiguousarray(rgb[:, :, 2::-1])
+    bgr, alpha = bgr_of(image)
     clock.lap("decode")
     frame = analyse_photo(bgr, detector, classifier, settings)
     clock.lap("analyse")
-    drawn = draw_photo(overlay, rgb, frame)
+    drawn = draw_photo(overlay, bgr, alpha, frame)
     clock.lap("draw")
     save_photo(drawn, info, icc, storage.path(job_id, job_files.photo_result(info.format)))
     clock.lap("encode")
