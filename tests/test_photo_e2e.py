@@ -18,7 +18,7 @@ from PIL import Image
 
 from common.classes import EMOTIONS
 from common.images import heif_supported
-from tests import photo_files
+from tests import photo_files, test_s3_system
 from tests.conftest import wait_for_job
 
 pytestmark = pytest.mark.e2e
@@ -221,3 +221,34 @@ def iou(a, b) -> float:
     h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
     return w * h / union if union else 0.0
+
+
+# The object-store stack of test_s3_system.py (two workers, no shared disk), shared rather than copied.
+s3_stack = test_s3_system.s3_stack
+
+
+def test_a_photo_job_runs_through_an_object_store(s3_stack, seaweedfs, tmp_path):
+    """The gateway never has the upload on disk: it knows a photo by its first bytes, the worker checks the
+    header, and the drawn photo and the timeline go to the bucket."""
+    source = photo_files.save(photo_files.astronaut(), tmp_path / "astronaut.webp", format="WEBP")
+    reply = submit(s3_stack.gateway, source)
+    assert reply.status_code == 202, reply.text
+    job = wait_for_job(s3_stack.gateway, reply.json()["id"])
+    assert job["status"] == "succeeded", job
+    assert job["video"]["format"] == "webp" and job["links"]["image"]
+    image = httpx.get(f"{s3_stack.gateway}{job['links']['image']}", timeout=60)
+    assert image.status_code == 200 and image.headers["content-type"] == "image/webp"
+    assert Image.open(io.BytesIO(image.content)).size == (512, 512)
+    stored = test_s3_system.keys(seaweedfs, s3_stack.bucket, job["id"])
+    assert {"input", "result.webp", "timeline.json", "timeline.csv"} <= stored
+
+
+def test_a_hostile_photo_through_an_object_store_fails_the_job_with_its_code(s3_stack, tmp_path):
+    """Over a limit but with good first bytes: the gateway cannot read the header it never stored, the
+    worker refuses it before decoding with the same code the gateway gives."""
+    reply = submit(s3_stack.gateway, photo_files.huge_png(tmp_path / "huge.png"))
+    assert reply.status_code == 202, reply.text
+    job = wait_for_job(s3_stack.gateway, reply.json()["id"])
+    assert job["status"] == "failed" and job["error"]["code"] == "image_dimensions", job
+    bomb = submit(s3_stack.gateway, photo_files.gif_bomb(tmp_path / "bomb.gif"))
+    assert bomb.status_code == 415 and "GIF" in bomb.json()["error"]["message"]
