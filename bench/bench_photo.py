@@ -17,7 +17,6 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -125,6 +124,8 @@ def timing(worker: Worker, source: Path, repeats: int) -> None:
 
 
 def agreement(worker: Worker, folder: Path) -> None:
+    from tests.photo_files import same_emoji, still_clip
+
     print("\n| shared photo | faces in the photo job | faces in the video's last frame | same emoji |")
     print("|---|---:|---:|---:|")
     for name in PHOTOS:
@@ -132,50 +133,15 @@ def agreement(worker: Worker, folder: Path) -> None:
         if not source.exists():
             print(f"| {name} | missing | | |")
             continue
-        clip = folder / f"{source.stem}.mp4"
-        subprocess.run(
-            [
-                "ffmpeg",
-                "-v",
-                "error",
-                "-y",
-                "-loop",
-                "1",
-                "-i",
-                str(source),
-                "-t",
-                "2",
-                "-r",
-                "10",
-                "-vf",
-                "pad=ceil(iw/2)*2:ceil(ih/2)*2",
-                "-c:v",
-                "libx264",
-                "-pix_fmt",
-                "yuv420p",
-                str(clip),
-            ],
-            check=True,
-        )
+        clip = still_clip(source, folder / f"{source.stem}.mp4")
         worker.upload(f"p-{source.stem}", source)
         worker.photo_job(f"p-{source.stem}")
         worker.upload(f"v-{source.stem}", clip)
         worker.video_job(f"v-{source.stem}")
         photo = worker.timeline(f"p-{source.stem}")["frames"][0]["faces"]
         video = worker.timeline(f"v-{source.stem}")["frames"][-1]["faces"]
-        same = 0
-        for face in video:
-            match = max(photo, key=lambda p: iou(p["box_xyxy"], face["box_xyxy"]), default=None)
-            if match and iou(match["box_xyxy"], face["box_xyxy"]) > 0.5:
-                same += match["shown_emotion"] == face["shown_emotion"]
+        same = sum(agrees for _, _, agrees in same_emoji(photo, video))
         print(f"| {name} | {len(photo)} | {len(video)} | {same} of {len(video)} |")
-
-
-def iou(a, b) -> float:
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
-    return w * h / union if union else 0.0
 
 
 def main() -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import struct
+import subprocess
 import zlib
 from pathlib import Path
 
@@ -96,6 +97,50 @@ def gif_bomb(path: Path) -> Path:
     frame = b"\x2c" + struct.pack("<HHHHB", 0, 0, 65535, 65535, 0)
     lzw = b"\x02" + b"\xff" + bytes(255) * 1 + b"\x00"
     return _write(path, b"GIF89a" + screen + frame + lzw + b"\x3b")
+
+
+def still_clip(source: Path, path: Path, seconds: float = 2.0) -> Path:
+    """The photo as a still H.264 clip (10 fps, yuv420p, even sides): the same picture as a video."""
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-y",
+            "-loop",
+            "1",
+            "-i",
+            str(source),
+            "-t",
+            str(seconds),
+            "-r",
+            "10",
+            "-vf",
+            "pad=ceil(iw/2)*2:ceil(ih/2)*2",
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+            str(path),
+        ],
+        check=True,
+    )
+    return path
+
+
+def same_emoji(photo_faces: list[dict], video_faces: list[dict]) -> list[tuple[dict, dict | None, bool]]:
+    """Each face of a video frame with the photo's face at the same place (IoU over 0.5, else None) and
+    whether the two show the same emoji; faces as in the timeline."""
+    from worker.detection import iou_matrix
+
+    boxes = np.asarray([f["box_xyxy"] for f in photo_faces], np.float32).reshape(-1, 4)
+    pairs = []
+    for face in video_faces:
+        overlaps = iou_matrix(np.asarray([face["box_xyxy"]], np.float32), boxes)[0]
+        best = int(np.argmax(overlaps)) if len(overlaps) else -1
+        match = photo_faces[best] if best >= 0 and overlaps[best] > 0.5 else None
+        pairs.append((face, match, match is not None and match["shown_emotion"] == face["shown_emotion"]))
+    return pairs
 
 
 def _write(path: Path, content: bytes) -> Path:

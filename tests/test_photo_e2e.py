@@ -8,7 +8,6 @@ boxes are on the faces. Hostile photos are refused with a 4xx before any worker 
 from __future__ import annotations
 
 import io
-import subprocess
 from pathlib import Path
 
 import httpx
@@ -177,50 +176,17 @@ def test_hostile_photos_are_refused_before_decoding_and_leave_nothing(gateway, s
 def test_a_photo_made_into_a_video_gets_the_same_emoji_on_every_face(gateway, shared_media, tmp_path):
     """One code path: the faces the video finds in the same picture carry the same emoji in the photo job."""
     source = shared_media / "pyfeat_multi_face.jpg"
-    clip = tmp_path / "still.mp4"
-    subprocess.run(
-        [
-            "ffmpeg",
-            "-v",
-            "error",
-            "-y",
-            "-loop",
-            "1",
-            "-i",
-            str(source),
-            "-t",
-            "2",
-            "-r",
-            "10",
-            "-vf",
-            "pad=ceil(iw/2)*2:ceil(ih/2)*2",
-            "-c:v",
-            "libx264",
-            "-pix_fmt",
-            "yuv420p",
-            str(clip),
-        ],
-        check=True,
-    )
+    clip = photo_files.still_clip(source, tmp_path / "still.mp4")
     _, _, _, photo = run_photo(gateway, source)
     reply = submit(gateway, clip)
     assert reply.status_code == 202, reply.text
     assert wait_for_job(gateway, reply.json()["id"])["status"] == "succeeded"
     video = httpx.get(f"{gateway}{API}/{reply.json()['id']}/timeline", timeout=30).json()
-    photo_faces = photo["frames"][0]["faces"]
     last = video["frames"][-1]["faces"]
     assert last, "the video found no face"
-    for face in last:
-        match = max(photo_faces, key=lambda p: iou(p["box_xyxy"], face["box_xyxy"]))
-        assert iou(match["box_xyxy"], face["box_xyxy"]) > 0.5
-        assert match["shown_emotion"] == face["shown_emotion"], (match, face)
-
-
-def iou(a, b) -> float:
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
-    return w * h / union if union else 0.0
+    for face, match, same in photo_files.same_emoji(photo["frames"][0]["faces"], last):
+        assert match is not None, f"the photo job has no face where the video has {face['box_xyxy']}"
+        assert same, (match, face)
 
 
 # The object-store stack of test_s3_system.py (two workers, no shared disk), shared rather than copied.
