@@ -163,7 +163,8 @@ def probe_image(path: Path, limits: ImageLimits) -> ImageInfo:
             if declared is not None and declared != (width, height):
                 raise VideoError(f"the photo's headers disagree on its size ({declared} and {image.size})")
             orientation = int(image.getexif().get(0x0112, 1) or 1)
-            animated = getattr(image, "n_frames", 1) > 1 and kind != "heif"
+            # An animated PNG; a JPEG's extra pictures (MPO: depth, gain map) and a HEIF's are not frames.
+            animated = getattr(image, "n_frames", 1) > 1 and kind == "png"
             alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         detail = str(exc).replace(str(path), "the file")  # never our storage path in a user's message

@@ -155,3 +155,43 @@ def test_the_drawn_photo_is_saved_in_its_own_format_without_exif(tmp_path, image
     with Image.open(io.BytesIO(raw)) as out:
         assert out.format == image_format and out.size == (512, 512)
         assert not out.getexif()
+
+
+def test_the_reconciler_requeues_a_lost_photo_job_as_a_photo(redis_url):
+    """A photo job whose task was lost goes back as the photo task: the video chain would refuse a JPEG."""
+    import json
+
+    import redis
+
+    from common.jobs import JobStore
+    from common.queue import TASK_PHOTO_JOB, TASK_START_JOB, make_celery
+    from common.settings import CommonSettings
+    from gateway.reconciler import reconcile
+
+    url = redis_url.rsplit("/", 1)[0] + "/8"  # a database no worker consumes
+    client = redis.Redis.from_url(url, decode_responses=True)
+    client.flushdb()
+    store, celery = JobStore(client), make_celery(CommonSettings(redis_url=url))
+    store.create_for("local", "a" * 32, "team.jpg", {"kind": "image", "format": "jpeg", "frames": 1})
+    store.create_for("local", "b" * 32, "clip.mp4", {"width": 64, "frames": 10})
+    found = reconcile(store, celery, grace_s=-1, max_requeues=3)
+    assert sorted(found["requeued"]) == ["a" * 32, "b" * 32]
+    sent = {}
+    for raw in client.lrange("video", 0, -1):
+        headers = json.loads(raw)["headers"]
+        sent[headers["argsrepr"]] = headers["task"]
+    assert sent == {f"['{'a' * 32}']": TASK_PHOTO_JOB, f"['{'b' * 32}']": TASK_START_JOB}
+    client.flushdb()
+
+
+def test_a_jpeg_holding_a_second_picture_is_a_photo_not_an_animation(tmp_path):
+    """Phones and 3D cameras store extra pictures (depth, gain map, a second view) in one JPEG as MPO:
+    Pillow counts them as frames, but the first one is the photo."""
+    path = tmp_path / "phone.jpg"
+    first, second = photo_files.astronaut(), photo_files.astronaut(128)
+    first.save(path, format="MPO", save_all=True, append_images=[second])
+    assert Image.open(path).n_frames == 2
+    info = probe_image(path, LIMITS)
+    assert (info.format, info.width, info.height) == ("jpeg", 512, 512)
+    image, _, _ = load_photo(path, LIMITS)
+    assert image.size == (512, 512)

@@ -20,7 +20,7 @@ from common.images import IMAGE_FORMATS, ImageLimits, probe_image
 from common.jobs import Job, JobStatus, JobStore
 from common.media import SNIFF_BYTES, media_kind, probe
 from common.media_policy import MediaLimits
-from common.queue import TASK_PHOTO_JOB, TASK_START_JOB, VIDEO_QUEUE
+from common.queue import VIDEO_QUEUE, first_task
 from common.storage import LocalStorage, S3Storage, Writer
 from common.webhooks import CallbackRefused, check_callback_url, delivery_state
 from gateway import metrics
@@ -327,8 +327,7 @@ async def create_job(
     try:
         # Nobody reads start_job's result; ignoring it keeps Redis from holding one per job.
         await asyncio.to_thread(
-            celery.send_task, TASK_PHOTO_JOB if video.get("kind") == "image" else TASK_START_JOB,
-            args=[job_id], queue=VIDEO_QUEUE, ignore_result=True,
+            celery.send_task, first_task(video), args=[job_id], queue=VIDEO_QUEUE, ignore_result=True
         )
     except BaseException:
         store.delete(job_id)
