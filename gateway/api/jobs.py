@@ -49,7 +49,7 @@ UPLOAD_BODY = {
             "schema": {
                 "type": "object",
                 "properties": {
-                    "file": {"type": "string", "format": "binary", "description": "the video"},
+                    "file": {"type": "string", "format": "binary", "description": "the video or the photo"},
                     "callback_url": {
                         "type": "string",
                         "format": "uri",
@@ -233,12 +233,13 @@ async def probe_upload(path, filename: str, settings: GatewaySettings) -> dict:
               "content": ERROR_EXAMPLE},
         413: {"description": "over the upload limit", "content": ERROR_EXAMPLE},
         400: {"description": "an unusable multipart body (e.g. its boundary)", "content": ERROR_EXAMPLE},
-        415: {"description": "not a video we can read", "content": ERROR_EXAMPLE},
+        415: {"description": "not a video or photo we can read", "content": ERROR_EXAMPLE},
         422: {
             "description": "not a multipart form with a `file`, an empty file, a refused callback_url, an "
             "Idempotency-Key used before with another file, or a video over one of the limits (the code "
             "names the limit: video_dimensions, frame_pixels, too_many_frames, too_long, too_many_streams, "
-            "video_track_count, codec_not_allowed, container_not_allowed)",
+            "video_track_count, codec_not_allowed, container_not_allowed; for a photo image_dimensions, "
+            "image_pixels)",
             "content": ERROR_EXAMPLE,
         },
         429: {"description": "over one of the owner's limits (see Retry-After)", "content": ERROR_EXAMPLE},
@@ -258,9 +259,9 @@ async def create_job(
         Header(description="the same key (and file) again within 24 h answers with the same job"),
     ] = None,
 ) -> JobCreated:
-    """Upload a video (multipart field `file`, optional `callback_url`); it is checked with ffprobe against
-    the limits on what a video may cost, and queued. The job belongs to the caller: its API key, its browser
-    session, or the shared local owner."""
+    """Upload a video or a photo (multipart field `file`, optional `callback_url`); it is checked against
+    the limits on what it may cost (a video with ffprobe, a photo by its header), and queued. The job
+    belongs to the caller: its API key, its browser session, or the shared local owner."""
     check_content_length(request.headers.get("content-length"), settings.max_upload_bytes)
     quotas: Quotas = request.app.state.quotas
     idempotency: Idempotency = request.app.state.idempotency
