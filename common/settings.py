@@ -102,6 +102,10 @@ class CommonSettings(BaseSettings):
     )
     # Containers (ffmpeg's demuxer names); ffmpeg never opens any other kind of file for an upload.
     allowed_containers: tuple[str, ...] = ALLOWED_INPUT_FORMATS
+    # What one photo may cost (common/images.py), read from its header before anything decodes it: the
+    # longer side, and the pixels (50 MP: a phone's full-resolution 48-50 MP mode; 12 MP is the usual).
+    max_image_side: int = Field(12_000, ge=16)
+    max_image_pixels: int = Field(50_000_000, ge=256)
 
     @model_validator(mode="after")
     def _time_limits_in_order(self):

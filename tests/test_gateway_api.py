@@ -337,6 +337,7 @@ def test_upload_is_accepted_with_links_and_location(finished_job, gateway):
         "timeline_csv": f"/api/v1/jobs/{job_id}/timeline.csv",
         "events": f"/api/v1/jobs/{job_id}/events",
         "page": f"/jobs/{job_id}",
+        "image": None,  # a photo job's result (docs/api.md#photos)
     }
 
 

@@ -68,7 +68,7 @@ def test_a_second_browser_sees_none_of_the_first_ones_jobs(browser, gateway, ast
         theirs.goto(f"{gateway}/")
         theirs.wait_for_selector("#recent-jobs li:not(:text('Loading…'))")
         assert theirs.locator(f"a[href='/jobs/{job_id}']").count() == 0
-        assert "No videos yet" in theirs.text_content("#recent-jobs")
+        assert "Nothing yet" in theirs.text_content("#recent-jobs")
         shot(theirs, "owners-second-browser")
         # Even with the link, the job is not there for the second browser.
         answer = theirs.goto(f"{gateway}/jobs/{job_id}")

@@ -16,17 +16,18 @@ from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 
 from common import job_files
 from common.errors import JobNotFound, MediaRefused, UploadTooLarge, VideoError
+from common.images import IMAGE_FORMATS, ImageLimits, probe_image
 from common.jobs import Job, JobStatus, JobStore
-from common.media import SNIFF_BYTES, looks_like_video, probe
+from common.media import SNIFF_BYTES, media_kind, probe
 from common.media_policy import MediaLimits
-from common.queue import TASK_START_JOB, VIDEO_QUEUE
+from common.queue import VIDEO_QUEUE, first_task
 from common.storage import LocalStorage, S3Storage, Writer
 from common.webhooks import CallbackRefused, check_callback_url, delivery_state
 from gateway import metrics
 from gateway.auth import Owner, current_owner
 from gateway.deps import CeleryDep, JobIdDep, SettingsDep, StorageDep, StoreDep
 from gateway.downloads import content_disposition, ranged_response
-from gateway.errors import BadRequestField, JobNotReady, ResultMissing
+from gateway.errors import BadRequestField, JobNotReady, OtherKindOfResult, ResultMissing
 from gateway.form_fields import FormFields
 from gateway.idempotency import Idempotency, checked_key
 from gateway.quotas import Quotas
@@ -48,7 +49,7 @@ UPLOAD_BODY = {
             "schema": {
                 "type": "object",
                 "properties": {
-                    "file": {"type": "string", "format": "binary", "description": "the video"},
+                    "file": {"type": "string", "format": "binary", "description": "the video or the photo"},
                     "callback_url": {
                         "type": "string",
                         "format": "uri",
@@ -140,11 +141,12 @@ def result_file(
 
 
 class SniffingWriter:
-    """In front of an object-store upload: refuses at the first bytes a file that is no video container,
-    so the store never receives it and the user gets a 415 at once (the worker still probes the rest)."""
+    """In front of an object-store upload: refuses at the first bytes a file that is no video container and
+    no photo, so the store never receives it and the user gets a 415 at once (the worker still probes the
+    rest); `kind` is then "video" or "image"."""
 
     def __init__(self, out: Writer) -> None:
-        self.out, self.head, self.checked = out, b"", False
+        self.out, self.head, self.checked, self.kind = out, b"", False, None
 
     def write(self, data: bytes) -> None:
         if not self.checked:
@@ -157,10 +159,12 @@ class SniffingWriter:
 
     def _check(self) -> None:
         self.checked = True
-        if not looks_like_video(self.head):
+        self.kind = media_kind(self.head)
+        if self.kind is None:
             raise VideoError(
-                "the file is not a video we can read (supported: MP4, MOV, MKV, WebM, AVI, MPEG-TS, FLV); "
-                "check that it plays on your computer, or convert it to MP4, and upload it again"
+                "the file is not a video we can read (supported: MP4, MOV, MKV, WebM, AVI, MPEG-TS, FLV; "
+                "photos: JPEG, PNG, WebP, HEIC); check that it plays on your computer, or convert it to "
+                "MP4, and upload it again"
             )
 
     def close(self) -> None:
@@ -196,10 +200,16 @@ class DigestWriter:
         return self.sha256.hexdigest()
 
 
-async def probe_upload(path, filename: str, limits: MediaLimits):
-    """ffprobe the stored upload against the limits; its errors name the user's file, not our path."""
+async def probe_upload(path, filename: str, settings: GatewaySettings) -> dict:
+    """What the stored upload is, checked against the limits: a photo by its header (common/images.py), else
+    a video by ffprobe; the errors name the user's file, not our path."""
+    with path.open("rb") as handle:
+        head = handle.read(SNIFF_BYTES)
+    if media_kind(head) == "image":
+        info = await asyncio.to_thread(probe_image, path, ImageLimits.from_settings(settings))
+        return info.to_dict()
     try:
-        return await asyncio.to_thread(probe, path, limits)
+        return (await asyncio.to_thread(probe, path, MediaLimits.from_settings(settings))).to_dict()
     except MediaRefused:
         raise  # its message names the limit, not the stored path
     except VideoError as exc:
@@ -223,12 +233,13 @@ async def probe_upload(path, filename: str, limits: MediaLimits):
               "content": ERROR_EXAMPLE},
         413: {"description": "over the upload limit", "content": ERROR_EXAMPLE},
         400: {"description": "an unusable multipart body (e.g. its boundary)", "content": ERROR_EXAMPLE},
-        415: {"description": "not a video we can read", "content": ERROR_EXAMPLE},
+        415: {"description": "not a video or photo we can read", "content": ERROR_EXAMPLE},
         422: {
             "description": "not a multipart form with a `file`, an empty file, a refused callback_url, an "
             "Idempotency-Key used before with another file, or a video over one of the limits (the code "
             "names the limit: video_dimensions, frame_pixels, too_many_frames, too_long, too_many_streams, "
-            "video_track_count, codec_not_allowed, container_not_allowed)",
+            "video_track_count, codec_not_allowed, container_not_allowed; for a photo image_dimensions, "
+            "image_pixels)",
             "content": ERROR_EXAMPLE,
         },
         429: {"description": "over one of the owner's limits (see Retry-After)", "content": ERROR_EXAMPLE},
@@ -248,9 +259,9 @@ async def create_job(
         Header(description="the same key (and file) again within 24 h answers with the same job"),
     ] = None,
 ) -> JobCreated:
-    """Upload a video (multipart field `file`, optional `callback_url`); it is checked with ffprobe against
-    the limits on what a video may cost, and queued. The job belongs to the caller: its API key, its browser
-    session, or the shared local owner."""
+    """Upload a video or a photo (multipart field `file`, optional `callback_url`); it is checked against
+    the limits on what it may cost (a video with ffprobe, a photo by its header), and queued. The job
+    belongs to the caller: its API key, its browser session, or the shared local owner."""
     check_content_length(request.headers.get("content-length"), settings.max_upload_bytes)
     quotas: Quotas = request.app.state.quotas
     idempotency: Idempotency = request.app.state.idempotency
@@ -269,8 +280,8 @@ async def create_job(
         room = await asyncio.to_thread(quotas.room_for, owner, max(declared - MULTIPART_OVERHEAD_BYTES, 0))
         cap = settings.max_upload_bytes if room is None else min(settings.max_upload_bytes, room)
         out: Writer = await asyncio.to_thread(storage.writer, job_id, job_files.INPUT)
-        if not storage.local:
-            out = SniffingWriter(out)
+        sniffer = None if storage.local else SniffingWriter(out)
+        out = sniffer or out
         out = hashed = DigestWriter(out)
         try:
             upload = await stream_upload(
@@ -295,12 +306,12 @@ async def create_job(
                 raise BadRequestField(f"{exc}", code="callback_url_refused") from exc
         if storage.local:
             path = storage.path(job_id, job_files.INPUT)
-            video = (await probe_upload(path, upload.filename, MediaLimits.from_settings(settings))).to_dict()
+            video = await probe_upload(path, upload.filename, settings)
         else:
             # The upload went straight to the object store and ffprobe reads only local files: the worker
             # probes it first thing (start_job), with the same limits; an unreadable file or one over a
             # limit fails the job with the same code the gateway would have answered.
-            video = {}
+            video = {"kind": "image"} if sniffer.kind == "image" else {}
         digest = hashed.hexdigest()
         await asyncio.to_thread(quotas.add_stored, owner, job_id, upload.size)
         await asyncio.to_thread(
@@ -317,7 +328,7 @@ async def create_job(
     try:
         # Nobody reads start_job's result; ignoring it keeps Redis from holding one per job.
         await asyncio.to_thread(
-            celery.send_task, TASK_START_JOB, args=[job_id], queue=VIDEO_QUEUE, ignore_result=True
+            celery.send_task, first_task(video), args=[job_id], queue=VIDEO_QUEUE, ignore_result=True
         )
     except BaseException:
         store.delete(job_id)
@@ -331,7 +342,7 @@ async def create_job(
         "job %s queued for %s: %r, %d bytes, %s",
         job_id, owner.id, upload.filename, upload.size, video or "to be probed",
     )
-    links = JobLinks.for_job(job_id)
+    links = JobLinks.for_job(job_id, video)
     response.headers["Location"] = links.self
     return JobCreated(id=job_id, status=JobStatus.queued, links=links)
 
@@ -407,8 +418,43 @@ def get_video(
     owner: OwnerDep, download: bool = False,
 ) -> Response:
     """The annotated MP4 (HTTP Range supported); `?download=true` asks the browser to save it."""
+    if is_photo(load_job(store, job_id, owner)):
+        raise OtherKindOfResult(f"this job is a photo; its result is at GET /api/v1/jobs/{job_id}/image")
     return result_file(
         request, store, storage, settings, job_id, job_files.RESULT, "video/mp4", "emoji.mp4", download, owner
+    )
+
+
+def is_photo(job: Job) -> bool:
+    return (job.video or {}).get("kind") == "image"
+
+
+@router.head("/{job_id}/image", include_in_schema=False)
+@router.get(
+    "/{job_id}/image",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {f.media_type: {} for f in IMAGE_FORMATS.values()}},
+        404: {"description": "no such job, or the job is a video", "content": ERROR_EXAMPLE},
+        409: {"description": "not finished", "content": ERROR_EXAMPLE},
+    },
+)
+def get_image(
+    request: Request, job_id: JobIdDep, store: StoreDep, storage: StorageDep, settings: SettingsDep,
+    owner: OwnerDep, download: bool = False,
+) -> Response:
+    """A photo job's photo with its emoji, in the upload's format (JPEG, PNG, WebP, HEIC); `?download=true`
+    asks the browser to save it."""
+    job = load_job(store, job_id, owner)
+    if not is_photo(job):
+        raise OtherKindOfResult(f"this job is a video; its result is at GET /api/v1/jobs/{job_id}/video")
+    image = IMAGE_FORMATS.get(job.video.get("format", ""))
+    if image is None:  # an object-store upload the worker has not checked yet
+        finished_job(store, job_id, owner)
+        raise ResultMissing("the job's photo is gone from storage; upload the photo again")
+    return result_file(
+        request, store, storage, settings, job_id, job_files.photo_result(image.name), image.media_type,
+        f"emoji.{image.extension}", download, owner,
     )
 
 

@@ -9,6 +9,7 @@ import redis
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
+from common.images import photo_formats
 from common.media import ALLOWED_INPUT_FORMATS
 from common.webhooks import owner_secret
 from gateway.auth import Owner, current_owner
@@ -35,6 +36,7 @@ def limits(settings: SettingsDep) -> Limits:
     return Limits(
         max_upload_bytes=settings.max_upload_bytes,
         accepted_formats=list(ALLOWED_INPUT_FORMATS),
+        photo_formats=photo_formats(),
         live=LiveLimits(
             max_frame_bytes=settings.live_max_frame_bytes,
             timeout_s=settings.live_timeout_s,
