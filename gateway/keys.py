@@ -109,6 +109,17 @@ class KeyStore:
             )
         return record
 
+    def by_id(self, key_id: str) -> ApiKey:
+        """The record of the key with this id (a signed-in browser's), or KeyRefused if gone or revoked."""
+        digest = self.redis.hget(KEY_INDEX, key_id)
+        raw = self.redis.hgetall(KEY_PREFIX + digest) if digest else {}
+        if not raw:
+            raise KeyRefused("the API key this browser signed in with no longer exists")
+        record = self._record(raw)
+        if record.revoked_at:
+            raise KeyRefused(f"the API key this browser signed in with was revoked on {record.revoked_at}")
+        return record
+
     def list(self) -> list[ApiKey]:
         digests = self.redis.hgetall(KEY_INDEX)
         pipe = self.redis.pipeline()
