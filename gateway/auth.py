@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import redis
 from fastapi import Request, Security
 from fastapi.security import APIKeyCookie, HTTPBearer
 from itsdangerous import BadSignature, URLSafeTimedSerializer
@@ -209,7 +210,11 @@ def page_session(request: Request) -> tuple[Owner, str | None]:
         return owner, None
     if settings.require_api_key:
         raise SignInNeeded()
-    request.app.state.quotas.hit_anon_session(request.client.host if request.client else "unknown")
+    try:
+        request.app.state.quotas.hit_anon_session(request.client.host if request.client else "unknown")
+    except redis.RedisError:
+        # The pages still show while Redis is down (they say so); nothing can be uploaded until it is back.
+        logger.warning("new anonymous session not counted: Redis unreachable")
     session_id, cookie = request.app.state.sessions.new_anonymous()
     return anon_owner(session_id, settings), cookie
 

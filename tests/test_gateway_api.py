@@ -165,7 +165,7 @@ def test_pages_share_one_layout_and_revalidate_by_etag(tiny_app, path, title, cu
     assert html.startswith("<!doctype html>") and html.rstrip().endswith("</html>")
     assert f"<title>Emoji video · {title}</title>" in html
     nav = html.split("<nav>")[1].split("</nav>")[0]
-    assert re.findall(r'<a href="([^"]+)"', nav) == ["/", "/live", "/docs"]
+    assert re.findall(r'<a href="([^"]+)"', nav) == ["/", "/live", "/docs", "/sign-in"]
     assert re.findall(r'<a href="([^"]+)" aria-current="page">', html) == ([current] if current else [])
     assert html.count("<main>") == 1 and "$content" not in html and "$nav" not in html
     assert reply.headers["cache-control"] == "no-cache"
@@ -269,7 +269,7 @@ def test_a_frame_that_fails_unexpectedly_is_answered_with_an_error_and_keeps_the
             raise KeyError("status")
 
     settings = GatewaySettings()
-    answer = json.loads(asyncio.run(_answer(b"\xff\xd8 jpeg", 7, BrokenHub(), settings, None, "viewer")))
+    answer = json.loads(asyncio.run(_answer(_face_jpeg((64, 48)), 7, BrokenHub(), settings, None, "viewer")))
     assert answer["seq"] == 7 and answer["error"]["code"] == "live_frame_failed"
     assert "next one" in answer["error"]["message"]
 
