@@ -21,7 +21,7 @@ KEY_PREFIX = "emoji:apikey:"
 # key id -> hash, for listing and revoking by id or name.
 KEY_INDEX = "emoji:apikeys"
 TOKEN_PREFIX = "ek_"
-TOKEN_RE = re.compile(r"^ek_[A-Za-z0-9_-]{43}$")
+TOKEN_RE = re.compile(r"ek_[A-Za-z0-9_-]{43}")
 HOW_TO_GET_A_KEY = (
     "send an API key as 'Authorization: Bearer <key>'; the operator makes one with "
     "`python -m gateway keys create NAME` (docs/api.md, 'Keys, owners and limits')"
@@ -100,7 +100,7 @@ class KeyStore:
         digest = hash_key(token[:200])
         raw = self.redis.hgetall(KEY_PREFIX + digest)
         same = hmac.compare_digest(raw.get("hash", ""), digest)
-        if not (same and TOKEN_RE.match(token)):
+        if not (same and TOKEN_RE.fullmatch(token)):
             raise KeyRefused(f"the API key is not valid; {HOW_TO_GET_A_KEY}")
         record = self._record(raw)
         if record.revoked_at:

@@ -24,7 +24,7 @@ from worker.smoothing import EmotionSmoother
 from worker.tracking import IouTracker
 
 STATE_PREFIX = "emoji:live:"
-CLIENT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+CLIENT_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
 
 def decode_jpeg(jpeg_b64: str, max_bytes: int, max_pixels: int) -> np.ndarray:
@@ -63,7 +63,7 @@ def process_frame(
     now_ms: float | None = None,
 ) -> dict:
     """The live-frame result contract: size, faces with person ids and shown emotion, timings."""
-    if not isinstance(client_id, str) or not CLIENT_ID.match(client_id):
+    if not isinstance(client_id, str) or not CLIENT_ID.fullmatch(client_id):
         raise VideoError("client_id must be 1-128 letters, digits or _.:-")
     t0 = time.perf_counter()
     image = decode_jpeg(jpeg_b64, settings.live_max_jpeg_bytes, settings.live_max_frame_pixels)
