@@ -58,23 +58,23 @@ def data_type_name(number: int) -> str:
     return value.name if value else str(number)
 
 
+def _unary(channel: grpc.Channel, method: str, request, response):
+    return channel.unary_unary(
+        method, request_serializer=request.SerializeToString, response_deserializer=response.FromString
+    )
+
+
 class PredictionServiceStub:
     """The Predict call of tensorflow.serving.PredictionService, as its generated stub makes it."""
 
     def __init__(self, channel: grpc.Channel) -> None:
-        self.Predict = channel.unary_unary(
-            PREDICT_METHOD,
-            request_serializer=PredictRequest.SerializeToString,
-            response_deserializer=PredictResponse.FromString,
-        )
+        self.Predict = _unary(channel, PREDICT_METHOD, PredictRequest, PredictResponse)
 
 
 class ModelServiceStub:
     """The GetModelStatus call of tensorflow.serving.ModelService."""
 
     def __init__(self, channel: grpc.Channel) -> None:
-        self.GetModelStatus = channel.unary_unary(
-            GET_MODEL_STATUS_METHOD,
-            request_serializer=GetModelStatusRequest.SerializeToString,
-            response_deserializer=GetModelStatusResponse.FromString,
+        self.GetModelStatus = _unary(
+            channel, GET_MODEL_STATUS_METHOD, GetModelStatusRequest, GetModelStatusResponse
         )
