@@ -125,6 +125,19 @@ def test_owner_records_expire(redis_url):
         assert store.redis.ttl(key) > 0, key
 
 
+@pytest.mark.e2e
+def test_an_anonymous_owners_webhook_secret_expires_a_keys_does_not(gateway, redis_url):
+    from common.jobs import JobStore
+    from common.webhooks import OWNER_PREFIX
+
+    client = JobStore.from_url(redis_url).redis
+    anon = httpx.get(f"{gateway}/api/v1/me", cookies=dict(httpx.get(f"{gateway}/").cookies)).json()
+    keyed = httpx.get(f"{gateway}/api/v1/me", headers=bearer(create_key(redis_url, "erin")["key"])).json()
+    assert anon["kind"] == "anon" and anon["webhook_secret"].startswith("whsec_")
+    assert client.ttl(OWNER_PREFIX + anon["owner"]) > 0
+    assert client.ttl(OWNER_PREFIX + keyed["owner"]) == -1
+
+
 # --- the signing secret ----------------------------------------------------------------------------------
 
 
