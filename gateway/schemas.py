@@ -135,3 +135,10 @@ class Me(BaseModel):
     limits: LimitsPublic
     usage: Usage
     webhook_secret: str = Field(description="signs your webhooks (HMAC-SHA256); keep it secret")
+
+
+class SignedIn(BaseModel):
+    """The owner a browser now acts as, after signing in with a key."""
+
+    owner: str = Field(description="key:<id>")
+    name: str = Field(description="the key's name")
