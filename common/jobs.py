@@ -320,6 +320,8 @@ class JobStore:
         extra = {k: v for k, v in fields.items() if v is not None}
         pipe.hset(self.key(job_id), mapping={"owner": owner, **extra})
         pipe.zadd(OWNER_INDEX_PREFIX + owner, {job_id: time.time()})
+        # The index outlives its newest job by a day, then goes (an anonymous owner never comes back).
+        pipe.expire(OWNER_INDEX_PREFIX + owner, self.ttl_s + 24 * 3600)
         pipe.execute()
         return self.get(job_id)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from common import processes
 from common.errors import TimedOut, VideoError
+from common.images import heif_supported, markup_kind, not_a_photo, refuse_image, sniff_image
 from common.media_policy import MediaLimits, check_media, video_streams
 
 # Demuxer names as ffmpeg spells them; "mov" covers mp4/m4v/3gp, "matroska" covers webm.
@@ -71,7 +72,8 @@ def run_ffprobe(path: Path, *extra: str) -> dict:
     if result.returncode != 0:
         detail = result.stderr.decode(errors="replace").strip().splitlines()
         raise VideoError(
-            "the file is not a video we can read (supported: MP4, MOV, MKV, WebM, AVI, MPEG-TS, FLV)"
+            "the file is not a video we can read (supported: MP4, MOV, MKV, WebM, AVI, MPEG-TS, FLV; "
+            "photos: JPEG, PNG, WebP, HEIC)"
             + (f": {detail[-1][:200]}" if detail else "")
         )
     return json.loads(result.stdout or b"{}")
@@ -129,6 +131,20 @@ def probe(path: Path, limits: MediaLimits | None = None) -> VideoInfo:
 # certainly not a video (a photo, a document, a playlist) at once; the worker's probe decides the rest.
 _MP4_BOXES = (b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"uuid")
 SNIFF_BYTES = 400
+
+
+def media_kind(head: bytes) -> str | None:
+    """An upload's kind by its first bytes: "image" (a photo format we take), "video" (a container we take)
+    or None for neither; VideoError, saying what to do, for what the first bytes already refuse: GIF, an
+    HTML or SVG page (which may wrap a picture), HEIC where no HEIF reader is installed."""
+    image = sniff_image(head)
+    if image == "gif" or (image == "heif" and not heif_supported()):
+        raise refuse_image(image)
+    if image:
+        return "image"
+    if markup_kind(head):
+        raise not_a_photo(head)
+    return "video" if looks_like_video(head) else None
 
 
 def looks_like_video(head: bytes) -> bool:

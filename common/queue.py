@@ -24,8 +24,16 @@ LIVE_QUEUE = "live"
 WEBHOOK_QUEUE = "webhooks"
 
 TASK_START_JOB = "worker.start_job"
+# A photo: one task does it all (check, analyse, draw, timeline); see worker/photo.py.
+TASK_PHOTO_JOB = "worker.photo_job"
 TASK_LIVE_FRAME = "worker.live_frame"
 TASK_DELIVER_WEBHOOK = "worker.deliver_webhook"
+
+
+def first_task(media: dict | None) -> str:
+    """The task that starts a job (from the gateway, or again from the reconciler): the photo task for a
+    photo (`media`, the job's `video` record, has kind "image"), else the video chain's first step."""
+    return TASK_PHOTO_JOB if (media or {}).get("kind") == "image" else TASK_START_JOB
 
 
 def make_celery(settings: CommonSettings | None = None) -> Celery:

@@ -90,6 +90,8 @@ class CommonSettings(BaseSettings):
     max_video_height: int = Field(4096, ge=16)
     # Pixels per frame (decode memory and time grow with it): 3840x2160.
     max_frame_pixels: int = Field(3840 * 2160, ge=256)
+    # Pixels of one live webcam frame, read from its JPEG header before anyone decodes it (1920x1080).
+    live_max_frame_pixels: int = Field(1920 * 1080, ge=256)
     # Frames and duration of the video track (20 minutes; 30 minutes at 30 fps).
     max_video_frames: int = Field(54_000, ge=1)
     max_video_duration_s: float = Field(1200.0, gt=0)
@@ -102,6 +104,10 @@ class CommonSettings(BaseSettings):
     )
     # Containers (ffmpeg's demuxer names); ffmpeg never opens any other kind of file for an upload.
     allowed_containers: tuple[str, ...] = ALLOWED_INPUT_FORMATS
+    # What one photo may cost (common/images.py), read from its header before anything decodes it: the
+    # longer side, and the pixels (50 MP: a phone's full-resolution 48-50 MP mode; 12 MP is the usual).
+    max_image_side: int = Field(12_000, ge=16)
+    max_image_pixels: int = Field(50_000_000, ge=256)
 
     @model_validator(mode="after")
     def _time_limits_in_order(self):

@@ -37,12 +37,17 @@ def check_callback_url(url: str, allowed_networks: str = "") -> list[str]:
     return check_public_url(url, "callback_url", allowed_networks)
 
 
-def owner_secret(client: redis.Redis, owner: str) -> str:
+def owner_secret(client: redis.Redis, owner: str, ttl_s: int | None = None) -> str:
     """The owner's webhook signing secret, made on first use and kept with the owner (the same secret for
-    every job of that owner, as Stripe and GitHub do per endpoint)."""
+    every job of that owner, as Stripe and GitHub do per endpoint); `ttl_s`: the record goes when unused
+    that long (an anonymous browser's)."""
     key = OWNER_PREFIX + owner
-    client.hsetnx(key, "webhook_secret", "whsec_" + secrets.token_urlsafe(32))
-    value = client.hget(key, "webhook_secret")
+    pipe = client.pipeline()
+    pipe.hsetnx(key, "webhook_secret", "whsec_" + secrets.token_urlsafe(32))
+    pipe.hget(key, "webhook_secret")
+    if ttl_s:
+        pipe.expire(key, ttl_s)
+    value = pipe.execute()[1]
     return value.decode() if isinstance(value, bytes) else value
 
 

@@ -16,17 +16,17 @@ from common import logs
 from common import storage as storages
 from common.jobs import JobStore
 from common.queue import make_celery
-from gateway.api import jobs, live, system
-from gateway.auth import Sessions, load_session_secret
+from gateway.api import jobs, live, session, system
+from gateway.auth import Sessions, SignInNeeded, load_session_secret
 from gateway.errors import install_error_handlers
 from gateway.idempotency import Idempotency
 from gateway.keys import KeyStore
 from gateway.live_hub import LiveHub
 from gateway.metrics import MetricsMiddleware
 from gateway.metrics import router as metrics_router
-from gateway.pages import STATIC_DIR
+from gateway.pages import STATIC_DIR, redirect_to_sign_in
 from gateway.pages import router as pages_router
-from gateway.quotas import Quotas
+from gateway.quotas import AnonSessionLimits, Quotas
 from gateway.reconciler import reconcile_forever
 from gateway.security import SecurityMiddleware
 from gateway.settings import GatewaySettings
@@ -117,9 +117,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.state.store = JobStore.from_url(settings.redis_url, ttl_s=settings.job_ttl_s)
     app.state.storage = storages.from_settings(settings)
     app.state.keys = KeyStore(app.state.store.redis)
-    app.state.sessions = Sessions(load_session_secret(settings))
+    app.state.sessions = Sessions(load_session_secret(settings), settings.session_max_age_s)
     app.state.quotas = Quotas(
-        app.state.store.redis, settings.redis_url, settings.upload_rate_window_s, settings.orphan_grace_s
+        app.state.store.redis, settings.redis_url, settings.upload_rate_window_s, settings.orphan_grace_s,
+        record_ttl_s=2 * settings.job_ttl_s,
+        anon_sessions=AnonSessionLimits(
+            settings.anon_sessions_per_address, settings.anon_sessions_total, settings.anon_session_window_s
+        ),
     )
     app.state.idempotency = Idempotency(
         app.state.store.redis, settings.idempotency_ttl_s, settings.idempotency_wait_s
@@ -140,12 +144,14 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     )
 
     install_error_handlers(app)
+    app.add_exception_handler(SignInNeeded, redirect_to_sign_in)
     app.add_middleware(
         SecurityMiddleware, allowed_origins=settings.allowed_origins, hsts=settings.cookie_secure
     )
     app.include_router(jobs.router)
     app.include_router(live.router)
     app.include_router(system.router)
+    app.include_router(session.router)
     app.include_router(metrics_router)
     app.add_middleware(MetricsMiddleware)
     app.include_router(pages_router)

@@ -16,7 +16,7 @@ from gateway.live_hub import LiveHub
 from gateway.settings import GatewaySettings
 
 # Job ids are uuid4 hex; anything else is refused before it gets near Redis keys or storage paths.
-JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+JOB_ID_RE = re.compile(r"[0-9a-f]{32}")
 
 
 def get_settings(conn: HTTPConnection) -> GatewaySettings:
@@ -41,7 +41,7 @@ def get_live_hub(conn: HTTPConnection) -> LiveHub:
 
 def checked_job_id(job_id: str) -> str:
     """The path's job id, or 404 when it cannot be one of ours."""
-    if not JOB_ID_RE.match(job_id):
+    if not JOB_ID_RE.fullmatch(job_id):
         raise JobNotFound(f"no job with id {job_id[:64]!r}; check the link, or upload the video again")
     return job_id
 

@@ -62,6 +62,12 @@ class ResultMissing(EmojiServiceError):
     code = "result_missing"
 
 
+class OtherKindOfResult(JobNotFound):
+    """A photo job asked for its video, or a video job for its photo (404; the message says where to look)."""
+
+    code = "no_such_result"
+
+
 class QueueUnavailable(EmojiServiceError):
     """Redis (the queue and the job records) did not answer."""
 

@@ -21,7 +21,7 @@ KEY_PREFIX = "emoji:apikey:"
 # key id -> hash, for listing and revoking by id or name.
 KEY_INDEX = "emoji:apikeys"
 TOKEN_PREFIX = "ek_"
-TOKEN_RE = re.compile(r"^ek_[A-Za-z0-9_-]{43}$")
+TOKEN_RE = re.compile(r"ek_[A-Za-z0-9_-]{43}")
 HOW_TO_GET_A_KEY = (
     "send an API key as 'Authorization: Bearer <key>'; the operator makes one with "
     "`python -m gateway keys create NAME` (docs/api.md, 'Keys, owners and limits')"
@@ -100,13 +100,24 @@ class KeyStore:
         digest = hash_key(token[:200])
         raw = self.redis.hgetall(KEY_PREFIX + digest)
         same = hmac.compare_digest(raw.get("hash", ""), digest)
-        if not (same and TOKEN_RE.match(token)):
+        if not (same and TOKEN_RE.fullmatch(token)):
             raise KeyRefused(f"the API key is not valid; {HOW_TO_GET_A_KEY}")
         record = self._record(raw)
         if record.revoked_at:
             raise KeyRefused(
                 f"this API key was revoked on {record.revoked_at}; ask the operator for a new one"
             )
+        return record
+
+    def by_id(self, key_id: str) -> ApiKey:
+        """The record of the key with this id (a signed-in browser's), or KeyRefused if gone or revoked."""
+        digest = self.redis.hget(KEY_INDEX, key_id)
+        raw = self.redis.hgetall(KEY_PREFIX + digest) if digest else {}
+        if not raw:
+            raise KeyRefused("the API key this browser signed in with no longer exists")
+        record = self._record(raw)
+        if record.revoked_at:
+            raise KeyRefused(f"the API key this browser signed in with was revoked on {record.revoked_at}")
         return record
 
     def list(self) -> list[ApiKey]:

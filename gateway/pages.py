@@ -9,17 +9,18 @@ import functools
 import hashlib
 from pathlib import Path
 from string import Template
+from urllib.parse import quote
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, RedirectResponse
 
-from gateway.auth import page_session, set_session_cookie
+from gateway.auth import SIGN_IN_PAGE, SignInNeeded, page_session, set_session_cookie
 from gateway.deps import JobIdDep
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 # The navigation bar, in order: (link, label).
-NAV_LINKS = (("/", "Upload"), ("/live", "Live"), ("/docs", "API"))
+NAV_LINKS = (("/", "Upload"), ("/live", "Live"), ("/docs", "API"), (SIGN_IN_PAGE, "Sign in"))
 
 router = APIRouter(include_in_schema=False)
 
@@ -54,9 +55,22 @@ def _page(
     return response
 
 
+def redirect_to_sign_in(request: Request, exc: SignInNeeded) -> Response:
+    """Where keys are required, a page asked for without a session: the sign-in page, then back here."""
+    back = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return RedirectResponse(f"{SIGN_IN_PAGE}?next={quote(back, safe='')}", status_code=303)
+
+
+@router.get(SIGN_IN_PAGE)
+def sign_in_page(request: Request) -> Response:
+    """Type an API key; the browser then acts as its owner (the only way in where keys are required)."""
+    return _page(request, "sign-in.html", "sign in", current=SIGN_IN_PAGE)
+
+
 @router.get("/")
 def upload_page(request: Request) -> Response:
-    """Pick or drop a video and upload it; the first visit starts the browser's anonymous session."""
+    """Pick or drop a video and upload it; where keys are not required, the first visit starts the
+    browser's anonymous session."""
     _, cookie = page_session(request)
     return _page(request, "index.html", "upload", current="/", cookie=cookie)
 

@@ -4,13 +4,17 @@
 - jobs queued or running at once, bytes stored, live viewers: one small Lua script each, which drops what no
   longer counts (finished or expired jobs, viewers whose gateway died) and then checks and adds in one
   atomic step, so two gateways cannot both take the last slot.
-Every check raises QuotaExceeded (429, Retry-After) naming the limit. A limit of 0 is no limit.
+- new anonymous sessions (each a new owner), per client address and in all: moving windows again.
+Every check raises QuotaExceeded (429, Retry-After) naming the limit. A limit of 0 is no limit. Every
+per-owner record expires when untouched for `record_ttl_s`, so owners that never come back (anonymous
+browsers) leave nothing behind.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 
 import redis
 from limits import RateLimitItemPerSecond
@@ -24,7 +28,8 @@ from gateway.uploads import human_bytes
 
 PREFIX = "emoji:quota:"
 
-# KEYS[1]: the owner's active jobs (zset job id -> reserved at). ARGV: limit, job id, now, grace s, prefix.
+# KEYS[1]: the owner's active jobs (zset job id -> reserved at). ARGV: limit, job id, now, grace s, prefix,
+# record ttl s.
 # A job counts until its record says succeeded or failed; a reservation without a record (its upload is
 # still streaming) counts for `grace` seconds, after which the upload must have died with its gateway.
 RESERVE_ACTIVE = """
@@ -38,13 +43,16 @@ for i = 1, #ids, 2 do
 end
 local count = redis.call('ZCARD', KEYS[1])
 if tonumber(ARGV[1]) > 0 and count >= tonumber(ARGV[1]) then return -count end
-if ARGV[2] ~= '' then redis.call('ZADD', KEYS[1], now, ARGV[2]) end
+if ARGV[2] ~= '' then
+  redis.call('ZADD', KEYS[1], now, ARGV[2])
+  redis.call('EXPIRE', KEYS[1], ARGV[6])
+end
 return count + 1
 """
 
 # KEYS[1]: the owner's stored bytes (hash job id -> bytes), KEYS[2]: the active zset above.
-# ARGV: limit, job id ('' to only count), bytes, job key prefix. Jobs whose record is gone (deleted,
-# expired) and that are not being uploaded no longer count.
+# ARGV: limit, job id ('' to only count), bytes, job key prefix, record ttl s. Jobs whose record is gone
+# (deleted, expired) and that are not being uploaded no longer count.
 ADD_STORED = """
 local entries = redis.call('HGETALL', KEYS[1])
 local total = 0
@@ -60,6 +68,7 @@ local size = tonumber(ARGV[3])
 if ARGV[2] == '' then return total end
 if tonumber(ARGV[1]) > 0 and total + size > tonumber(ARGV[1]) then return -1 - total end
 redis.call('HSET', KEYS[1], ARGV[2], size)
+redis.call('EXPIRE', KEYS[1], ARGV[5])
 return total + size
 """
 
@@ -85,11 +94,25 @@ def _key(kind: str, owner: Owner | str) -> str:
     return f"{PREFIX}{kind}:{owner.id if isinstance(owner, Owner) else owner}"
 
 
+@dataclass(frozen=True)
+class AnonSessionLimits:
+    """New anonymous sessions allowed per client address and in all, per window of `window_s`; 0: any."""
+
+    per_address: int = 0
+    total: int = 0
+    window_s: int = 3600
+
+
 class Quotas:
-    def __init__(self, client: redis.Redis, redis_url: str, window_s: int, upload_grace_s: float) -> None:
+    def __init__(
+        self, client: redis.Redis, redis_url: str, window_s: int, upload_grace_s: float,
+        record_ttl_s: int = 14 * 24 * 3600, anon_sessions: AnonSessionLimits = AnonSessionLimits(),
+    ) -> None:
         self.redis = client
         self.window_s = window_s
         self.upload_grace_s = upload_grace_s
+        self.record_ttl_s = record_ttl_s
+        self.anon_sessions = anon_sessions
         self.limiter = MovingWindowRateLimiter(RedisStorage(redis_url, key_prefix="emoji:quota:uploads"))
         self._reserve_active = client.register_script(RESERVE_ACTIVE)
         self._add_stored = client.register_script(ADD_STORED)
@@ -112,6 +135,27 @@ class Quotas:
             reset - time.time(),
         )
 
+    # --- new anonymous owners ---
+
+    def hit_anon_session(self, address: str) -> None:
+        """Count one new anonymous session from `address`; QuotaExceeded when it or everyone made too many."""
+        limits = self.anon_sessions
+        for who, limit in ((f"address:{address}", limits.per_address), ("all", limits.total)):
+            if not limit:
+                continue
+            item = RateLimitItemPerSecond(limit, limits.window_s)
+            if self.limiter.hit(item, "anon-sessions", who):
+                continue
+            reset = self.limiter.get_window_stats(item, "anon-sessions", who).reset_time
+            wait = math.ceil(max(reset - time.time(), 1))
+            whose = "this address" if who != "all" else "all visitors together"
+            raise QuotaExceeded(
+                "too_many_sessions",
+                f"{whose} started {limit} new browser sessions in the last {limits.window_s} s, the limit; "
+                f"try again in {wait} s, keep this browser's cookies, or sign in with an API key",
+                wait,
+            )
+
     # --- jobs queued or running ---
 
     def reserve_active(self, owner: Owner, job_id: str) -> None:
@@ -120,7 +164,7 @@ class Quotas:
             return
         count = int(self._reserve_active(
             keys=[_key("active", owner)],
-            args=[limit, job_id, time.time(), self.upload_grace_s, JOB_KEY_PREFIX],
+            args=[limit, job_id, time.time(), self.upload_grace_s, JOB_KEY_PREFIX, self.record_ttl_s],
         ))
         if count < 0:
             raise QuotaExceeded(
@@ -132,7 +176,8 @@ class Quotas:
 
     def active_count(self, owner: Owner) -> int:
         count = int(self._reserve_active(
-            keys=[_key("active", owner)], args=[0, "", time.time(), self.upload_grace_s, JOB_KEY_PREFIX]
+            keys=[_key("active", owner)],
+            args=[0, "", time.time(), self.upload_grace_s, JOB_KEY_PREFIX, self.record_ttl_s],
         ))
         return count - 1
 
@@ -140,7 +185,8 @@ class Quotas:
 
     def stored_bytes(self, owner: Owner) -> int:
         return int(self._add_stored(
-            keys=[_key("stored", owner), _key("active", owner)], args=[0, "", 0, JOB_KEY_PREFIX]
+            keys=[_key("stored", owner), _key("active", owner)],
+            args=[0, "", 0, JOB_KEY_PREFIX, self.record_ttl_s],
         ))
 
     def _storage_full(self, used: int, limit: int, incoming: int) -> QuotaExceeded:
@@ -170,7 +216,7 @@ class Quotas:
         """Count an upload as stored, atomically refusing it if it no longer fits."""
         result = int(self._add_stored(
             keys=[_key("stored", owner), _key("active", owner)],
-            args=[owner.limits.max_stored_bytes, job_id, size, JOB_KEY_PREFIX],
+            args=[owner.limits.max_stored_bytes, job_id, size, JOB_KEY_PREFIX, self.record_ttl_s],
         ))
         if result < 0:
             raise self._storage_full(-1 - result, owner.limits.max_stored_bytes, size)

@@ -17,8 +17,9 @@ import logging
 
 from celery import Celery
 
+from common.errors import JobNotFound
 from common.jobs import JobStore
-from common.queue import TASK_DELIVER_WEBHOOK, TASK_START_JOB, VIDEO_QUEUE, WEBHOOK_QUEUE, pending_job_ids
+from common.queue import TASK_DELIVER_WEBHOOK, VIDEO_QUEUE, WEBHOOK_QUEUE, first_task, pending_job_ids
 from common.webhooks import queue_delivery
 
 log = logging.getLogger(__name__)
@@ -47,9 +48,13 @@ def reconcile(store: JobStore, celery: Celery, grace_s: float, max_requeues: int
                 found["failed"].append(job_id)
                 _queue_webhook(store, celery, job_id)
             continue
+        try:
+            first = first_task(store.get(job_id).video)
+        except JobNotFound:
+            continue  # deleted meanwhile
         store.reset_batches(job_id)
         store.update(job_id)  # a new sign of life, so the next round waits out the grace again
-        celery.send_task(TASK_START_JOB, args=[job_id], queue=VIDEO_QUEUE, ignore_result=True)
+        celery.send_task(first, args=[job_id], queue=VIDEO_QUEUE, ignore_result=True)
         found["requeued"].append(job_id)
     if found["requeued"] or found["failed"]:
         log.warning("jobs without tasks: re-queued %s, failed %s", found["requeued"], found["failed"])

@@ -18,12 +18,15 @@ class JobLinks(BaseModel):
     timeline_csv: str
     events: str
     page: str
+    # A photo job's result: the photo with its emoji, in the upload's format (null for a video job).
+    image: str | None = None
 
     @classmethod
-    def for_job(cls, job_id: str) -> JobLinks:
+    def for_job(cls, job_id: str, media: dict | None = None) -> JobLinks:
         base = f"/api/v1/jobs/{job_id}"
         return cls(
             self=base,
+            image=f"{base}/image" if (media or {}).get("kind") == "image" else None,
             video=f"{base}/video",
             timeline=f"{base}/timeline",
             timeline_csv=f"{base}/timeline.csv",
@@ -85,7 +88,11 @@ class JobPublic(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     error: JobError | None
-    video: dict | None = Field(default=None, description="what ffprobe found in the upload")
+    video: dict | None = Field(
+        default=None,
+        description="what the upload is: a video as ffprobe found it, or a photo (kind 'image': format, "
+        "width, height, orientation, has_alpha) as its header says",
+    )
     warnings: list[JobWarning] = Field(
         default=[], description="what went less than well in a job that still succeeded (e.g. frames lost)"
     )
@@ -96,7 +103,7 @@ class JobPublic(BaseModel):
     @classmethod
     def from_job(cls, job: Job, webhook: dict | None = None) -> JobPublic:
         data = job.model_dump(include=set(cls.model_fields) - {"links", "webhook"})
-        return cls(**data, webhook=webhook, links=JobLinks.for_job(job.id))
+        return cls(**data, webhook=webhook, links=JobLinks.for_job(job.id, job.video))
 
 
 class JobsPublic(BaseModel):
@@ -114,6 +121,8 @@ class Limits(BaseModel):
 
     max_upload_bytes: int
     accepted_formats: list[str]
+    # Photos (JPEG, PNG, WebP, HEIC/HEIF where installed): one-frame jobs, the result in the same format.
+    photo_formats: list[str] = []
     live: LiveLimits
 
 
@@ -145,3 +154,10 @@ class Me(BaseModel):
     limits: LimitsPublic
     usage: Usage
     webhook_secret: str = Field(description="signs your webhooks (HMAC-SHA256); keep it secret")
+
+
+class SignedIn(BaseModel):
+    """The owner a browser now acts as, after signing in with a key."""
+
+    owner: str = Field(description="key:<id>")
+    name: str = Field(description="the key's name")

@@ -70,13 +70,20 @@ class GatewaySettings(CommonSettings):
     # Without a key (and without a page's session cookie) API calls act as one shared local owner, which
     # keeps `make run` and curl working out of the box; true (production) answers them 401.
     require_api_key: bool = False
-    # Signs the pages' anonymous session cookie. Empty: a random secret is made once and kept in
+    # Signs the pages' session cookies. Empty: a random secret is made once and kept in
     # session_secret_file, so sessions survive restarts; several gateways must share one of the two.
     session_secret: str = ""
     session_secret_file: Path = REPO_ROOT / "var" / "session_secret"
     # Send the session cookie only over HTTPS (on behind a TLS-terminating proxy).
     cookie_secure: bool = False
-    session_max_age_s: int = Field(default=365 * 24 * 3600, gt=0)
+    # How long a session cookie (anonymous or signed in with a key) is good for, counted from its making by
+    # the server, whatever the browser keeps.
+    session_max_age_s: int = Field(default=30 * 24 * 3600, gt=0)
+    # New anonymous sessions (each a new owner with fresh quotas), where keys are not required: at most this
+    # many per client address, and this many in all, per window; more get 429 (0 = no limit).
+    anon_sessions_per_address: int = Field(default=20, ge=0)
+    anon_sessions_total: int = Field(default=1000, ge=0)
+    anon_session_window_s: int = Field(default=3600, gt=0)
     # Origins (scheme://host[:port]) besides the gateway's own from which pages may post, delete or open the
     # live socket, comma-separated: e.g. the public name behind a proxy that rewrites Host.
     allowed_origins: str = ""

@@ -180,6 +180,9 @@ def stack_env(redis_url, storage_dir, model_server) -> dict[str, str]:
         # The tests' webhook receivers listen on 127.0.0.1, which production refuses; retries come fast.
         "EMOJI_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.1/32",
         "EMOJI_WEBHOOK_RETRY_BASE_S": "0.5",
+        # Every test's browser comes from 127.0.0.1: the per-address limit of new anonymous sessions would
+        # soon refuse them (tests/test_sessions.py checks it on a gateway of its own).
+        "EMOJI_ANON_SESSIONS_PER_ADDRESS": "0",
     }
 
 

@@ -179,7 +179,7 @@ def test_every_key_check_costs_the_same_redis_lookup_and_a_constant_time_compare
     assert paths["malformed"] == paths["unknown"] == paths["revoked"] == ["hgetall", "compare"]
 
 
-def test_require_api_key_refuses_keyless_calls_but_not_browsers(stack_env, service_logs, alice):
+def test_require_api_key_refuses_keyless_calls_but_not_signed_in_browsers(stack_env, service_logs, alice):
     env = {**stack_env, "EMOJI_REQUIRE_API_KEY": "true"}
     service, url = start_gateway(env, service_logs, "gateway-require-key")
     try:
@@ -188,8 +188,10 @@ def test_require_api_key_refuses_keyless_calls_but_not_browsers(stack_env, servi
             assert reply.status_code == 401, (path, reply.text)
             assert HOW_TO in reply.json()["error"]["message"]
         assert httpx.get(f"{url}/api/v1/jobs", headers=bearer(alice["key"])).status_code == 200
-        me = httpx.get(f"{url}/api/v1/me", cookies=_session(url)).json()
-        assert me["kind"] == "anon" and me["owner"].startswith("anon:")
+        assert "emoji_session" not in httpx.get(url).cookies  # no anonymous session where keys are required
+        signed_in = httpx.post(f"{url}/api/v1/session", json={"key": alice["key"]}).cookies
+        me = httpx.get(f"{url}/api/v1/me", cookies=dict(signed_in)).json()
+        assert me["kind"] == "key" and me["owner"] == f"key:{alice['id']}"
         # The live socket checks the same way.
         import websockets
 

@@ -252,7 +252,7 @@ def test_dockerfile_stages_copy_existing_code_and_the_gateway_has_no_worker_code
             assert (REPO_ROOT / source).exists(), f"Dockerfile copies missing {source}"
             assert not _docker_ignored(source), f"{source} is copied but .dockerignore leaves it out"
     assert re.search(r"^FROM python:3\.1[1-3][\w.-]* AS base$", DOCKERFILE, flags=re.M)
-    cases = (("gateway", "fastapi", "tensorflow"), ("worker", "tensorflow", "uvicorn"))
+    cases = (("gateway", "fastapi", "tensorflow"), ("worker", "grpcio", "tensorflow"))
     for extra, wanted, unwanted in cases:
         out = subprocess.run([sys.executable, "deploy/requirements-of.py", extra], cwd=REPO_ROOT,
                              capture_output=True, text=True, check=True).stdout.splitlines()
@@ -290,10 +290,17 @@ def test_gateway_image_requirements_pull_in_no_tensorflow_or_opencv():
     assert "fastapi" in closure and "uvicorn" in closure and "celery" in closure
     heavy = {n for n in closure if n.startswith(("tensorflow", "opencv", "keras", "tf-"))}
     assert not heavy, f"the gateway image would install {sorted(heavy)}"
-    assert "tensorflow" in _requirement_closure(_dependencies() + _extra("worker"))
-    # `pip install -e '.[dev]'` (make test) still installs both services.
+    # `pip install -e '.[dev]'` (make test) still installs both services and the model server.
     everything = [d for d in _extra("dev") if d.startswith("emoji-video[")]
-    assert everything and "gateway" in everything[0] and "worker" in everything[0]
+    assert everything and all(extra in everything[0] for extra in ("gateway", "worker", "model"))
+
+
+def test_worker_image_requirements_pull_in_no_tensorflow():
+    closure = _requirement_closure(_dependencies() + _extra("worker"))
+    assert {"grpcio", "protobuf", "celery"} <= closure
+    heavy = {n for n in closure if n.startswith(("tensorflow", "keras", "tf-"))}
+    assert not heavy, f"the worker image would install {sorted(heavy)}"
+    assert "tensorflow" in _requirement_closure(_extra("model"))
 
 
 def _docker_ignored(path: str) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -164,7 +165,7 @@ def test_pages_share_one_layout_and_revalidate_by_etag(tiny_app, path, title, cu
     assert html.startswith("<!doctype html>") and html.rstrip().endswith("</html>")
     assert f"<title>Emoji video · {title}</title>" in html
     nav = html.split("<nav>")[1].split("</nav>")[0]
-    assert re.findall(r'<a href="([^"]+)"', nav) == ["/", "/live", "/docs"]
+    assert re.findall(r'<a href="([^"]+)"', nav) == ["/", "/live", "/docs", "/sign-in"]
     assert re.findall(r'<a href="([^"]+)" aria-current="page">', html) == ([current] if current else [])
     assert html.count("<main>") == 1 and "$content" not in html and "$nav" not in html
     assert reply.headers["cache-control"] == "no-cache"
@@ -268,7 +269,7 @@ def test_a_frame_that_fails_unexpectedly_is_answered_with_an_error_and_keeps_the
             raise KeyError("status")
 
     settings = GatewaySettings()
-    answer = json.loads(asyncio.run(_answer(b"\xff\xd8 jpeg", 7, BrokenHub(), settings, None, "viewer")))
+    answer = json.loads(asyncio.run(_answer(_face_jpeg((64, 48)), 7, BrokenHub(), settings, None, "viewer")))
     assert answer["seq"] == 7 and answer["error"]["code"] == "live_frame_failed"
     assert "next one" in answer["error"]["message"]
 
@@ -337,6 +338,7 @@ def test_upload_is_accepted_with_links_and_location(finished_job, gateway):
         "timeline_csv": f"/api/v1/jobs/{job_id}/timeline.csv",
         "events": f"/api/v1/jobs/{job_id}/events",
         "page": f"/jobs/{job_id}",
+        "image": None,  # a photo job's result (docs/api.md#photos)
     }
 
 
@@ -624,3 +626,54 @@ def test_several_live_viewers_at_once(live_gateway):
     assert sorted(results) == [0, 1, 2]
     for got in results.values():
         assert all("error" not in a and a["faces"] for a in got), got
+
+
+def _group_rss_bytes(pid: int) -> int:
+    """Resident memory of every process in the process group led by `pid` (a worker and its pool)."""
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.getpgid(int(entry.name)) != pid:
+                continue
+            status = (entry / "status").read_text()
+        except (OSError, ProcessLookupError):
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) * 1024
+    return total
+
+
+@pytest.fixture(scope="module")
+def jpeg_bomb() -> bytes:
+    """A 16000x16000 grey JPEG of about 1 MB (progressive: long runs of empty blocks cost almost nothing)."""
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("L", (16000, 16000), 128).save(out, format="JPEG", quality=50, progressive=True)
+    assert len(out.getvalue()) < 2 * 1024 * 1024
+    return out.getvalue()
+
+
+@pytest.mark.e2e
+def test_a_huge_frame_is_refused_by_its_header_and_never_decoded(live_gateway, worker, jpeg_bomb):
+    from websockets.sync.client import connect
+
+    with connect(_ws_url(live_gateway), open_timeout=10, max_size=None) as ws:
+        ws.recv(timeout=10)
+        ws.send(_face_jpeg((320, 240)))  # the pool is warm (model loaded) before measuring
+        assert "error" not in json.loads(ws.recv(timeout=60))
+        before = _group_rss_bytes(worker.proc.pid)
+        for _ in range(3):
+            ws.send(jpeg_bomb)
+            error = json.loads(ws.recv(timeout=60))["error"]
+            assert error["code"] == "frame_too_large", error
+            assert "16000x16000" in error["message"]
+        grown = _group_rss_bytes(worker.proc.pid) - before
+        ws.send(_face_jpeg((320, 240)))
+        answer = json.loads(ws.recv(timeout=60))
+    assert "error" not in answer and answer["width"] == 320
+    # One decoded 16000x16000 BGR frame is 768 MB; the worker's memory stays where it was.
+    assert grown < 64 * 1024 * 1024, f"the live worker grew by {grown / 2**20:.0f} MB"

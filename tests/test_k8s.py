@@ -202,6 +202,36 @@ def test_ingress_allows_the_upload_limit_and_long_lived_sockets(rendered):
         assert int(annotations[f"nginx.ingress.kubernetes.io/{timeout}"]) >= 3600
 
 
+def _ingress_routes(ingress: dict, url_path: str) -> bool:
+    """Whether one of the Ingress's paths takes `url_path`, as Kubernetes defines Exact and Prefix (a
+    Prefix matches whole path elements: /api matches /api and /api/x, not /apix)."""
+    for rule in ingress["spec"]["rules"]:
+        for entry in rule["http"]["paths"]:
+            path, kind = entry["path"], entry["pathType"]
+            if kind == "Exact" and url_path == path:
+                return True
+            if kind == "Prefix":
+                prefix = [p for p in path.split("/") if p]
+                if [p for p in url_path.split("/") if p][: len(prefix)] == prefix:
+                    return True
+    return False
+
+
+def test_the_ingress_publishes_the_pages_and_the_api_but_not_the_metrics(rendered):
+    from gateway.app import app
+
+    _, docs = rendered
+    ingress = objects(docs, "Ingress")["gateway"]
+    public = [p.replace("{job_id}", "0" * 32) for p in app.openapi()["paths"]]
+    public += ["/", "/live", "/jobs/" + "0" * 32, "/sign-in", "/docs", "/openapi.json", "/static/app.css",
+               "/emojis/happy.png"]
+    assert "/api/v1/jobs" in public and "/api/v1/session" in public
+    hidden = [p for p in public if not _ingress_routes(ingress, p)]
+    assert not hidden, f"the Ingress does not route {hidden}"
+    for private in ("/metrics", "/metrics/"):
+        assert not _ingress_routes(ingress, private), f"the Ingress publishes {private}"
+
+
 def test_apps_read_known_settings_and_storage_credentials_from_a_secret(rendered):
     overlay, docs = rendered
     config = objects(docs, "ConfigMap")["emoji-config"]["data"]

@@ -28,6 +28,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from common import tf_serving
 from common.classes import NUM_CLASSES
 from common.errors import ModelServerError, ModelServerUnavailable
 from tests.conftest import MODEL_BASE_PATH, REPO_ROOT, ServiceProcess, free_port, port_open
@@ -206,7 +207,7 @@ class _CountingStub:
     """Forwards to the real PredictionService stub, remembering each request's batch size and deadline."""
 
     def __init__(self, address: str):
-        self._stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(address))
+        self._stub = tf_serving.PredictionServiceStub(grpc.insecure_channel(address))
         self.calls: list[tuple[int, float | None]] = []
 
     def Predict(self, request, timeout=None):  # noqa: N802 (the stub's method name)

@@ -68,7 +68,7 @@ def test_a_second_browser_sees_none_of_the_first_ones_jobs(browser, gateway, ast
         theirs.goto(f"{gateway}/")
         theirs.wait_for_selector("#recent-jobs li:not(:text('Loading…'))")
         assert theirs.locator(f"a[href='/jobs/{job_id}']").count() == 0
-        assert "No videos yet" in theirs.text_content("#recent-jobs")
+        assert "Nothing yet" in theirs.text_content("#recent-jobs")
         shot(theirs, "owners-second-browser")
         # Even with the link, the job is not there for the second browser.
         answer = theirs.goto(f"{gateway}/jobs/{job_id}")
@@ -138,4 +138,36 @@ def test_a_browser_over_its_live_viewer_limit_is_told_so(playwright, stack_env, 
         assert context.problems == []
     finally:
         browser.close()
+        service.stop()
+
+
+def test_where_keys_are_required_a_browser_signs_in_with_a_key(browser, stack_env, service_logs, redis_url):
+    """The page sends the browser to the sign-in form; a wrong key is told so; the right one brings the
+    browser back to where it was going, acting as the key's owner."""
+    from tests.conftest import start_gateway
+    from tests.keys_helpers import create_key
+
+    dave = create_key(redis_url, "dave")
+    service, url = start_gateway({**stack_env, "EMOJI_REQUIRE_API_KEY": "true"}, service_logs,
+                                 "gateway-sign-in")
+    context = _context(browser)
+    try:
+        page = context.new_page()
+        page.goto(f"{url}/live")
+        assert page.url == f"{url}/sign-in?next=%2Flive"
+        page.fill("#key-input", "ek_" + "x" * 43)
+        page.click("#sign-in-button")
+        page.wait_for_selector("#sign-in-error:not(.hidden)", timeout=10_000)
+        assert "not valid" in page.text_content("#sign-in-error")
+        page.fill("#key-input", dave["key"])
+        page.click("#sign-in-button")
+        page.wait_for_url(f"{url}/live", timeout=10_000)
+        me = page.evaluate("fetch('/api/v1/me').then(r => r.json())")
+        assert me["kind"] == "key" and me["owner"] == f"key:{dave['id']}"
+        page.goto(f"{url}/sign-in")
+        page.wait_for_selector("#signed-in-as:text-is('Signed in with the key “dave”.')", timeout=10_000)
+        shot(page, "sign-in")
+        assert context.problems == []
+    finally:
+        context.close()
         service.stop()

@@ -128,3 +128,15 @@ def test_label_sprites_grow_with_the_emoji_and_have_even_sides(emotion):
         assert s.alpha.shape[0] % 2 == 0 and s.alpha.shape[1] % 2 == 0
         assert s.chroma.shape[:2] == (s.alpha.shape[0] // 2, s.alpha.shape[1] // 2)
     assert sprite(emotion, 40, "bt709").alpha.shape == (40, 40, 1)
+
+
+def test_photos_get_labels_too():
+    """A photo is drawn on BGR (draw_bgr): labels there as on video frames."""
+    box = (200, 80, 280, 180)
+    with_labels = EmojiOverlay("cover", labels=True).draw_bgr(
+        np.full((H, W, 3), 90, np.uint8), [(box, "sad")]
+    )
+    without = EmojiOverlay("cover").draw_bgr(np.full((H, W, 3), 90, np.uint8), [(box, "sad")])
+    x, y, size = EmojiOverlay("cover").placement(box)
+    changed = np.argwhere((with_labels != without).any(axis=2))
+    assert len(changed) > 50 and changed[:, 0].min() >= y + size

@@ -67,6 +67,42 @@ class PendingFrame:
     faces: list[PendingFace] = field(default_factory=list)
 
 
+# --- one frame's analysis and drawing, shared with photos (worker.photo) --------------------------------
+def detection_size(width: int, height: int, detect_width: int) -> tuple[int, int]:
+    """(width, height) of the detector's copy of a frame: at most `detect_width` wide, even, same aspect."""
+    detect_w = even(min(width, detect_width))
+    return detect_w, even(round(height * detect_w / width))
+
+
+def scan_faces(
+    scanner: TileScan, small_bgr: np.ndarray, number: int, to_display: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Faces in the detector's copy of a frame: boxes [N, 4] xyxy in the displayed frame's pixels, scores."""
+    found = scanner.scan(small_bgr, number)
+    return np.asarray(found.xyxy, np.float64).reshape(-1, 4) * to_display, found.scores
+
+
+def face_record(
+    track: int, box, score: float, detected: bool, raw: np.ndarray, smoother: EmotionSmoother, t_ms: float
+) -> FaceRecord:
+    """One face as drawn and recorded; the smoother picks the emoji from the model's raw probabilities."""
+    smoothed, shown = smoother.update(track, raw, t_ms)
+    return FaceRecord(
+        track=track,
+        box_xyxy=tuple(round(float(v), 2) for v in box),
+        score=round(float(score), 4),
+        detected=detected,
+        probabilities=[round(float(p), 5) for p in raw],
+        smoothed=[round(float(p), 5) for p in smoothed],
+        shown=shown,
+    )
+
+
+def emoji_faces(faces: list[FaceRecord]) -> list[tuple[tuple, str]]:
+    """What the overlay draws for a frame's faces: (box, emotion) pairs."""
+    return [(f.box_xyxy, EMOTIONS[f.shown]) for f in faces]
+
+
 class StageClock:
     """CPU seconds of this thread per stage (the batch runs on one thread; classification calls are counted
     by their own thread, see BackgroundClassifier)."""
@@ -96,9 +132,8 @@ class BatchPass:
         self.window = plan.window(batch_index, settings.preroll_ms)
         self.batch_index = batch_index
         self.width, self.height = plan.output_size
-        detect_w = even(min(self.width, settings.detect_width))
-        self.detect_size = (detect_w, even(round(self.height * detect_w / self.width)))
-        self.to_display = self.width / detect_w
+        self.detect_size = detection_size(self.width, self.height, settings.detect_width)
+        self.to_display = self.width / self.detect_size[0]
         self.matrix = "bt709" if self.height >= 720 else "bt601"
         self.expand = None if plan.full_range else FULL_RANGE_LUT
         self.tracker = IouTracker(min_iou=settings.track_min_iou, max_miss_ms=settings.track_max_miss_ms)
@@ -151,15 +186,14 @@ class BatchPass:
             return
         small = self.detection_image(frame)
         self.clock.lap("convert")
-        found = self.scanner.scan(small, pending.index // every)
-        boxes = np.asarray(found.xyxy, np.float64).reshape(-1, 4) * self.to_display
+        boxes, scores = scan_faces(self.scanner, small, pending.index // every, self.to_display)
         self.clock.lap("detect")
         ids = self.tracker.update(boxes, pending.t_ms)
         self.clock.lap("track")
         slots = self.submit_crops(pending.luma, boxes, pending.t_ms)
         if self.hold:
-            self.hold_edges(pending.index, ids, boxes, found.scores, slots)
-        for track, box, score, slot in zip(ids, boxes, found.scores, slots, strict=True):
+            self.hold_edges(pending.index, ids, boxes, scores, slots)
+        for track, box, score, slot in zip(ids, boxes, scores, slots, strict=True):
             self.hits[track] = self.hits.get(track, 0) + 1
             pending.faces.append(PendingFace(track, box, float(score), True, slot))
             self.fill_gap(track, pending.index, box, float(score), slot)
@@ -224,17 +258,10 @@ class BatchPass:
         for face in sorted(pending.faces, key=lambda f: f.track):
             if self.hits[face.track] < self.settings.track_min_detections:
                 continue  # a track the detector confirmed too rarely is most likely a false detection
-            raw = face.slot.result()
-            smoothed, shown = self.smoother.update(face.track, raw, pending.t_ms)
             faces.append(
-                FaceRecord(
-                    track=face.track,
-                    box_xyxy=tuple(round(float(v), 2) for v in face.box),
-                    score=round(face.score, 4),
-                    detected=face.detected,
-                    probabilities=[round(float(p), 5) for p in raw],
-                    smoothed=[round(float(p), 5) for p in smoothed],
-                    shown=shown,
+                face_record(
+                    face.track, face.box, face.score, face.detected, face.slot.result(), self.smoother,
+                    pending.t_ms,
                 )
             )
         self.clock.lap("smooth")
@@ -252,7 +279,7 @@ class BatchPass:
                 plane_array(frame, 0),
                 plane_array(frame, 1),
                 plane_array(frame, 2),
-                [(f.box_xyxy, EMOTIONS[f.shown]) for f in faces],
+                emoji_faces(faces),
                 self.matrix,
             )
         self.clock.lap("draw")

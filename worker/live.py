@@ -16,6 +16,7 @@ import redis
 from common.classes import EMOTIONS
 from common.errors import VideoError
 from common.face_crop import crop_faces
+from common.jpeg import JpegHeaderError, check_frame_size
 from worker.classifier import EmotionClassifier, classify
 from worker.detection import FaceDetector
 from worker.settings import WorkerSettings
@@ -23,11 +24,12 @@ from worker.smoothing import EmotionSmoother
 from worker.tracking import IouTracker
 
 STATE_PREFIX = "emoji:live:"
-CLIENT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+CLIENT_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
 
-def decode_jpeg(jpeg_b64: str, max_bytes: int) -> np.ndarray:
-    """The frame as BGR (the detector needs colour); VideoError if it is not a JPEG."""
+def decode_jpeg(jpeg_b64: str, max_bytes: int, max_pixels: int) -> np.ndarray:
+    """The frame as BGR (the detector needs colour); VideoError if it is not a JPEG or declares more than
+    `max_pixels` pixels (checked on its header, before decoding)."""
     if not isinstance(jpeg_b64, str) or not jpeg_b64:
         raise VideoError("send the frame as a base64-encoded JPEG string")
     if jpeg_b64.startswith("data:"):
@@ -38,7 +40,14 @@ def decode_jpeg(jpeg_b64: str, max_bytes: int) -> np.ndarray:
         data = base64.b64decode(jpeg_b64, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise VideoError("the frame is not valid base64; send a base64-encoded JPEG") from exc
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    try:
+        check_frame_size(data, max_pixels)
+    except JpegHeaderError as exc:
+        raise VideoError(str(exc)) from exc
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as exc:  # OpenCV's own size cap (worker/__init__.py), should the header check miss
+        raise VideoError("the frame is too large for the decoder; send JPEGs of about 640x480") from exc
     if image is None:
         raise VideoError("the frame is not an image OpenCV can read; send a JPEG")
     return image
@@ -54,10 +63,10 @@ def process_frame(
     now_ms: float | None = None,
 ) -> dict:
     """The live-frame result contract: size, faces with person ids and shown emotion, timings."""
-    if not isinstance(client_id, str) or not CLIENT_ID.match(client_id):
+    if not isinstance(client_id, str) or not CLIENT_ID.fullmatch(client_id):
         raise VideoError("client_id must be 1-128 letters, digits or _.:-")
     t0 = time.perf_counter()
-    image = decode_jpeg(jpeg_b64, settings.live_max_jpeg_bytes)
+    image = decode_jpeg(jpeg_b64, settings.live_max_jpeg_bytes, settings.live_max_frame_pixels)
     t1 = time.perf_counter()
     now_ms = time.time() * 1000.0 if now_ms is None else now_ms
     key = STATE_PREFIX + client_id

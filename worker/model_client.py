@@ -1,12 +1,14 @@
 """The emotion model over TF Serving's gRPC API: real TF Serving or `python -m model_server`, alike.
 
 Speaks only the public `tensorflow-serving-api` protocol (inputs by name, signature_name, a deadline on
-every call). gRPC failures become the service's own errors: UNAVAILABLE and DEADLINE_EXCEEDED are worth a
+every call), with that package's own message definitions loaded without TensorFlow (common/tf_serving).
+gRPC failures become the service's own errors: UNAVAILABLE and DEADLINE_EXCEEDED are worth a
 retry (`ModelServerUnavailable`), anything else is not (`ModelServerError`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -19,14 +21,8 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "1")
 
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
-from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
-from tensorflow_serving.apis import (
-    get_model_status_pb2,
-    model_service_pb2_grpc,
-    predict_pb2,
-    prediction_service_pb2_grpc,
-)
 
+from common import tf_serving
 from common.classes import NUM_CLASSES
 from common.errors import ModelServerError, ModelServerUnavailable
 from common.settings import CommonSettings
@@ -38,25 +34,40 @@ FACE_SHAPE = (48, 48, 1)
 # Room left in every request for the model spec, keys and tensor header around the raw face bytes.
 _REQUEST_OVERHEAD_BYTES = 16 * 1024
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-_AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+_AVAILABLE = tf_serving.AVAILABLE
+# gRPC itself retries a call the server answered UNAVAILABLE (a restart, a full queue, a dropped connection),
+# within the call's deadline, with backoff: a blip costs one call again, not the whole batch's task.
+RETRY_ATTEMPTS = 4
+SERVICE_CONFIG = json.dumps({
+    "methodConfig": [{
+        "name": [{"service": tf_serving.PREDICTION_SERVICE}, {"service": tf_serving.MODEL_SERVICE}],
+        "retryPolicy": {
+            "maxAttempts": RETRY_ATTEMPTS,
+            "initialBackoff": "0.2s",
+            "maxBackoff": "2s",
+            "backoffMultiplier": 2,
+            "retryableStatusCodes": ["UNAVAILABLE"],
+        },
+    }]
+})
 
 
-def _faces_tensor(faces: np.ndarray) -> tensor_pb2.TensorProto:
+def _faces_tensor(faces: np.ndarray) -> tf_serving.TensorProto:
     """uint8 faces as raw tensor_content (what tf.make_tensor_proto does, without its per-call cost)."""
-    return tensor_pb2.TensorProto(
-        dtype=types_pb2.DT_UINT8,
-        tensor_shape=tensor_shape_pb2.TensorShapeProto(
-            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=size) for size in faces.shape]
+    return tf_serving.TensorProto(
+        dtype=tf_serving.DT_UINT8,
+        tensor_shape=tf_serving.TensorShapeProto(
+            dim=[tf_serving.TensorShapeProto.Dim(size=size) for size in faces.shape]
         ),
         tensor_content=np.ascontiguousarray(faces).tobytes(),
     )
 
 
-def _probabilities(proto: tensor_pb2.TensorProto, rows: int) -> np.ndarray:
+def _probabilities(proto: tf_serving.TensorProto, rows: int) -> np.ndarray:
     """Decode the float32 [rows, 7] output, from tensor_content or (other servers) float_val."""
-    if proto.dtype != types_pb2.DT_FLOAT:
+    if proto.dtype != tf_serving.DT_FLOAT:
         raise ModelServerError(
-            f"model output has dtype {types_pb2.DataType.Name(proto.dtype)}, expected DT_FLOAT"
+            f"model output has dtype {tf_serving.data_type_name(proto.dtype)}, expected DT_FLOAT"
         )
     shape = tuple(dim.size for dim in proto.tensor_shape.dim)
     if shape != (rows, NUM_CLASSES):
@@ -133,9 +144,9 @@ class EmotionClient:
         """Stubs on a channel opened on first use, and reopened in a forked child (Celery's prefork pool)."""
         if not self._owns_channel:
             if self._prediction_stub is None:
-                self._prediction_stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+                self._prediction_stub = tf_serving.PredictionServiceStub(self._channel)
             if self._model_stub is None and self._channel is not None:
-                self._model_stub = model_service_pb2_grpc.ModelServiceStub(self._channel)
+                self._model_stub = tf_serving.ModelServiceStub(self._channel)
             return self._prediction_stub, self._model_stub
         with self._lock:
             if self._channel is None or self._pid != os.getpid():
@@ -145,11 +156,17 @@ class EmotionClient:
                     options=[
                         ("grpc.max_send_message_length", self.max_message_bytes),
                         ("grpc.max_receive_message_length", self.max_message_bytes),
+                        ("grpc.enable_retries", 1),
+                        ("grpc.service_config", SERVICE_CONFIG),
+                        # A call is retried only while its request is still buffered (256 KiB by default):
+                        # room for the largest request the client sends.
+                        ("grpc.per_rpc_retry_buffer_size", self.max_message_bytes),
+                        ("grpc.retry_buffer_size", 4 * self.max_message_bytes),
                     ],
                 )
                 self._pid = os.getpid()
-                self._prediction_stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
-                self._model_stub = model_service_pb2_grpc.ModelServiceStub(self._channel)
+                self._prediction_stub = tf_serving.PredictionServiceStub(self._channel)
+                self._model_stub = tf_serving.ModelServiceStub(self._channel)
                 log.info("model server channel opened to %s", self.address)
             return self._prediction_stub, self._model_stub
 
@@ -182,7 +199,7 @@ class EmotionClient:
         parts = []
         for start in range(0, len(faces), self.faces_per_call):
             chunk = faces[start : start + self.faces_per_call]
-            request = predict_pb2.PredictRequest()
+            request = tf_serving.PredictRequest()
             request.model_spec.name = self.model_name
             request.model_spec.signature_name = self.signature
             request.inputs[self.input_key].CopyFrom(_faces_tensor(chunk))
@@ -198,7 +215,7 @@ class EmotionClient:
     def model_status(self) -> dict[int, int]:
         """{version: ModelVersionStatus.State} for every version the server reports for this model."""
         _, model_stub = self._stubs()
-        request = get_model_status_pb2.GetModelStatusRequest()
+        request = tf_serving.GetModelStatusRequest()
         request.model_spec.name = self.model_name
         response = self._call("GetModelStatus", model_stub.GetModelStatus, request)
         return {status.version: status.state for status in response.model_version_status}

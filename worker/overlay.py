@@ -218,6 +218,20 @@ class EmojiOverlay:
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
         return [self.placement(box, np.delete(boxes, i, axis=0), frame_wh) for i, box in enumerate(boxes)]
 
+    def draw_bgr(self, frame: np.ndarray, faces) -> np.ndarray:
+        """Draw on a BGR image [H, W, 3] in place (a photo); `faces` are (box_xyxy, emotion) pairs."""
+        faces = list(faces)
+        spots = self.placements([box for box, _ in faces], (frame.shape[1], frame.shape[0]))
+        for (_, emotion), (x, y, size) in zip(faces, spots, strict=True):
+            s = sprite(emotion, size, "bgr", self.emoji_dir)
+            overlay_image(frame, s.colour, s.alpha, x, y)
+        for (_, emotion), spot in zip(faces, spots, strict=True) if self.labels else ():
+            label = label_sprite(emotion, spot[2], "bgr")
+            h, w = label.alpha.shape[:2]
+            lx, ly = self.label_position(spot, (w, h), (frame.shape[1], frame.shape[0]))
+            overlay_image(frame, label.colour, label.alpha, lx, ly)
+        return frame
+
     def draw_yuv_planes(
         self, luma: np.ndarray, chroma_u: np.ndarray, chroma_v: np.ndarray, faces, matrix: str = "bt709"
     ) -> None:

@@ -49,7 +49,7 @@ from common.errors import (
     is_storage_full,
 )
 from common.jobs import JobStatus, JobStore, JobWarning
-from common.queue import TASK_LIVE_FRAME, TASK_START_JOB, VIDEO_QUEUE
+from common.queue import TASK_LIVE_FRAME, TASK_PHOTO_JOB, TASK_START_JOB, VIDEO_QUEUE
 from common.render_options import RenderOptions
 from worker import metrics, scratch, steps
 from worker.app import app
@@ -455,6 +455,29 @@ def finish_job(self: Task, job_id: str, retried: dict | None = None) -> None:
         if not store().mark_succeeded(job_id):
             raise JobGone(f"job {job_id} was deleted or finished meanwhile")
         metrics.JOBS.labels("succeeded").inc()
+        logger.info("job %s succeeded", job_id)
+        notify_finished(job_id)
+
+
+@app.task(name=TASK_PHOTO_JOB, bind=True, max_retries=None)
+def photo_job(self: Task, job_id: str, retried: dict | None = None) -> None:
+    """A photo, in one step: check its header again, decode it upright, draw its emoji, write the timeline."""
+    from worker.photo import run_photo
+
+    with job_step(self, job_id, "processing the photo") as files:
+        if not store().mark_running(job_id):
+            raise JobGone(f"job {job_id} is gone or finished")
+        options = store().get(job_id).options
+        info, plan, _ = run_photo(files, job_id, detector(), classifier(), overlay(options), settings())
+        plan = plan.model_copy(update={"options": options})  # the timeline records how it was drawn
+        steps.write_job_timeline(files, job_id, plan, settings(), settings().model_name)
+        publish(files)
+        ensure_active(job_id)
+        store().update(job_id, frames_total=1, batches_total=1, video=json.dumps(info.to_dict()))
+        store().mark_batch_done(job_id, 0, 1)
+        store().mark_succeeded(job_id)
+        metrics.JOBS.labels("succeeded").inc()
+        metrics.FRAMES.labels("batch").inc()
         logger.info("job %s succeeded", job_id)
         notify_finished(job_id)
 

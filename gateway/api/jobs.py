@@ -18,10 +18,11 @@ from pydantic import ValidationError
 
 from common import job_files
 from common.errors import JobNotFound, MediaRefused, UploadTooLarge, VideoError
+from common.images import IMAGE_FORMATS, ImageLimits, probe_image
 from common.jobs import Job, JobStatus, JobStore
-from common.media import SNIFF_BYTES, looks_like_video, probe
+from common.media import SNIFF_BYTES, media_kind, probe
 from common.media_policy import MediaLimits
-from common.queue import TASK_START_JOB, VIDEO_QUEUE
+from common.queue import VIDEO_QUEUE, first_task
 from common.render_options import RenderOptions
 from common.storage import LocalStorage, S3Storage, Writer
 from common.webhooks import CallbackRefused, check_callback_url, delivery_state
@@ -29,7 +30,7 @@ from gateway import metrics
 from gateway.auth import Owner, current_owner
 from gateway.deps import CeleryDep, JobIdDep, SettingsDep, StorageDep, StoreDep
 from gateway.downloads import content_disposition, ranged_response
-from gateway.errors import BadRequestField, JobNotReady, ResultMissing
+from gateway.errors import BadRequestField, JobNotReady, OtherKindOfResult, ResultMissing
 from gateway.form_fields import FormFields
 from gateway.idempotency import Idempotency, checked_key
 from gateway.quotas import Quotas
@@ -61,7 +62,7 @@ UPLOAD_BODY = {
             "schema": {
                 "type": "object",
                 "properties": {
-                    "file": {"type": "string", "format": "binary", "description": "the video"},
+                    "file": {"type": "string", "format": "binary", "description": "the video or the photo"},
                     **FORM_FIELDS,
                 },
                 "required": ["file"],
@@ -159,11 +160,12 @@ def result_file(
 
 
 class SniffingWriter:
-    """In front of an object-store upload: refuses at the first bytes a file that is no video container,
-    so the store never receives it and the user gets a 415 at once (the worker still probes the rest)."""
+    """In front of an object-store upload: refuses at the first bytes a file that is no video container and
+    no photo, so the store never receives it and the user gets a 415 at once (the worker still probes the
+    rest); `kind` is then "video" or "image"."""
 
     def __init__(self, out: Writer) -> None:
-        self.out, self.head, self.checked = out, b"", False
+        self.out, self.head, self.checked, self.kind = out, b"", False, None
 
     def write(self, data: bytes) -> None:
         if not self.checked:
@@ -176,10 +178,12 @@ class SniffingWriter:
 
     def _check(self) -> None:
         self.checked = True
-        if not looks_like_video(self.head):
+        self.kind = media_kind(self.head)
+        if self.kind is None:
             raise VideoError(
-                "the file is not a video we can read (supported: MP4, MOV, MKV, WebM, AVI, MPEG-TS, FLV); "
-                "check that it plays on your computer, or convert it to MP4, and upload it again"
+                "the file is not a video we can read (supported: MP4, MOV, MKV, WebM, AVI, MPEG-TS, FLV; "
+                "photos: JPEG, PNG, WebP, HEIC); check that it plays on your computer, or convert it to "
+                "MP4, and upload it again"
             )
 
     def close(self) -> None:
@@ -215,10 +219,16 @@ class DigestWriter:
         return self.sha256.hexdigest()
 
 
-async def probe_upload(path, filename: str, limits: MediaLimits):
-    """ffprobe the stored upload against the limits; its errors name the user's file, not our path."""
+async def probe_upload(path, filename: str, settings: GatewaySettings) -> dict:
+    """What the stored upload is, checked against the limits: a photo by its header (common/images.py), else
+    a video by ffprobe; the errors name the user's file, not our path."""
+    with path.open("rb") as handle:
+        head = handle.read(SNIFF_BYTES)
+    if media_kind(head) == "image":
+        info = await asyncio.to_thread(probe_image, path, ImageLimits.from_settings(settings))
+        return info.to_dict()
     try:
-        return await asyncio.to_thread(probe, path, limits)
+        return (await asyncio.to_thread(probe, path, MediaLimits.from_settings(settings))).to_dict()
     except MediaRefused:
         raise  # its message names the limit, not the stored path
     except VideoError as exc:
@@ -300,6 +310,7 @@ class JobIntake:
         self.idempotency: Idempotency = request.app.state.idempotency
         self.key = checked_key(idempotency_key) if idempotency_key is not None else None
         self.job_id = uuid.uuid4().hex
+        self.sniffer: SniffingWriter | None = None  # an object-store upload's: what its first bytes are
 
     async def claim(self) -> bool:
         """Claim the Idempotency-Key; False when an earlier request holds it (answer with its job)."""
@@ -321,7 +332,7 @@ class JobIntake:
     async def _writer(self) -> DigestWriter:
         out: Writer = await asyncio.to_thread(self.storage.writer, self.job_id, job_files.INPUT)
         if not self.storage.local:
-            out = SniffingWriter(out)
+            out = self.sniffer = SniffingWriter(out)
         return DigestWriter(out)
 
     async def _beyond(self, cap: int, exc: Exception) -> Exception:
@@ -356,8 +367,9 @@ class JobIntake:
         return Received(fetched.filename, fetched.size, request_digest(job), job.callback_url, options)
 
     async def register(self, received: Received) -> dict:
-        """Check the callback, probe the stored video against the limits, record the job; what ffprobe
-        found (empty with an object store: the worker probes it first thing, with the same limits)."""
+        """Check the callback, probe the stored upload against the limits, record the job; what it is (a
+        video as ffprobe found it, a photo by its header; with an object store only a photo's kind, from
+        its first bytes: the worker probes it first thing, with the same limits)."""
         if received.callback_url:
             try:
                 await asyncio.to_thread(
@@ -365,11 +377,11 @@ class JobIntake:
                 )
             except CallbackRefused as exc:
                 raise BadRequestField(f"{exc}", code="callback_url_refused") from exc
-        video = {}
         if self.storage.local:
             path = self.storage.path(self.job_id, job_files.INPUT)
-            limits = MediaLimits.from_settings(self.settings)
-            video = (await probe_upload(path, received.filename, limits)).to_dict()
+            video = await probe_upload(path, received.filename, self.settings)
+        else:
+            video = {"kind": "image"} if self.sniffer and self.sniffer.kind == "image" else {}
         await asyncio.to_thread(self.quotas.add_stored, self.owner, self.job_id, received.size)
         await asyncio.to_thread(
             self.store.create_for, self.owner.id, self.job_id, received.filename, video,
@@ -377,11 +389,12 @@ class JobIntake:
         )
         return video
 
-    async def queue(self) -> None:
+    async def queue(self, video: dict) -> None:
+        """Send the job's first task (a video's or a photo's, common.queue.first_task)."""
         try:
-            # Nobody reads start_job's result; ignoring it keeps Redis from holding one per job.
+            # Nobody reads the task's result; ignoring it keeps Redis from holding one per job.
             await asyncio.to_thread(
-                self.celery.send_task, TASK_START_JOB, args=[self.job_id], queue=VIDEO_QUEUE,
+                self.celery.send_task, first_task(video), args=[self.job_id], queue=VIDEO_QUEUE,
                 ignore_result=True,
             )
         except BaseException:
@@ -411,7 +424,7 @@ class JobIntake:
               "content": ERROR_EXAMPLE},
         413: {"description": "over the upload limit", "content": ERROR_EXAMPLE},
         400: {"description": "an unusable multipart body (e.g. its boundary)", "content": ERROR_EXAMPLE},
-        415: {"description": "not a video we can read", "content": ERROR_EXAMPLE},
+        415: {"description": "not a video or photo we can read", "content": ERROR_EXAMPLE},
         422: {
             "description": "not a multipart form with a `file` (nor JSON with a `url`), an empty file, a "
             "refused callback_url, an unknown style or labels value (invalid_option), a refused or failed "
@@ -419,7 +432,7 @@ class JobIntake:
             "url_timed_out, url_unreachable, url_http_error, ...), an Idempotency-Key used before with "
             "another file, or a video over one of the limits (the code names the limit: video_dimensions, "
             "frame_pixels, too_many_frames, too_long, too_many_streams, video_track_count, "
-            "codec_not_allowed, container_not_allowed)",
+            "codec_not_allowed, container_not_allowed; for a photo image_dimensions, image_pixels)",
             "content": ERROR_EXAMPLE,
         },
         429: {"description": "over one of the owner's limits (see Retry-After)", "content": ERROR_EXAMPLE},
@@ -439,10 +452,10 @@ async def create_job(
         Header(description="the same key (and file) again within 24 h answers with the same job"),
     ] = None,
 ) -> JobCreated:
-    """Upload a video (multipart field `file`, optional `callback_url`, `style`, `labels`), or give its URL
-    (JSON `{"url": ...}`, the same optional fields); it is checked with ffprobe against the limits on what a
-    video may cost, and queued. The job belongs to the caller: its API key, its browser session, or the
-    shared local owner."""
+    """Upload a video or a photo (multipart field `file`, optional `callback_url`, `style`, `labels`), or
+    give a video's URL (JSON `{"url": ...}`, the same optional fields); it is checked against the limits on
+    what it may cost (a video with ffprobe, a photo by its header), and queued. The job belongs to the
+    caller: its API key, its browser session, or the shared local owner."""
     check_content_length(request.headers.get("content-length"), settings.max_upload_bytes)
     url_job = await read_url_job(request, settings.upload_max_field_bytes) if is_json(request) else None
     intake = JobIntake(request, settings, store, storage, celery, owner, idempotency_key)
@@ -457,14 +470,14 @@ async def create_job(
         metrics.UPLOADS.labels("refused").inc()
         intake.undo()
         raise
-    await intake.queue()
+    await intake.queue(video)
     await intake.complete(received.digest)
     metrics.UPLOADS.labels("accepted").inc()
     logger.info(
         "job %s queued for %s: %r, %d bytes, %s, %s",
         intake.job_id, owner.id, received.filename, received.size, received.options, video or "to be probed",
     )
-    links = JobLinks.for_job(intake.job_id)
+    links = JobLinks.for_job(intake.job_id, video)
     response.headers["Location"] = links.self
     return JobCreated(id=intake.job_id, status=JobStatus.queued, links=links)
 
@@ -544,8 +557,43 @@ def get_video(
     owner: OwnerDep, download: bool = False,
 ) -> Response:
     """The annotated MP4 (HTTP Range supported); `?download=true` asks the browser to save it."""
+    if is_photo(load_job(store, job_id, owner)):
+        raise OtherKindOfResult(f"this job is a photo; its result is at GET /api/v1/jobs/{job_id}/image")
     return result_file(
         request, store, storage, settings, job_id, job_files.RESULT, "video/mp4", "emoji.mp4", download, owner
+    )
+
+
+def is_photo(job: Job) -> bool:
+    return (job.video or {}).get("kind") == "image"
+
+
+@router.head("/{job_id}/image", include_in_schema=False)
+@router.get(
+    "/{job_id}/image",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {f.media_type: {} for f in IMAGE_FORMATS.values()}},
+        404: {"description": "no such job, or the job is a video", "content": ERROR_EXAMPLE},
+        409: {"description": "not finished", "content": ERROR_EXAMPLE},
+    },
+)
+def get_image(
+    request: Request, job_id: JobIdDep, store: StoreDep, storage: StorageDep, settings: SettingsDep,
+    owner: OwnerDep, download: bool = False,
+) -> Response:
+    """A photo job's photo with its emoji, in the upload's format (JPEG, PNG, WebP, HEIC); `?download=true`
+    asks the browser to save it."""
+    job = load_job(store, job_id, owner)
+    if not is_photo(job):
+        raise OtherKindOfResult(f"this job is a video; its result is at GET /api/v1/jobs/{job_id}/video")
+    image = IMAGE_FORMATS.get(job.video.get("format", ""))
+    if image is None:  # an object-store upload the worker has not checked yet
+        finished_job(store, job_id, owner)
+        raise ResultMissing("the job's photo is gone from storage; upload the photo again")
+    return result_file(
+        request, store, storage, settings, job_id, job_files.photo_result(image.name), image.media_type,
+        f"emoji.{image.extension}", download, owner,
     )
 
 

@@ -13,6 +13,7 @@ import redis
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from redis.asyncio.client import PubSub
 
+from common.jpeg import FrameTooLarge, JpegHeaderError, check_frame_size
 from gateway import metrics
 from gateway.auth import resolve_owner
 from gateway.deps import LiveHubDep, SettingsDep
@@ -29,7 +30,6 @@ router = APIRouter(tags=["live"])
 CLOSE_TRY_AGAIN = 1013
 # 1008 "policy violation": no valid key (or session) where one is needed.
 CLOSE_POLICY = 1008
-JPEG_MAGIC = b"\xff\xd8"
 
 
 def _error(code: str, message: str, **extra) -> str:
@@ -120,8 +120,14 @@ async def _answer(
             f"a frame may be at most {settings.live_max_frame_bytes} bytes; send JPEGs of about 640x480",
             seq=seq,
         )
-    if not frame.startswith(JPEG_MAGIC):
-        return _error("not_a_jpeg", "frames must be JPEG images", seq=seq)
+    try:
+        # The header's width and height, before any decoder allocates them: a small JPEG can declare a huge
+        # image (a 2 MB frame of 16000x16000 would take 768 MB in the worker).
+        check_frame_size(frame, settings.live_max_frame_pixels)
+    except FrameTooLarge as exc:
+        return _error("frame_too_large", str(exc), seq=seq)
+    except JpegHeaderError as exc:
+        return _error("not_a_jpeg", f"frames must be JPEG images: {exc}", seq=seq)
     try:
         answer = await hub.classify(pubsub, client_id, frame)
     except LiveFrameError as exc:

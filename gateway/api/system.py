@@ -9,6 +9,7 @@ import redis
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
+from common.images import photo_formats
 from common.media import ALLOWED_INPUT_FORMATS
 from common.webhooks import owner_secret
 from gateway.auth import Owner, current_owner
@@ -35,6 +36,7 @@ def limits(settings: SettingsDep) -> Limits:
     return Limits(
         max_upload_bytes=settings.max_upload_bytes,
         accepted_formats=list(ALLOWED_INPUT_FORMATS),
+        photo_formats=photo_formats(),
         live=LiveLimits(
             max_frame_bytes=settings.live_max_frame_bytes,
             timeout_s=settings.live_timeout_s,
@@ -44,10 +46,14 @@ def limits(settings: SettingsDep) -> Limits:
 
 
 @router.get("/api/v1/me", response_model=Me, responses={401: {"description": "no valid API key"}})
-def me(request: Request, store: StoreDep, owner: Annotated[Owner, Depends(current_owner)]) -> Me:
+def me(
+    request: Request, store: StoreDep, settings: SettingsDep, owner: Annotated[Owner, Depends(current_owner)]
+) -> Me:
     """The owner this request acts as, its limits (0: none), what it uses, and its webhook signing secret."""
     quotas = request.app.state.quotas
     limits = owner.limits
+    # An anonymous owner lives no longer than its session, and its jobs' webhooks no longer than its jobs.
+    secret_ttl_s = settings.session_max_age_s + settings.job_ttl_s if owner.kind == "anon" else None
     return Me(
         owner=owner.id,
         kind=owner.kind,
@@ -57,5 +63,5 @@ def me(request: Request, store: StoreDep, owner: Annotated[Owner, Depends(curren
             active_jobs=quotas.active_count(owner) if limits.max_active_jobs else 0,
             stored_bytes=quotas.stored_bytes(owner) if limits.max_stored_bytes else 0,
         ),
-        webhook_secret=owner_secret(store.redis, owner.id),
+        webhook_secret=owner_secret(store.redis, owner.id, secret_ttl_s),
     )

@@ -42,18 +42,34 @@ function estimateLeft(job) {
   return (1 - job.progress) / rate;
 }
 
+// Photo formats as people call them (job.video.format of a photo job).
+const PHOTO_NAMES = { jpeg: "JPEG", png: "PNG", webp: "WebP", heif: "HEIC" };
+
+function isPhoto(job) {
+  return Boolean(job.video && job.video.kind === "image");
+}
+
+function describe(job) {
+  const v = job.video;
+  if (!v || !v.width) return "";  // an upload the worker has not looked at yet
+  const uploaded = ` · uploaded ${timeAgo(job.created_at)}`;
+  if (isPhoto(job)) return `${v.width}×${v.height} · ${PHOTO_NAMES[v.format] || "photo"} photo${uploaded}`;
+  return `${v.width}×${v.height} · ${formatDuration(v.duration_s)} · ${v.frames} frames · ` +
+    `${v.fps.toFixed(v.fps % 1 ? 2 : 0)} fps${v.has_audio ? " · with sound" : ""}${uploaded}`;
+}
+
 function showJob(job) {
   document.title = `Emoji video · ${job.filename}`;
   titleEl.textContent = job.filename;
   badgeEl.replaceChildren(statusBadge(job.status));
-  const v = job.video;
-  subEl.textContent = v ? `${v.width}×${v.height} · ${formatDuration(v.duration_s)} · ${v.frames} frames · ` +
-    `${v.fps.toFixed(v.fps % 1 ? 2 : 0)} fps${v.has_audio ? " · with sound" : ""} · uploaded ${timeAgo(job.created_at)}` : "";
+  subEl.textContent = describe(job);
   deleteButton.classList.remove("hidden");
   setProgress(job.progress, job.status);
   etaText.textContent = "";
   if (job.status === "queued") {
     progressText.textContent = "Waiting for a worker to pick it up…";
+  } else if (job.status === "running" && isPhoto(job)) {
+    progressText.textContent = "Finding faces and drawing the emoji…";
   } else if (job.status === "running") {
     // The stages fill the bar in this order (common/jobs.py): faces 55 %, drawing 40 %, joining 5 %.
     const stage = job.progress < 0.55 ? "Finding faces and emotions" : job.progress < 0.95 ? "Drawing the emoji"
@@ -129,11 +145,12 @@ function notFound(message) {
 }
 
 async function showResults(job) {
+  document.getElementById("dl-json").href = `${api}/timeline?download=true`;
+  document.getElementById("dl-csv").href = `${api}/timeline.csv`;
+  if (isPhoto(job)) { showPhoto(job); return; }
   const player = document.getElementById("player");
   player.src = `${api}/video`;
   document.getElementById("dl-video").href = `${api}/video?download=true`;
-  document.getElementById("dl-json").href = `${api}/timeline?download=true`;
-  document.getElementById("dl-csv").href = `${api}/timeline.csv`;
   document.getElementById("result-card").classList.remove("hidden");
 
   let timeline;
@@ -170,6 +187,39 @@ async function showResults(job) {
     return el("span", {}, swatch, capitalize(name));
   }));
   showSummary(timeline, emotions);
+}
+
+// A photo: the drawn photo, its download, and each face with its emotion (no chart: one moment has no
+// course over time).
+async function showPhoto(job) {
+  const photo = document.getElementById("photo");
+  photo.src = `${api}/image`;
+  photo.classList.remove("hidden");
+  document.getElementById("player").classList.add("hidden");
+  const download = document.getElementById("dl-video");
+  download.href = `${api}/image?download=true`;
+  download.textContent = `Download ${PHOTO_NAMES[job.video.format] || "photo"}`;
+  document.getElementById("result-card").classList.remove("hidden");
+  document.getElementById("shares-title").textContent = "Share of faces";
+  let timeline;
+  try {
+    timeline = await apiGet(`${api}/timeline`);
+  } catch (err) {
+    document.getElementById("people").replaceChildren(
+      el("li", { class: "muted small", text: `The faces could not be loaded: ${err.message}` }));
+    document.getElementById("summary-grid").classList.remove("hidden");
+    return;
+  }
+  showSummary(timeline, timeline.emotions || EMOTIONS);
+  const faces = (timeline.frames[0] || { faces: [] }).faces;
+  document.getElementById("people").replaceChildren(...(faces.length ? faces.map((face) => {
+    const sure = Math.round((face.smoothed_probabilities[face.shown_emotion] || 0) * 100);
+    return el("li", { class: "face" },
+      el("img", { src: emojiUrl(face.shown_emotion), alt: "", class: "face-emoji" }),
+      el("span", { class: "job-name", text: `Person #${face.person_id}` }),
+      el("span", { class: "badge", text: capitalize(face.shown_emotion) }),
+      el("span", { class: "job-meta", text: `${sure}% sure` }));
+  }) : [el("li", { class: "muted small", text: "No faces were found in this photo." })]));
 }
 
 function showSummary(timeline, emotions) {

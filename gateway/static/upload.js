@@ -34,7 +34,7 @@ function setProgress(fraction) {
 
 // The limit comes from the server so the page never disagrees with it; checked before a byte is sent.
 function sizeProblem(file) {
-  if (file.size === 0) return "The file is empty; pick a video file.";
+  if (file.size === 0) return "The file is empty; pick a video or a photo.";
   if (limits && file.size > limits.max_upload_bytes) {
     return `The file is ${formatBytes(file.size)}, over the ${formatBytes(limits.max_upload_bytes)} limit. ` +
       "Upload a shorter clip, or compress it first (for example at a lower resolution).";
@@ -85,7 +85,7 @@ function upload() {
   };
   xhr.upload.onload = () => {
     setProgress(1);
-    progressText.textContent = "Checking the video…";
+    progressText.textContent = "Checking the file…";
     progressRate.textContent = "";
   };
   xhr.onload = () => {
@@ -128,8 +128,9 @@ dropzone.addEventListener("drop", (event) => {
 async function loadLimits() {
   try {
     limits = await apiGet("/api/v1/limits");
-    document.getElementById("limits-hint").textContent =
-      `MP4, MOV, MKV, WebM, AVI and more · up to ${formatBytes(limits.max_upload_bytes)}`;
+    const photos = (limits.photo_formats || []).map((f) => (f === "heif" ? "HEIC" : f === "webp" ? "WebP" : f.toUpperCase()));
+    document.getElementById("limits-hint").textContent = "Videos: MP4, MOV, MKV, WebM, AVI and more" +
+      (photos.length ? ` · photos: ${photos.join(", ")}` : "") + ` · up to ${formatBytes(limits.max_upload_bytes)}`;
     if (chosen) choose(chosen);
   } catch (err) {
     // The server still enforces the limit; the page just cannot check it first.
@@ -142,20 +143,21 @@ async function loadRecent() {
     const { jobs } = await apiGet("/api/v1/jobs?limit=10");
     if (!jobs.length) {
       list.replaceChildren(el("li", { class: "muted small",
-        text: "No videos yet. What you upload from this browser appears here; nobody else sees it." }));
+        text: "Nothing yet. What you upload from this browser appears here; nobody else sees it." }));
       return;
     }
     list.replaceChildren(...jobs.map((job) => {
       const meta = job.status === "running"
         ? `${Math.round(job.progress * 100)}% · started ${timeAgo(job.started_at || job.created_at)}`
-        : `uploaded ${timeAgo(job.created_at)}` + (job.video ? ` · ${job.video.width}×${job.video.height}, ` +
-          `${formatDuration(job.video.duration_s)}` : "");
+        : `uploaded ${timeAgo(job.created_at)}` + (!job.video || !job.video.width ? ""
+          : job.video.kind === "image" ? ` · ${job.video.width}×${job.video.height} photo`
+          : ` · ${job.video.width}×${job.video.height}, ${formatDuration(job.video.duration_s)}`);
       return el("li", {}, el("a", { href: job.links.page },
         el("span", { class: "job-name", text: job.filename }), statusBadge(job.status),
         el("span", { class: "job-meta", text: meta })));
     }));
   } catch (err) {
-    list.replaceChildren(el("li", { class: "muted small", text: `Could not load recent videos: ${err.message}` }));
+    list.replaceChildren(el("li", { class: "muted small", text: `Could not load recent uploads: ${err.message}` }));
   }
 }
 
