@@ -26,6 +26,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.bench_model_server import start_server  # noqa: E402
 from common import job_files  # noqa: E402
+from common.render_options import RenderOptions  # noqa: E402
 from common.storage import LocalStorage  # noqa: E402
 from worker import steps  # noqa: E402
 from worker.detection import make_detector  # noqa: E402
@@ -53,15 +54,19 @@ def model_server(address: str | None):
         proc.wait(timeout=30)
 
 
-def analyse(clip: Path, settings: WorkerSettings, classifier, root: Path) -> tuple[dict, float, int]:
+def analyse(
+    clip: Path, settings: WorkerSettings, classifier, root: Path, options: RenderOptions | None = None
+) -> tuple[dict, float, int]:
     """(timeline, seconds spent in the batches (decode, detect, classify, draw, encode), frames) for one
-    clip, run batch by batch."""
+    clip, run batch by batch, drawn with `options` (badges by default)."""
     storage = LocalStorage(root)
     job = f"{clip.stem}-k{settings.detect_every}"
     storage.delete_job(job)
     shutil.copy(clip, storage.path(job, job_files.INPUT))
-    plan = steps.plan_job(storage, job, settings)
-    detector, overlay = make_detector(settings), EmojiOverlay()
+    options = options or RenderOptions()
+    plan = steps.plan_job(storage, job, settings, options)
+    detector = make_detector(settings)
+    overlay = EmojiOverlay(options.style, settings.overlay_scale, labels=options.labels)
     t0 = time.perf_counter()
     for index in range(len(plan.batches)):
         steps.run_batch(storage, job, index, plan, detector, classifier, overlay, settings)

@@ -25,6 +25,7 @@ echo "## photos: 12 MP worker time, photo vs the same picture as a video"; $PY -
 echo "## video I/O"; $PY -m bench.bench_video_io
 echo "## live latency"; $PY -m bench.bench_live --url "$URL"
 echo "## tracking and smoothing"; $PY -m bench.bench_tracking
+echo "## faces left uncovered by style=cover"; $PY -m bench.bench_cover
 echo "## face detection"; $PY -m bench.bench_detection
 echo "## face crop calibration"; $PY -m bench.bench_face_crop
 echo "## object storage"; $PY -m bench.bench_storage

@@ -19,6 +19,7 @@ import redis
 from pydantic import BaseModel
 
 from common.errors import JobNotFound
+from common.render_options import RenderOptions
 
 # The job's part that counts its finished batches: {batch index: frames decoded}.
 BATCHES = "batch"
@@ -67,6 +68,7 @@ class Job(BaseModel):
     video: dict | None = None
     batches_total: int = 0
     warnings: list[JobWarning] = []
+    options: RenderOptions = RenderOptions()
 
 
 ACTIVE = (JobStatus.queued.value, JobStatus.running.value)
@@ -202,6 +204,7 @@ class JobStore:
             warnings=sorted(
                 (JobWarning.model_validate_json(w) for w in warnings), key=lambda w: (w.frames or [0])[0]
             ),
+            options=RenderOptions.from_record(raw),
         )
 
     def list_ids(self, limit: int = 50) -> list[str]:

@@ -3,84 +3,38 @@ allowed, the owner's signing secret, the signature, and the delivery record show
 
 A callback may not point at loopback, link-local, private or otherwise non-public addresses (server-side
 request forgery: the service would otherwise probe its own network for whoever submits a job), unless its
-network is listed in `webhook_allowed_networks`. The check runs at submit and again before every attempt,
-as DNS may answer differently later.
+network is listed in `webhook_allowed_networks` (the guard is common/url_guard.py, shared with videos by
+URL). The check runs at submit and again before every attempt, as DNS may answer differently later.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import json
 import secrets
-import socket
 import time
 from collections.abc import Callable
-from urllib.parse import urlsplit
 
 import redis
+
+from common.url_guard import UrlRefused, check_public_url
 
 OWNER_PREFIX = "emoji:owner:"
 # Per job: the delivery attempts (a list of JSON objects) and the delivery's state.
 ATTEMPTS_SUFFIX = "webhook-attempts"
 STATE_FIELD = "webhook_status"
 SIGNATURE_HEADER = "Emoji-Signature"
-MAX_URL_CHARS = 2048
 
 
-class CallbackRefused(ValueError):
-    """The callback URL is not one the service will call; the message says why."""
-
-
-def parse_networks(text: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-    return [ipaddress.ip_network(part.strip(), strict=False) for part in text.split(",") if part.strip()]
+# The webhooks' name for the shared guard's refusal (common/url_guard.py).
+CallbackRefused = UrlRefused
 
 
 def check_callback_url(url: str, allowed_networks: str = "") -> list[str]:
     """The addresses `url` resolves to, or CallbackRefused: http(s) only, public addresses only (or in the
-    allowed networks), no credentials in the URL."""
-    if len(url) > MAX_URL_CHARS:
-        raise CallbackRefused(f"callback_url is longer than {MAX_URL_CHARS} characters")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise CallbackRefused("callback_url must be an http:// or https:// URL with a host name")
-    if parts.username or parts.password:
-        raise CallbackRefused("callback_url must not carry a user name or password; sign-in is the signature")
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError as exc:
-        raise CallbackRefused(f"callback_url has an invalid port ({exc})") from exc
-    try:
-        infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as exc:
-        raise CallbackRefused(f"the host of callback_url ({parts.hostname}) does not resolve: {exc}") from exc
-    allowed = parse_networks(allowed_networks)
-    addresses = sorted({info[4][0] for info in infos})
-    for text in addresses:
-        address = ipaddress.ip_address(text.split("%")[0])
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-            address = address.ipv4_mapped
-        if any(address in network for network in allowed):
-            continue
-        if not address.is_global or address.is_multicast:
-            raise CallbackRefused(
-                f"callback_url points at {address}, a private, loopback or link-local address; "
-                "give a public URL that the internet can reach"
-            )
-    return addresses
-
-
-def pinned_request(url: str, address: str) -> tuple[str, dict[str, str], dict]:
-    """(URL, headers, httpx extensions) that reach `url`'s host at the already checked `address`, so a
-    name that resolves elsewhere a moment later (DNS rebinding) cannot redirect the call: the connection
-    goes to the address, Host names the host, and HTTPS checks the certificate against the host name."""
-    parts = urlsplit(url)
-    ip = f"[{address}]" if ":" in address else address
-    netloc = ip + (f":{parts.port}" if parts.port else "")
-    host = parts.hostname + (f":{parts.port}" if parts.port else "")
-    extensions = {"sni_hostname": parts.hostname} if parts.scheme == "https" else {}
-    return parts._replace(netloc=netloc).geturl(), {"Host": host}, extensions
+    allowed networks), no credentials in the URL (sign-in is the signature)."""
+    return check_public_url(url, "callback_url", allowed_networks)
 
 
 def owner_secret(client: redis.Redis, owner: str, ttl_s: int | None = None) -> str:

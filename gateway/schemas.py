@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from common.jobs import Job, JobError, JobStatus, JobWarning
+from common.render_options import RenderOptions
+from common.url_guard import MAX_URL_CHARS
 
 
 class JobLinks(BaseModel):
@@ -31,6 +33,22 @@ class JobLinks(BaseModel):
             events=f"{base}/events",
             page=f"/jobs/{job_id}",
         )
+
+
+class UrlJob(BaseModel):
+    """A job from a video at a URL (POST /api/v1/jobs as JSON) instead of an uploaded file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(max_length=MAX_URL_CHARS, description="https:// address of the video; fetched once")
+    callback_url: str | None = Field(
+        default=None, max_length=MAX_URL_CHARS, description="POSTed the job when it succeeds or fails"
+    )
+    style: str | None = Field(default=None, description="badge (default) or cover")
+    labels: bool | None = Field(default=None, description="the emotion's name under each emoji")
+
+    def options(self) -> RenderOptions:
+        return RenderOptions.from_fields(self.style, self.labels)
 
 
 class JobCreated(BaseModel):
@@ -79,6 +97,7 @@ class JobPublic(BaseModel):
         default=[], description="what went less than well in a job that still succeeded (e.g. frames lost)"
     )
     webhook: WebhookState | None = Field(default=None, description="only for a job with a callback_url")
+    options: RenderOptions = Field(default=RenderOptions(), description="how the emoji are drawn")
     links: JobLinks
 
     @classmethod

@@ -26,6 +26,14 @@ class GatewaySettings(CommonSettings):
     # Bytes read from the socket per chunk while streaming an upload to storage.
     upload_chunk_bytes: int = Field(default=1024 * 1024, gt=0)
     recent_jobs_limit: int = Field(default=20, gt=0)
+    # Videos by URL (POST /api/v1/jobs with {"url": ...}): fetched under the upload limit, through the guard
+    # the webhooks use (public addresses only, each redirect checked). http:// too, not only https://.
+    url_fetch_allow_http: bool = False
+    # Networks a URL may reach although private or loopback, comma-separated CIDRs (tests: 127.0.0.2/32).
+    url_fetch_allowed_networks: str = ""
+    # The whole fetch, every redirect and every byte, must be done in this many seconds.
+    url_fetch_timeout_s: float = Field(default=300.0, gt=0)
+    url_fetch_max_redirects: int = Field(default=5, ge=0)
     # How often the job page's event stream looks at Redis.
     events_interval_s: float = Field(default=0.5, gt=0)
 

@@ -212,7 +212,8 @@ async def _until_disconnect(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes
         raise BadUpload("the upload broke off before the end; upload the file again") from exc
 
 
-async def _write(out, data: bytes) -> None:
+async def write_chunk(out, data: bytes) -> None:
+    """Write to storage in a thread; a full disk is StorageFull (507), with nothing kept."""
     try:
         await asyncio.to_thread(out.write, data)
     except OSError as exc:
@@ -260,13 +261,13 @@ async def stream_upload(
             if writer.over_limit:
                 raise too_large(max_bytes)
             if writer.pending_bytes >= flush_bytes:
-                await _write(out, writer.take())
+                await write_chunk(out, writer.take())
         try:
             parser.finalize()
         except MultipartParseError as exc:
             raise BadUpload(f"the upload ended early or is malformed ({exc}); {HOW_TO_SEND}") from exc
         if writer.pending_bytes:
-            await _write(out, writer.take())
+            await write_chunk(out, writer.take())
     except BaseException:
         out.abort()  # directly: an await here would not run in a cancelled request
         raise

@@ -197,6 +197,20 @@ def test_a_file_dropped_on_the_page_is_chosen(page, gateway):
     assert page.is_enabled("#upload-button")
 
 
+def test_upload_page_sends_the_chosen_render_options(page, gateway, astronaut_video):
+    page.goto(f"{gateway}/")
+    assert page.is_checked("input[name=style][value=badge]") and not page.is_checked("#labels-input")
+    page.check("input[name=style][value=cover]")
+    page.check("#labels-input")
+    page.set_input_files("#file-input", str(astronaut_video))
+    page.click("#upload-button")
+    page.wait_for_url("**/jobs/*", timeout=60_000)
+    job_id = page.url.rstrip("/").split("/")[-1]
+    cookies = {c["name"]: c["value"] for c in page.context.cookies()}
+    job = httpx.get(f"{gateway}/api/v1/jobs/{job_id}", cookies=cookies, timeout=30).json()
+    assert job["options"] == {"style": "cover", "labels": True}
+
+
 def test_upload_page_shows_the_servers_refusal_in_plain_words(page, gateway, tmp_path):
     notes = tmp_path / "notes.txt"
     notes.write_text("not a video\n" * 100)

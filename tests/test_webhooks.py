@@ -82,7 +82,7 @@ def test_callback_addresses(url, allowed, ok):
 def test_deliveries_go_to_the_checked_address(url, address, expected):
     """The POST connects to the address the check approved (no second DNS answer), names the host in Host,
     and checks an HTTPS certificate against the host name (SNI)."""
-    from common.webhooks import pinned_request
+    from common.url_guard import pinned_request
 
     assert pinned_request(url, address) == expected
 

@@ -19,6 +19,7 @@ from common import job_files
 from common.classes import EMOTIONS, NUM_CLASSES
 from common.errors import ModelServerUnavailable, VideoError
 from common.media import probe
+from common.render_options import RenderOptions
 from common.storage import LocalStorage
 from worker import steps
 from worker.detection import FaceBoxes, make_detector
@@ -545,3 +546,35 @@ def test_batch_boundary_inside_an_expression_change_draws_what_one_batch_draws(t
     for a, b in zip(shown["boundary pixels"], shown["one batch pixels"], strict=True):
         assert np.abs(a.astype(int) - b.astype(int)).mean() < 1.5
     assert EMOTIONS.index("happy") == 3
+
+
+@pytest.mark.parametrize("style", ["cover", "badge"])
+def test_a_cover_spans_the_unscanned_frames_where_a_face_comes_and_goes(tmp_path, settings, style):
+    """The square shows on frames 7-40, but scans (every 3rd frame, and each batch's last) find it later
+    and lose it earlier. A badge is drawn from the first scan that found it to the last; a cover also on
+    the frames before and after those, where it was in view but not scanned, so no frame shows it bare."""
+    visible = range(7, 41)
+    source = tmp_path / "comes-and-goes.mp4"
+    write_video(source, audio=False, brightness=lambda i: 230 if i in visible else 30)
+    every_third = settings.model_copy(update={"detect_every": 3, "track_min_detections": 2})
+    storage = LocalStorage(every_third.storage_dir)
+    job = new_job(storage, source)
+    plan = steps.plan_job(storage, job, every_third, RenderOptions(style=style))
+    overlay, classifier = EmojiOverlay(style), StandInClassifier()
+    for index in range(len(plan.batches)):
+        steps.run_batch(storage, job, index, plan, SquareDetector(), classifier, overlay, every_third)
+    steps.finish_job(storage, job, plan, every_third, "emotion")
+    timeline = json.loads(storage.path(job, job_files.TIMELINE_JSON).read_text())
+
+    scanned = sorted({i for i in range(FRAMES) if i % 3 == 0} | {end - 1 for _, end in plan.batches})
+    found = [i for i in scanned if i in visible]
+    assert found[0] > visible[0] and found[-1] < visible[-1], "the clip no longer tests what it should"
+    with_face = [f["index"] for f in timeline["frames"] if f["faces"]]
+    assert with_face == list(range(with_face[0], with_face[-1] + 1)), "a gap between two detections"
+    if style == "cover":
+        assert with_face[0] <= visible[0] and with_face[-1] >= visible[-1], "the face shows uncovered"
+        assert with_face[0] > max(i for i in scanned if i < found[0])
+        assert with_face[-1] < min(i for i in scanned if i > found[-1])
+    else:
+        assert (with_face[0], with_face[-1]) == (found[0], found[-1])
+    assert timeline["options"]["style"] == style

@@ -148,6 +148,9 @@ class BatchPass:
         self.classifier = classifier
         self.hits: dict[int, int] = {}
         self.last_seen: dict[int, tuple[int, np.ndarray, float, Slot]] = {}
+        # A cover also spans the unscanned frames beside a person's first and last detection (hold_edges).
+        self.hold = overlay.mode == "cover"
+        self.last_scan: int | None = None
         self.buffer: deque[PendingFrame] = deque()
         self.preroll: list[FrameRecord] = []
         self.frames: list[FrameRecord] = []
@@ -188,12 +191,36 @@ class BatchPass:
         ids = self.tracker.update(boxes, pending.t_ms)
         self.clock.lap("track")
         slots = self.submit_crops(pending.luma, boxes, pending.t_ms)
+        if self.hold:
+            self.hold_edges(pending.index, ids, boxes, scores, slots)
         for track, box, score, slot in zip(ids, boxes, scores, slots, strict=True):
             self.hits[track] = self.hits.get(track, 0) + 1
             pending.faces.append(PendingFace(track, box, float(score), True, slot))
             self.fill_gap(track, pending.index, box, float(score), slot)
             self.last_seen[track] = (pending.index, box, float(score), slot)
+        self.last_scan = pending.index
         self.clock.lap("crop")
+
+    def hold_edges(self, index: int, ids, boxes: np.ndarray, scores, slots: list[Slot]) -> None:
+        """For covers: a person found by this scan and not by the one before had their face in view on
+        some of the frames in between too (it came in, or turned, between the scans); one found by the scan
+        before and not by this one may still show on the frames after it. Both get the box of the nearest
+        detection held over those frames, so a face is covered from before it is first found until after
+        it is last found, not only from scan to scan. A later detection replaces a held box (fill_gap)."""
+        if self.last_scan is None:
+            return  # the window's first scan: the frames before it are not ours
+        for track, box, score, slot in zip(ids, boxes, scores, slots, strict=True):
+            if track not in self.last_seen:
+                self.hold_box(track, box, float(score), slot, self.last_scan, index)
+        for track, (last_index, box, score, slot) in self.last_seen.items():
+            if last_index == self.last_scan and track not in ids:
+                self.hold_box(track, box, score, slot, last_index, index)
+
+    def hold_box(self, track: int, box, score: float, slot: Slot, after: int, before: int) -> None:
+        """The box on the buffered frames strictly between `after` and `before` that have none of `track`."""
+        for pending in self.buffer:
+            if after < pending.index < before and all(face.track != track for face in pending.faces):
+                pending.faces.append(PendingFace(track, box, score, False, slot))
 
     def fill_gap(self, track: int, index: int, box: np.ndarray, score: float, slot: Slot) -> None:
         """Boxes for the frames since this person was last found, if those frames are still buffered. They
@@ -211,6 +238,7 @@ class BatchPass:
                 span = times[index] - times[last_index]
                 w = (pending.t_ms - times[last_index]) / span if span > 0 else 0.5
                 between = last_box + w * (box - last_box)
+                pending.faces = [face for face in pending.faces if face.track != track]  # a held box
                 pending.faces.append(
                     PendingFace(
                         track,

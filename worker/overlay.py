@@ -19,6 +19,18 @@ DEFAULT_EMOJI_DIR = REPO_ROOT / "emojis"
 SIZE_STEP = 4
 MAX_SIZE = 4096
 
+# A cover is this much larger than the face box, and sits this fraction of the box higher: a detector's box
+# of a turned or partly hidden face is often a quarter smaller than the face and starts at the eyebrows,
+# and the cover must hide the whole face all the same (bench/bench_cover.py: at 1.4x, centred, 25 of 32
+# tracked crowd faces were wholly covered; at 1.6x, lifted 5%, all 32).
+COVER_FACTOR = 1.6
+COVER_LIFT = 0.05
+# A label's text is this fraction of its emoji's size tall, between LABEL_MIN_PX and LABEL_MAX_PX (a
+# close-up's cover is half the frame: its label need not be).
+LABEL_HEIGHT = 0.15
+LABEL_MIN_PX = 10
+LABEL_MAX_PX = 40
+
 # (Kr, Kb) of the two matrices H.264 video uses in practice.
 MATRICES = {"bt601": (0.299, 0.114), "bt709": (0.2126, 0.0722)}
 
@@ -53,6 +65,11 @@ def sprite(emotion: str, size: int, space: str = "bgr", emoji_dir: str = str(DEF
         (size, size),
         interpolation=cv2.INTER_AREA if size < 117 else cv2.INTER_LINEAR,
     ).astype(np.float32)
+    return in_space(rgba, space)
+
+
+def in_space(rgba: np.ndarray, space: str) -> Sprite:
+    """An RGBA float32 image [h, w, 4] (h and w even for YUV) as a Sprite in "bgr", "bt601" or "bt709"."""
     alpha = rgba[:, :, 3:4] / 255.0
     rgb = rgba[:, :, :3] / 255.0
     if space == "bgr":
@@ -64,12 +81,36 @@ def sprite(emotion: str, size: int, space: str = "bgr", emoji_dir: str = str(DEF
     u = 128 + 224 * (b - luma) / (2 * (1 - kb))
     v = 128 + 224 * (r - luma) / (2 * (1 - kr))
     # Chroma is subsampled 2x2, weighted by alpha so transparent pixels do not bleed their colour in.
-    half = size // 2
-    a = alpha[: half * 2, : half * 2, 0]
-    a_sum = a.reshape(half, 2, half, 2).sum(axis=(1, 3))
-    uv = np.stack([u, v], axis=2)[: half * 2, : half * 2] * a[:, :, None]
-    uv = uv.reshape(half, 2, half, 2, 2).sum(axis=(1, 3)) / np.maximum(a_sum, 1e-6)[:, :, None]
+    half_h, half_w = rgba.shape[0] // 2, rgba.shape[1] // 2
+    a = alpha[: half_h * 2, : half_w * 2, 0]
+    a_sum = a.reshape(half_h, 2, half_w, 2).sum(axis=(1, 3))
+    uv = np.stack([u, v], axis=2)[: half_h * 2, : half_w * 2] * a[:, :, None]
+    uv = uv.reshape(half_h, 2, half_w, 2, 2).sum(axis=(1, 3)) / np.maximum(a_sum, 1e-6)[:, :, None]
     return Sprite(y[:, :, None], alpha, uv.astype(np.float32), (a_sum / 4.0)[:, :, None])
+
+
+@lru_cache(maxsize=256)
+def label_sprite(emotion: str, emoji_size: int, space: str = "bgr") -> Sprite:
+    """The emotion's name, white with a dark outline (readable on any background), sized to an emoji of
+    `emoji_size` px; width and height even so 4:2:0 chroma lines up."""
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    text_px = min(max(LABEL_MIN_PX, emoji_size * LABEL_HEIGHT), LABEL_MAX_PX)
+    scale = text_px / 22.0  # HERSHEY_SIMPLEX is ~22 px tall at scale 1
+    thickness = max(1, round(scale * 1.6))
+    outline = thickness + max(2, round(scale * 2))
+    (w, h), baseline = cv2.getTextSize(emotion, font, scale, outline)
+    pad = outline
+    width, height = (w + 2 * pad + 1) & ~1, (h + baseline + 2 * pad + 1) & ~1
+    mask_outline = np.zeros((height, width), np.uint8)
+    mask_text = np.zeros((height, width), np.uint8)
+    origin = (pad, pad + h)
+    cv2.putText(mask_outline, emotion, origin, font, scale, 255, outline, cv2.LINE_AA)
+    cv2.putText(mask_text, emotion, origin, font, scale, 255, thickness, cv2.LINE_AA)
+    rgba = np.zeros((height, width, 4), np.float32)
+    # White text; the outline around it near-black.
+    rgba[:, :, :3] = mask_text[:, :, None] + (255 - mask_text[:, :, None].astype(np.float32)) * 0.12
+    rgba[:, :, 3] = np.maximum(mask_outline, mask_text) * 0.9
+    return in_space(rgba, space)
 
 
 def overlay_image(scene: np.ndarray, colour: np.ndarray, alpha: np.ndarray, x: int, y: int) -> np.ndarray:
@@ -106,11 +147,16 @@ def hidden_fraction(square_xyxy, boxes: np.ndarray) -> float:
 class EmojiOverlay:
     """Draws each face's emoji; configured once, then `draw_yuv_planes` per frame.
 
-    `scale` is the badge's size as a fraction of the face; "cover" hides the whole face.
+    `scale` is the badge's size as a fraction of the face; "cover" hides the whole face; `labels` writes
+    the emotion's name under each emoji.
     """
 
     def __init__(
-        self, mode: str = "badge", scale: float = 0.6, emoji_dir: str | Path = DEFAULT_EMOJI_DIR
+        self,
+        mode: str = "badge",
+        scale: float = 0.6,
+        emoji_dir: str | Path = DEFAULT_EMOJI_DIR,
+        labels: bool = False,
     ) -> None:
         if mode not in ("badge", "cover"):
             raise ValueError(f"mode must be 'badge' or 'cover', got {mode!r}")
@@ -119,6 +165,7 @@ class EmojiOverlay:
         self.mode = mode
         self.scale = scale
         self.emoji_dir = str(emoji_dir)
+        self.labels = labels
         for emotion in EMOTIONS:  # fail at start-up, not on the first face
             load_emoji(emotion, self.emoji_dir)
 
@@ -128,13 +175,14 @@ class EmojiOverlay:
         A badge goes to the face's upper-right corner unless it would hide one of the `others` (boxes of the
         other faces in the frame): then to another corner, or above the head, or smaller, whichever first
         hides none of them (and stays inside the frame, if its size is given); failing all, the spot that
-        hides the least. A cover shrinks from 1.15x to 1x the face when it would hide a neighbour.
+        hides the least. A cover is COVER_FACTOR times the face, centred on it (COVER_LIFT higher), whatever
+        it hides: the neighbours have their own cover.
         """
         x1, y1, x2, y2 = (float(v) for v in box_xyxy)
         side = max(x2 - x1, y2 - y1)
         others = np.asarray(others, np.float64).reshape(-1, 4)
         if self.mode == "cover":
-            spots = [((x1 + x2) / 2, (y1 + y2) / 2, side * f) for f in (1.15, 1.0)]
+            spots = [((x1 + x2) / 2, (y1 + y2) / 2 - side * COVER_LIFT, side * COVER_FACTOR)]
         else:
             spots = []
             for factor in (1.0, 0.75, 0.5):
@@ -177,6 +225,11 @@ class EmojiOverlay:
         for (_, emotion), (x, y, size) in zip(faces, spots, strict=True):
             s = sprite(emotion, size, "bgr", self.emoji_dir)
             overlay_image(frame, s.colour, s.alpha, x, y)
+        for (_, emotion), spot in zip(faces, spots, strict=True) if self.labels else ():
+            label = label_sprite(emotion, spot[2], "bgr")
+            h, w = label.alpha.shape[:2]
+            lx, ly = self.label_position(spot, (w, h), (frame.shape[1], frame.shape[0]))
+            overlay_image(frame, label.colour, label.alpha, lx, ly)
         return frame
 
     def draw_yuv_planes(
@@ -199,3 +252,29 @@ class EmojiOverlay:
                     x // 2,
                     y // 2,
                 )
+        if self.labels:
+            for (_, emotion), spot in zip(faces, spots, strict=True):
+                self._draw_label(luma, chroma, emotion, spot, matrix)
+
+    def label_position(
+        self, spot: tuple[int, int, int], label_wh: tuple[int, int], frame_wh: tuple[int, int]
+    ) -> tuple[int, int]:
+        """Top-left of a label: centred under its emoji, or above it when there is no room below, moved
+        inside the frame; both even (4:2:0)."""
+        x, y, size = spot
+        w, h = label_wh
+        lx = min(max(x + size // 2 - w // 2, 0), max(frame_wh[0] - w, 0)) & ~1
+        ly = y + size + 2
+        if ly + h > frame_wh[1] and y - h - 2 >= 0:
+            ly = y - h - 2
+        ly = min(max(ly, 0), max(frame_wh[1] - h, 0)) & ~1
+        return lx, ly
+
+    def _draw_label(self, luma, chroma, emotion: str, spot, matrix: str) -> None:
+        s = label_sprite(emotion, spot[2], matrix)
+        h, w = s.alpha.shape[:2]
+        lx, ly = self.label_position(spot, (w, h), (luma.shape[1], luma.shape[0]))
+        overlay_image(luma[:, :, None], s.colour, s.alpha, lx, ly)
+        for plane in (0, 1):
+            uv = s.chroma[:, :, plane : plane + 1]
+            overlay_image(chroma[plane][:, :, None], uv, s.chroma_alpha, lx // 2, ly // 2)

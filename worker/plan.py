@@ -15,6 +15,7 @@ from common import job_files
 from common.errors import VideoError
 from common.media import VideoInfo, frame_index, probe, stream_timing
 from common.media_policy import MediaLimits
+from common.render_options import RenderOptions
 from common.storage import LocalStorage
 from worker.settings import WorkerSettings
 from worker.video_io import DecodeWindow, even
@@ -38,6 +39,8 @@ class Plan(BaseModel):
     # The file's timestamps repeated or went back (e.g. an MPEG-TS joined to itself): they were counted
     # afresh from the frame rate, and the job decodes in one batch (seeking by time would be ambiguous).
     timestamps_repaired: bool = False
+    # How the emoji are drawn (the job's choice at upload): every batch draws the same way.
+    options: RenderOptions = RenderOptions()
 
     @property
     def frames(self) -> int:
@@ -87,8 +90,11 @@ def plan_batches(
     return batches
 
 
-def plan_job(storage: LocalStorage, job_id: str, settings: WorkerSettings) -> Plan:
-    """Probe the upload, index its frames, split them into batches; writes plan.json."""
+def plan_job(
+    storage: LocalStorage, job_id: str, settings: WorkerSettings, options: RenderOptions | None = None
+) -> Plan:
+    """Probe the upload, index its frames, split them into batches; writes plan.json (with the job's render
+    `options`)."""
     source = storage.path(job_id, job_files.INPUT)
     if not source.exists():
         raise VideoError("the uploaded file is missing; upload the video again")
@@ -115,6 +121,7 @@ def plan_job(storage: LocalStorage, job_id: str, settings: WorkerSettings) -> Pl
         full_range=timing.full_range,
         output_size=(even(info.width), even(info.height)),
         timestamps_repaired=repaired,
+        options=options or RenderOptions(),
     )
     write_plan(storage, job_id, plan)
     logger.info(

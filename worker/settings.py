@@ -78,8 +78,7 @@ class WorkerSettings(CommonSettings):
     # Prometheus metrics of the whole pool on this port of the main process (0: none).
     metrics_port: int = Field(9808, ge=0, le=65535)
 
-    # Emoji placement: "badge" at the face's upper-right corner (the face stays visible) or "cover".
-    overlay_mode: Literal["badge", "cover"] = "badge"
+    # A badge's size as a fraction of the face (each job chooses badge or cover, common/render_options.py).
     overlay_scale: float = Field(0.6, gt=0, le=3)
     emoji_dir: str = str(REPO_ROOT / "emojis")
 

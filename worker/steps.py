@@ -121,11 +121,12 @@ def write_job_timeline(
         "has_audio": info.has_audio,
     }
     model = {"name": model_name, "version": model_version}
+    used = {name: getattr(settings, name) for name in TIMELINE_SETTINGS}
     people_list, summary = people.result(stitcher.first_seen)
     write_timeline(
         storage.path(job_id, job_files.TIMELINE_JSON),
         storage.path(job_id, job_files.TIMELINE_CSV),
-        timeline_head(job_id, video, model, {name: getattr(settings, name) for name in TIMELINE_SETTINGS}),
+        timeline_head(job_id, video, model, used, plan.options.model_dump()),
         (
             frame
             for index, ids in enumerate(person_ids)

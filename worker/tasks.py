@@ -50,6 +50,7 @@ from common.errors import (
 )
 from common.jobs import JobStatus, JobStore, JobWarning
 from common.queue import TASK_LIVE_FRAME, TASK_PHOTO_JOB, TASK_START_JOB, VIDEO_QUEUE
+from common.render_options import RenderOptions
 from worker import metrics, scratch, steps
 from worker.app import app
 from worker.batch_lock import BatchLock, LockLost
@@ -112,12 +113,13 @@ def classifier():
     return EmotionClient.from_settings(settings())
 
 
-@lru_cache(maxsize=1)
-def overlay():
+@lru_cache(maxsize=4)
+def overlay(options: RenderOptions):
+    """The overlay for a job's render options (a few combinations, each made once per process)."""
     from worker.overlay import EmojiOverlay
 
     s = settings()
-    return EmojiOverlay(s.overlay_mode, s.overlay_scale, s.emoji_dir)
+    return EmojiOverlay(options.style, s.overlay_scale, s.emoji_dir, labels=options.labels)
 
 
 def ensure_active(job_id: str) -> None:
@@ -362,7 +364,7 @@ def start_job(self: Task, job_id: str, retried: dict | None = None) -> None:
     with job_step(self, job_id, "reading the video") as files:
         if not store().mark_running(job_id):
             raise JobGone(f"job {job_id} is gone or finished")
-        plan = steps.plan_job(files, job_id, settings())
+        plan = steps.plan_job(files, job_id, settings(), store().get(job_id).options)
         publish(files)
         # With an object store the gateway cannot probe the upload (it never has it on disk): this does.
         video = json.dumps(plan.info.to_dict())
@@ -398,7 +400,8 @@ def process_batch(
         if tuple(plan.batches[batch_index]) != (start, end):
             raise JobGone(f"batch {batch_index} ({start}-{end}) is not in the job's plan")
         record = steps.run_batch(
-            files, job_id, batch_index, plan, detector(), classifier(), overlay(), settings(), fence=fence
+            files, job_id, batch_index, plan, detector(), classifier(), overlay(plan.options), settings(),
+            fence=fence,
         )
         frames = len(record.frames)
         if frames < end - start:
@@ -464,7 +467,9 @@ def photo_job(self: Task, job_id: str, retried: dict | None = None) -> None:
     with job_step(self, job_id, "processing the photo") as files:
         if not store().mark_running(job_id):
             raise JobGone(f"job {job_id} is gone or finished")
-        info, plan, _ = run_photo(files, job_id, detector(), classifier(), overlay(), settings())
+        options = store().get(job_id).options
+        info, plan, _ = run_photo(files, job_id, detector(), classifier(), overlay(options), settings())
+        plan = plan.model_copy(update={"options": options})  # the timeline records how it was drawn
         steps.write_job_timeline(files, job_id, plan, settings(), settings().model_name)
         publish(files)
         ensure_active(job_id)

@@ -129,8 +129,8 @@ def shown_people(record, person_ids: dict[int, int]) -> Iterator[dict]:
         yield {"t_ms": frame.t_ms, "faces": faces}
 
 
-def timeline_head(job_id: str, video: dict, model: dict, settings: dict) -> dict:
-    """What comes before the frames in timeline.json."""
+def timeline_head(job_id: str, video: dict, model: dict, settings: dict, options: dict) -> dict:
+    """What comes before the frames in timeline.json; `options`: how the emoji were drawn (style, labels)."""
     return {
         "schema_version": SCHEMA_VERSION,
         "job_id": job_id,
@@ -138,6 +138,7 @@ def timeline_head(job_id: str, video: dict, model: dict, settings: dict) -> dict
         "video": video,
         "model": model,
         "settings": settings,
+        "options": options,
     }
 
 

@@ -21,6 +21,7 @@ from celery.utils.time import get_exponential_backoff_interval
 from common.jobs import LEGACY_OWNER, JobStatus, JobStore
 from common.queue import TASK_DELIVER_WEBHOOK, WEBHOOK_QUEUE
 from common.settings import CommonSettings
+from common.url_guard import pinned_request
 from common.webhooks import (
     SIGNATURE_HEADER,
     STATE_FIELD,
@@ -28,7 +29,6 @@ from common.webhooks import (
     attempts_key,
     check_callback_url,
     owner_secret,
-    pinned_request,
     queue_delivery,
     sign,
 )

@@ -8,11 +8,13 @@ import json
 import logging
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
+from pydantic import ValidationError
 
 from common import job_files
 from common.errors import JobNotFound, MediaRefused, UploadTooLarge, VideoError
@@ -21,6 +23,7 @@ from common.jobs import Job, JobStatus, JobStore
 from common.media import SNIFF_BYTES, media_kind, probe
 from common.media_policy import MediaLimits
 from common.queue import VIDEO_QUEUE, first_task
+from common.render_options import RenderOptions
 from common.storage import LocalStorage, S3Storage, Writer
 from common.webhooks import CallbackRefused, check_callback_url, delivery_state
 from gateway import metrics
@@ -31,9 +34,10 @@ from gateway.errors import BadRequestField, JobNotReady, OtherKindOfResult, Resu
 from gateway.form_fields import FormFields
 from gateway.idempotency import Idempotency, checked_key
 from gateway.quotas import Quotas
-from gateway.schemas import JobCreated, JobLinks, JobPublic, JobsPublic
+from gateway.schemas import JobCreated, JobLinks, JobPublic, JobsPublic, UrlJob
 from gateway.settings import GatewaySettings
 from gateway.uploads import MULTIPART_OVERHEAD_BYTES, BodyLimits, check_content_length, stream_upload
+from gateway.url_fetch import FetchLimits, UrlTooLarge, fetch_url
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +46,15 @@ OwnerDep = Annotated[Owner, Depends(current_owner)]
 
 TERMINAL = (JobStatus.succeeded, JobStatus.failed)
 
+FORM_FIELDS = {
+    "callback_url": {
+        "type": "string",
+        "format": "uri",
+        "description": "POSTed the job (JSON, signed) when it succeeds or fails",
+    },
+    "style": {"type": "string", "enum": ["badge", "cover"], "description": "badge (default) or cover"},
+    "labels": {"type": "boolean", "description": "the emotion's name under each emoji"},
+}
 UPLOAD_BODY = {
     "required": True,
     "content": {
@@ -50,15 +63,21 @@ UPLOAD_BODY = {
                 "type": "object",
                 "properties": {
                     "file": {"type": "string", "format": "binary", "description": "the video or the photo"},
-                    "callback_url": {
-                        "type": "string",
-                        "format": "uri",
-                        "description": "POSTed the job (JSON, signed) when it succeeds or fails",
-                    },
+                    **FORM_FIELDS,
                 },
                 "required": ["file"],
             }
-        }
+        },
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "url": {"type": "string", "format": "uri", "description": "the video's https:// URL"},
+                    **FORM_FIELDS,
+                },
+                "required": ["url"],
+            }
+        },
     },
 }
 ERROR_EXAMPLE = {"application/json": {"example": {"error": {"code": "...", "message": "what to do"}}}}
@@ -222,6 +241,178 @@ async def probe_upload(path, filename: str, settings: GatewaySettings) -> dict:
         raise type(exc)(message) from exc
 
 
+@dataclass
+class Received:
+    """What came in for a new job: the video in storage and the request's other fields."""
+
+    filename: str
+    size: int
+    # SHA-256 of what an Idempotency-Key repeat must match: the file, or for a URL job the request.
+    digest: str
+    callback_url: str | None
+    options: RenderOptions
+
+
+def is_json(request: Request) -> bool:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower() == "application/json"
+
+
+async def read_url_job(request: Request, max_bytes: int) -> tuple[UrlJob, RenderOptions]:
+    """The JSON body of a URL job, at most `max_bytes`, and its render options, checked before anything
+    is counted or fetched."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise BadRequestField(
+                f"the JSON body is larger than {max_bytes} bytes; send {{\"url\": \"https://...\"}}",
+                code="invalid_request",
+            )
+    try:
+        job = UrlJob.model_validate_json(bytes(body))
+        return job, job.options()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
+        )
+        raise BadRequestField(
+            f"the JSON body is not a URL job ({problems}); send {{\"url\": \"https://...\"}}, or upload "
+            "the file as multipart/form-data",
+            code="invalid_request",
+        ) from exc
+    except ValueError as exc:
+        raise BadRequestField(str(exc), code="invalid_option") from exc
+
+
+def checked_options(style: str | None, labels: str | None) -> RenderOptions:
+    try:
+        return RenderOptions.from_fields(style, labels)
+    except ValueError as exc:
+        raise BadRequestField(str(exc), code="invalid_option") from exc
+
+
+def request_digest(job: UrlJob) -> str:
+    return hashlib.sha256(job.model_dump_json().encode()).hexdigest()
+
+
+class JobIntake:
+    """One new job from its first byte to its task: counted against the owner's limits, received into
+    storage (an upload streamed, or a URL fetched), checked, recorded and queued. `undo` takes back all of
+    it, so a refused request leaves nothing behind and counts for nothing."""
+
+    def __init__(
+        self, request: Request, settings: GatewaySettings, store: JobStore, storage, celery, owner: Owner,
+        idempotency_key: str | None,
+    ) -> None:
+        self.request, self.settings, self.store, self.storage = request, settings, store, storage
+        self.celery, self.owner = celery, owner
+        self.quotas: Quotas = request.app.state.quotas
+        self.idempotency: Idempotency = request.app.state.idempotency
+        self.key = checked_key(idempotency_key) if idempotency_key is not None else None
+        self.job_id = uuid.uuid4().hex
+        self.sniffer: SniffingWriter | None = None  # an object-store upload's: what its first bytes are
+
+    async def claim(self) -> bool:
+        """Claim the Idempotency-Key; False when an earlier request holds it (answer with its job)."""
+        if self.key is None:
+            return True
+        return await asyncio.to_thread(self.idempotency.claim, self.owner.id, self.key, self.job_id) is None
+
+    async def reserve(self) -> int:
+        """Count the request against the owner's limits; the most bytes its video may bring."""
+        length = self.request.headers.get("content-length") or ""
+        declared = int(length) if length.isdigit() else 0
+        await asyncio.to_thread(self.quotas.hit_upload, self.owner)
+        await asyncio.to_thread(self.quotas.reserve_active, self.owner, self.job_id)
+        room = await asyncio.to_thread(
+            self.quotas.room_for, self.owner, max(declared - MULTIPART_OVERHEAD_BYTES, 0)
+        )
+        return self.settings.max_upload_bytes if room is None else min(self.settings.max_upload_bytes, room)
+
+    async def _writer(self) -> DigestWriter:
+        out: Writer = await asyncio.to_thread(self.storage.writer, self.job_id, job_files.INPUT)
+        if not self.storage.local:
+            out = self.sniffer = SniffingWriter(out)
+        return DigestWriter(out)
+
+    async def _beyond(self, cap: int, exc: Exception) -> Exception:
+        """The error for a video stopped at `cap`: `exc` at the upload limit; at what is left of the owner's
+        storage, the quota's error, which says so."""
+        if cap == self.settings.max_upload_bytes:
+            return exc
+        return await asyncio.to_thread(self.quotas.storage_full, self.owner, cap + 1)
+
+    async def receive_upload(self, cap: int) -> Received:
+        """Stream the multipart `file` into storage; the small fields are read on the side."""
+        content_type = self.request.headers.get("content-type")
+        fields = FormFields(content_type, ("callback_url", "style", "labels"))
+        hashed = await self._writer()
+        try:
+            upload = await stream_upload(
+                fields.tee(self.request.stream()), content_type, hashed, cap,
+                self.settings.upload_chunk_bytes, body_limits(self.settings),
+            )
+        except UploadTooLarge as exc:
+            raise await self._beyond(cap, exc) from None
+        options = checked_options(fields.get("style"), fields.get("labels"))
+        return Received(upload.filename, upload.size, hashed.hexdigest(), fields.get("callback_url"), options)
+
+    async def fetch(self, job: UrlJob, options: RenderOptions, cap: int) -> Received:
+        """Fetch the video at `job.url` into storage, through the URL guard (gateway/url_fetch.py)."""
+        hashed = await self._writer()
+        try:
+            fetched = await fetch_url(job.url, hashed, FetchLimits.from_settings(self.settings, cap))
+        except UrlTooLarge as exc:
+            raise await self._beyond(cap, exc) from None
+        return Received(fetched.filename, fetched.size, request_digest(job), job.callback_url, options)
+
+    async def register(self, received: Received) -> dict:
+        """Check the callback, probe the stored upload against the limits, record the job; what it is (a
+        video as ffprobe found it, a photo by its header; with an object store only a photo's kind, from
+        its first bytes: the worker probes it first thing, with the same limits)."""
+        if received.callback_url:
+            try:
+                await asyncio.to_thread(
+                    check_callback_url, received.callback_url, self.settings.webhook_allowed_networks
+                )
+            except CallbackRefused as exc:
+                raise BadRequestField(f"{exc}", code="callback_url_refused") from exc
+        if self.storage.local:
+            path = self.storage.path(self.job_id, job_files.INPUT)
+            video = await probe_upload(path, received.filename, self.settings)
+        else:
+            video = {"kind": "image"} if self.sniffer and self.sniffer.kind == "image" else {}
+        await asyncio.to_thread(self.quotas.add_stored, self.owner, self.job_id, received.size)
+        await asyncio.to_thread(
+            self.store.create_for, self.owner.id, self.job_id, received.filename, video,
+            callback_url=received.callback_url, **received.options.to_record(),
+        )
+        return video
+
+    async def queue(self, video: dict) -> None:
+        """Send the job's first task (a video's or a photo's, common.queue.first_task)."""
+        try:
+            # Nobody reads the task's result; ignoring it keeps Redis from holding one per job.
+            await asyncio.to_thread(
+                self.celery.send_task, first_task(video), args=[self.job_id], queue=VIDEO_QUEUE,
+                ignore_result=True,
+            )
+        except BaseException:
+            self.store.delete(self.job_id)
+            self.undo()
+            raise
+
+    async def complete(self, digest: str) -> None:
+        if self.key is not None:
+            await asyncio.to_thread(self.idempotency.complete, self.owner.id, self.key, self.job_id, digest)
+
+    def undo(self) -> None:
+        """Nothing of a refused job stays. Called directly, not in a thread: a cancelled request (client
+        gone) would cancel that await too and leave the file behind."""
+        self.storage.delete_job(self.job_id)
+        _forget_quietly(self.quotas, self.idempotency, self.owner, self.job_id, self.key)
+
+
 @router.post(
     "",
     status_code=202,
@@ -235,11 +426,13 @@ async def probe_upload(path, filename: str, settings: GatewaySettings) -> dict:
         400: {"description": "an unusable multipart body (e.g. its boundary)", "content": ERROR_EXAMPLE},
         415: {"description": "not a video or photo we can read", "content": ERROR_EXAMPLE},
         422: {
-            "description": "not a multipart form with a `file`, an empty file, a refused callback_url, an "
-            "Idempotency-Key used before with another file, or a video over one of the limits (the code "
-            "names the limit: video_dimensions, frame_pixels, too_many_frames, too_long, too_many_streams, "
-            "video_track_count, codec_not_allowed, container_not_allowed; for a photo image_dimensions, "
-            "image_pixels)",
+            "description": "not a multipart form with a `file` (nor JSON with a `url`), an empty file, a "
+            "refused callback_url, an unknown style or labels value (invalid_option), a refused or failed "
+            "URL (url_scheme_refused, url_address_refused, url_redirect_refused, url_too_large, "
+            "url_timed_out, url_unreachable, url_http_error, ...), an Idempotency-Key used before with "
+            "another file, or a video over one of the limits (the code names the limit: video_dimensions, "
+            "frame_pixels, too_many_frames, too_long, too_many_streams, video_track_count, "
+            "codec_not_allowed, container_not_allowed; for a photo image_dimensions, image_pixels)",
             "content": ERROR_EXAMPLE,
         },
         429: {"description": "over one of the owner's limits (see Retry-After)", "content": ERROR_EXAMPLE},
@@ -259,92 +452,34 @@ async def create_job(
         Header(description="the same key (and file) again within 24 h answers with the same job"),
     ] = None,
 ) -> JobCreated:
-    """Upload a video or a photo (multipart field `file`, optional `callback_url`); it is checked against
-    the limits on what it may cost (a video with ffprobe, a photo by its header), and queued. The job
-    belongs to the caller: its API key, its browser session, or the shared local owner."""
+    """Upload a video or a photo (multipart field `file`, optional `callback_url`, `style`, `labels`), or
+    give a video's URL (JSON `{"url": ...}`, the same optional fields); it is checked against the limits on
+    what it may cost (a video with ffprobe, a photo by its header), and queued. The job belongs to the
+    caller: its API key, its browser session, or the shared local owner."""
     check_content_length(request.headers.get("content-length"), settings.max_upload_bytes)
-    quotas: Quotas = request.app.state.quotas
-    idempotency: Idempotency = request.app.state.idempotency
-    job_id = uuid.uuid4().hex
-    if idempotency_key is not None:
-        key = checked_key(idempotency_key)
-        claim = await asyncio.to_thread(idempotency.claim, owner.id, key, job_id)
-        if claim is not None:
-            return await _replay(request, response, settings, idempotency, owner, key)
-    length = request.headers.get("content-length") or ""
-    declared = int(length) if length.isdigit() else 0
-    fields = FormFields(request.headers.get("content-type"), ("callback_url",))
+    url_job = await read_url_job(request, settings.upload_max_field_bytes) if is_json(request) else None
+    intake = JobIntake(request, settings, store, storage, celery, owner, idempotency_key)
+    if not await intake.claim():
+        return await _replay(request, response, settings, intake, url_job[0] if url_job else None)
     try:
-        await asyncio.to_thread(quotas.hit_upload, owner)
-        await asyncio.to_thread(quotas.reserve_active, owner, job_id)
-        room = await asyncio.to_thread(quotas.room_for, owner, max(declared - MULTIPART_OVERHEAD_BYTES, 0))
-        cap = settings.max_upload_bytes if room is None else min(settings.max_upload_bytes, room)
-        out: Writer = await asyncio.to_thread(storage.writer, job_id, job_files.INPUT)
-        sniffer = None if storage.local else SniffingWriter(out)
-        out = sniffer or out
-        out = hashed = DigestWriter(out)
-        try:
-            upload = await stream_upload(
-                fields.tee(request.stream()),
-                request.headers.get("content-type"),
-                out,
-                cap,
-                settings.upload_chunk_bytes,
-                body_limits(settings),
-            )
-        except UploadTooLarge:
-            if cap == settings.max_upload_bytes:
-                raise
-            # Stopped at what is left of the owner's storage, not at the upload limit: say so.
-            raise await asyncio.to_thread(quotas.storage_full, owner, cap + 1) from None
-        metrics.UPLOAD_BYTES.inc(upload.size)
-        callback_url = fields.get("callback_url")
-        if callback_url:
-            try:
-                await asyncio.to_thread(check_callback_url, callback_url, settings.webhook_allowed_networks)
-            except CallbackRefused as exc:
-                raise BadRequestField(f"{exc}", code="callback_url_refused") from exc
-        if storage.local:
-            path = storage.path(job_id, job_files.INPUT)
-            video = await probe_upload(path, upload.filename, settings)
-        else:
-            # The upload went straight to the object store and ffprobe reads only local files: the worker
-            # probes it first thing (start_job), with the same limits; an unreadable file or one over a
-            # limit fails the job with the same code the gateway would have answered.
-            video = {"kind": "image"} if sniffer.kind == "image" else {}
-        digest = hashed.hexdigest()
-        await asyncio.to_thread(quotas.add_stored, owner, job_id, upload.size)
-        await asyncio.to_thread(
-            store.create_for, owner.id, job_id, upload.filename, video, callback_url=callback_url
-        )
+        cap = await intake.reserve()
+        received = await (intake.fetch(*url_job, cap) if url_job else intake.receive_upload(cap))
+        metrics.UPLOAD_BYTES.inc(received.size)
+        video = await intake.register(received)
     except BaseException:
         metrics.UPLOADS.labels("refused").inc()
-        # Refused, broken off or unreadable: nothing of it stays, and it counts for nothing. Called
-        # directly, not in a thread: a cancelled request (client gone) would cancel that await too and
-        # leave the file behind.
-        storage.delete_job(job_id)
-        _forget_quietly(quotas, idempotency, owner, job_id, idempotency_key)
+        intake.undo()
         raise
-    try:
-        # Nobody reads start_job's result; ignoring it keeps Redis from holding one per job.
-        await asyncio.to_thread(
-            celery.send_task, first_task(video), args=[job_id], queue=VIDEO_QUEUE, ignore_result=True
-        )
-    except BaseException:
-        store.delete(job_id)
-        storage.delete_job(job_id)
-        _forget_quietly(quotas, idempotency, owner, job_id, idempotency_key)
-        raise
-    if idempotency_key is not None:
-        await asyncio.to_thread(idempotency.complete, owner.id, idempotency_key, job_id, digest)
+    await intake.queue(video)
+    await intake.complete(received.digest)
     metrics.UPLOADS.labels("accepted").inc()
     logger.info(
-        "job %s queued for %s: %r, %d bytes, %s",
-        job_id, owner.id, upload.filename, upload.size, video or "to be probed",
+        "job %s queued for %s: %r, %d bytes, %s, %s",
+        intake.job_id, owner.id, received.filename, received.size, received.options, video or "to be probed",
     )
-    links = JobLinks.for_job(job_id, video)
+    links = JobLinks.for_job(intake.job_id, video)
     response.headers["Location"] = links.self
-    return JobCreated(id=job_id, status=JobStatus.queued, links=links)
+    return JobCreated(id=intake.job_id, status=JobStatus.queued, links=links)
 
 
 def _forget_quietly(
@@ -360,19 +495,23 @@ def _forget_quietly(
 
 
 async def _replay(
-    request: Request, response: Response, settings, idempotency: Idempotency, owner: Owner, key: str,
+    request: Request, response: Response, settings, intake: JobIntake, url_job: UrlJob | None
 ) -> JobCreated:
-    """A repeated Idempotency-Key: read the file only to hash it (never stored), then the first job."""
-    hashed = DigestWriter()
-    await stream_upload(
-        request.stream(), request.headers.get("content-type"), hashed,
-        settings.max_upload_bytes, settings.upload_chunk_bytes, body_limits(settings),
-    )
-    digest = hashed.hexdigest()
-    claim = await asyncio.to_thread(idempotency.wait_done, owner.id, key)
+    """A repeated Idempotency-Key: the same file (read only to hash it, never stored) or the same URL
+    request answers with the first job."""
+    if url_job is not None:
+        digest = request_digest(url_job)
+    else:
+        hashed = DigestWriter()
+        await stream_upload(
+            request.stream(), request.headers.get("content-type"), hashed,
+            settings.max_upload_bytes, settings.upload_chunk_bytes, body_limits(settings),
+        )
+        digest = hashed.hexdigest()
+    claim = await asyncio.to_thread(intake.idempotency.wait_done, intake.owner.id, intake.key)
     if claim.sha256 != digest:
         raise BadRequestField(
-            "this Idempotency-Key was used for another file; use a new key for a new upload",
+            "this Idempotency-Key was used for another file or URL; use a new key for a new upload",
             code="idempotency_key_reused",
         )
     links = JobLinks.for_job(claim.job_id)

@@ -67,6 +67,9 @@ function upload() {
 
   const data = new FormData();
   data.append("file", chosen, chosen.name);
+  // The render options (style, labels) go with the file; the server validates them.
+  data.append("style", form.querySelector('input[name="style"]:checked').value);
+  data.append("labels", document.getElementById("labels-input").checked ? "true" : "false");
   const xhr = new XMLHttpRequest();
   const started = performance.now();
   xhr.open("POST", "/api/v1/jobs");
