@@ -300,25 +300,36 @@ def test_only_scanned_faces_are_classified_and_frames_between_take_the_nearer_sc
         assert f.faces[0].probabilities == answers[nearer]
 
 
-def test_a_one_frame_false_detection_is_neither_drawn_nor_in_the_timeline(video, storage, settings):
-    class Flicker(SquareDetector):
-        def __init__(self):
-            super().__init__()
-            self.seen = 0
+class Flicker(SquareDetector):
+    """The square, plus one stray box far from it on the 30th scan, with the given score."""
 
-        def detect(self, image_bgr):
-            self.seen += 1
-            found = super().detect(image_bgr)
-            if self.seen == 30:  # one stray box far from the square, on one frame
-                return FaceBoxes(np.concatenate([found.xyxy, [[250, 180, 300, 230]]]), [0.9, 0.9])
-            return found
+    def __init__(self, stray_score: float):
+        super().__init__()
+        self.seen = 0
+        self.stray_score = stray_score
 
+    def detect(self, image_bgr):
+        self.seen += 1
+        found = super().detect(image_bgr)
+        if self.seen == 30:
+            return FaceBoxes(np.concatenate([found.xyxy, [[250, 180, 300, 230]]]), [0.9, self.stray_score])
+        return found
+
+
+def test_a_faint_one_frame_detection_is_neither_drawn_nor_in_the_timeline(video, storage, settings):
     job = new_job(storage, video)
-    _, timeline, _ = run_all(
-        storage, job, settings.model_copy(update={"track_min_detections": 2}), detector=Flicker()
-    )
+    confirm = settings.model_copy(update={"track_min_detections": 2, "track_sure_score": 0.85})
+    _, timeline, _ = run_all(storage, job, confirm, detector=Flicker(stray_score=0.7))
     assert all(len(f["faces"]) == 1 for f in timeline["frames"])
     assert len(timeline["people"]) == 1
+
+
+def test_a_face_found_once_with_a_sure_score_is_drawn_at_once(video, storage, settings):
+    job = new_job(storage, video)
+    confirm = settings.model_copy(update={"track_min_detections": 2, "track_sure_score": 0.85})
+    _, timeline, _ = run_all(storage, job, confirm, detector=Flicker(stray_score=0.95))
+    assert sorted({len(f["faces"]) for f in timeline["frames"]}) == [1, 2]
+    assert len(timeline["people"]) == 2
 
 
 def test_classification_calls_are_batched_and_bounded(video, storage, settings):

@@ -8,9 +8,8 @@ runs in the background, batched), smooth, draw and encode, with a short look-ahe
   analysed. In that window a person missed by the detector for a few frames (or between detections, with
   `detect_every` > 1) gets boxes interpolated across the gap, with the emotion of the nearer scan (only
   scanned faces are classified), and a one-frame false detection is recognised (its track never reaches
-  `track_min_detections`) before anything is drawn for it.
-- Detection scans the same frames of the video whichever batch they fall in, and spends the detector's tiles
-  where small faces were lately (worker.detection.TileScan); the pre-roll warms that up too.
+  `track_min_detections`, nor scores `track_sure_score`) before anything is drawn for it.
+- Detection scans the same frames of the video whichever batch they fall in.
 - Everything is causal otherwise, so the result of a batch depends only on its frames and pre-roll: not on
   which worker ran it, nor on how many took part.
 """
@@ -34,7 +33,7 @@ from common.classes import EMOTIONS
 from common.face_crop import crop_faces
 from common.storage import LocalStorage
 from worker.classifier import BackgroundClassifier, EmotionClassifier, Slot, model_version
-from worker.detection import FaceDetector, TileScan
+from worker.detection import FaceDetector
 from worker.overlay import EmojiOverlay
 from worker.plan import Plan
 from worker.records import BatchRecord, FaceRecord, FrameRecord, write_atomically
@@ -92,7 +91,7 @@ class BatchPass:
         settings: WorkerSettings,
     ) -> None:
         self.plan, self.settings, self.overlay = plan, settings, overlay
-        self.scanner = TileScan(detector)
+        self.detector = detector
         self.window = plan.window(batch_index, settings.preroll_ms)
         self.batch_index = batch_index
         self.width, self.height = plan.output_size
@@ -112,6 +111,7 @@ class BatchPass:
         self.background = BackgroundClassifier(classifier, settings.predict_batch, wait_ms)
         self.classifier = classifier
         self.hits: dict[int, int] = {}
+        self.best_score: dict[int, float] = {}
         self.last_seen: dict[int, tuple[int, np.ndarray, float, Slot]] = {}
         self.buffer: deque[PendingFrame] = deque()
         self.preroll: list[FrameRecord] = []
@@ -133,8 +133,8 @@ class BatchPass:
         cv2.resize(v, (w // 2, h // 2), dst=chroma[1], interpolation=cv2.INTER_LINEAR)
         return cv2.cvtColor(small, cv2.COLOR_YUV2BGR_I420)
 
-    def submit_crops(self, luma: np.ndarray, boxes: np.ndarray, t_ms: float) -> list[Slot]:
-        crops = crop_faces(luma, boxes)
+    def submit_crops(self, luma: np.ndarray, boxes: np.ndarray, eyes, t_ms: float) -> list[Slot]:
+        crops = crop_faces(luma, boxes, eyes=eyes)
         if self.expand is not None and len(crops):
             crops = self.expand[crops]
         self.crops += len(crops)
@@ -148,14 +148,15 @@ class BatchPass:
             return
         small = self.detection_image(frame)
         self.clock.lap("convert")
-        found = self.scanner.scan(small, pending.index // every)
-        boxes = np.asarray(found.xyxy, np.float64).reshape(-1, 4) * self.to_display
+        found = self.detector.detect(small).scaled(self.to_display)
+        boxes = np.asarray(found.xyxy, np.float64).reshape(-1, 4)
         self.clock.lap("detect")
         ids = self.tracker.update(boxes, pending.t_ms)
         self.clock.lap("track")
-        slots = self.submit_crops(pending.luma, boxes, pending.t_ms)
+        slots = self.submit_crops(pending.luma, boxes, found.eyes, pending.t_ms)
         for track, box, score, slot in zip(ids, boxes, found.scores, slots, strict=True):
             self.hits[track] = self.hits.get(track, 0) + 1
+            self.best_score[track] = max(self.best_score.get(track, 0.0), float(score))
             pending.faces.append(PendingFace(track, box, float(score), True, slot))
             self.fill_gap(track, pending.index, box, float(score), slot)
             self.last_seen[track] = (pending.index, box, float(score), slot)
@@ -188,14 +189,23 @@ class BatchPass:
                 )
 
     # --- finishing a frame ------------------------------------------------------------------------------
+    def confirmed(self, track: int) -> bool:
+        """A face found once with a high score is drawn at once; a faint one only once found again (a track
+        the detector confirmed too rarely is most likely a false detection)."""
+        settings = self.settings
+        return (
+            self.hits[track] >= settings.track_min_detections
+            or self.best_score[track] >= settings.track_sure_score
+        )
+
     def finish(self, pending: PendingFrame) -> None:
         if any(face.slot.future is None for face in pending.faces):
             self.background.flush()
         self.clock.lap("crop")
         faces = []
         for face in sorted(pending.faces, key=lambda f: f.track):
-            if self.hits[face.track] < self.settings.track_min_detections:
-                continue  # a track the detector confirmed too rarely is most likely a false detection
+            if not self.confirmed(face.track):
+                continue
             raw = face.slot.result()
             smoothed, shown = self.smoother.update(face.track, raw, pending.t_ms)
             faces.append(

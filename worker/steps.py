@@ -108,8 +108,7 @@ def write_job_timeline(
     used = {
         "detect_every": settings.detect_every,
         "detect_width": settings.detect_width,
-        "detect_model": settings.detect_model,
-        "detect_tile_rows": settings.detect_tile_rows,
+        "detect_min_score": settings.detect_min_score,
         "preroll_ms": settings.preroll_ms,
         "lookahead_ms": settings.lookahead_ms,
         "smoothing_ms": settings.smoothing_ms,
@@ -117,6 +116,7 @@ def write_job_timeline(
         "hysteresis_hold_ms": settings.hysteresis_hold_ms,
         "track_max_miss_ms": settings.track_max_miss_ms,
         "track_min_detections": settings.track_min_detections,
+        "track_sure_score": settings.track_sure_score,
     }
     people_list, summary = people.result(stitcher.first_seen)
     write_timeline(

@@ -95,7 +95,7 @@ def detector():
 def live_detector():
     from worker.detection import make_detector
 
-    return make_detector(settings(), tile_rows=settings().live_detect_tile_rows)
+    return make_detector(settings())
 
 
 @lru_cache(maxsize=1)
