@@ -102,7 +102,7 @@ def test_one_pass_finds_a_face_a_twelfth_of_a_1080p_frame_high(detector):
     assert len(found) == 1 and iou_matrix(found.xyxy, [expected])[0, 0] > 0.4
 
 
-def test_a_face_cut_by_the_frame_edge_gets_a_box_that_reaches_the_edge_inside_the_frame(detector, astronaut_bgr):
+def test_a_face_cut_by_the_frame_edge_gets_a_box_reaching_the_edge(detector, astronaut_bgr):
     cut = np.ascontiguousarray(astronaut_bgr[:, 215:])  # the left third of the face is outside
     found = detector.detect(cut)
     assert len(found) == 1
@@ -149,6 +149,7 @@ def test_make_detector_follows_the_settings():
     detector = make_detector(WorkerSettings(detect_width=320, detect_min_score=0.75))
     assert detector.width == 320 and detector.min_score == 0.75
     assert cv2.getNumThreads() == WorkerSettings().opencv_threads
+    assert make_detector(WorkerSettings(), width=320).width == 320
 
 
 def test_face_boxes_check_the_landmarks_shape():

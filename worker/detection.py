@@ -186,8 +186,10 @@ class YuNetDetector:
         return FaceBoxes(xyxy[inside], rows[inside, 14], landmarks)
 
 
-def make_detector(settings) -> FaceDetector:
+def make_detector(settings, width: int | None = None) -> FaceDetector:
     """The configured face detector, on as many OpenCV threads as the settings say (one per worker process:
-    the pool's processes already share the cores)."""
+    the pool's processes already share the cores); `width` overrides the settings' scan width (the live
+    path scans webcam frames, whose faces are large, smaller)."""
     cv2.setNumThreads(settings.opencv_threads)
-    return YuNetDetector(DETECTOR_MODEL, settings.detect_min_score, width=settings.detect_width)
+    width = settings.detect_width if width is None else width
+    return YuNetDetector(DETECTOR_MODEL, settings.detect_min_score, width=width)

@@ -90,6 +90,9 @@ class WorkerSettings(CommonSettings):
     # Live webcam frames: per-client tracking state lives in Redis this long after the last frame.
     live_state_ttl_s: int = Field(60, ge=1)
     live_max_jpeg_bytes: int = Field(2 * 1024 * 1024, ge=1024)
+    # Live frames are scanned this wide: faces in front of a webcam are large (a face 60 px high in a
+    # 640x480 frame is still 30 px at 320, which YuNet finds), and the scan's cost grows with the area.
+    live_detect_width: int = Field(320, ge=64)
 
     # The main process touches this file every health_interval_s while Redis answers (container health
     # checks look at its age); empty: no file.

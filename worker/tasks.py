@@ -95,7 +95,7 @@ def detector():
 def live_detector():
     from worker.detection import make_detector
 
-    return make_detector(settings())
+    return make_detector(settings(), width=settings().live_detect_width)
 
 
 @lru_cache(maxsize=1)
