@@ -195,17 +195,28 @@ def scan_ms(detector, image: np.ndarray, repeat: int) -> str:
     return f"{np.median(times) * 1000:.1f} ({min(times) * 1000:.1f})"
 
 
+def print_header(kinds: Counter) -> None:
+    print(
+        "| detector | recall | "
+        + " | ".join(f"{k} ({kinds[k]})" for k in sorted(kinds))
+        + " | false boxes, labelled frames | false boxes, all clip frames | CPU ms 640x360, median (fastest)"
+        + " | CPU ms 1280x720, median (fastest) |"
+    )
+    print("| --- | ---: | " + " | ".join("---:" for _ in kinds) + " | ---: | ---: | ---: | ---: |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--media", type=Path, default=REPO.parent / "shared" / "data" / "media")
     parser.add_argument("--repeat", type=int, default=30, help="scans per timing (median reported)")
     parser.add_argument("--only", default="", help="measure only the detectors whose name contains this")
+    parser.add_argument("--timing-only", action="store_true", help="only the scan times, no recall")
     args = parser.parse_args()
     if not args.media.exists():
         sys.exit(f"missing shared media: {args.media}")
     cv2.setNumThreads(1)
     images = labelled_images(args.media)
-    clips = {name: decode(args.media / name) for name in KNOWN_PEOPLE}
+    clips = {} if args.timing_only else {name: decode(args.media / name) for name in KNOWN_PEOPLE}
     crowd = next(img for name, img, _, _ in images if name.startswith("facenet-pytorch_video.mp4"))
     sizes = {
         (w, h): cv2.resize(crowd, (w, h), interpolation=cv2.INTER_AREA) for w, h in ((640, 360), (1280, 720))
@@ -218,17 +229,19 @@ def main() -> None:
         f"{clip_frames} frames of clips with a known number of people; IoU >= {MATCH_IOU}; one thread\n"
     )
     kind_names = sorted(kinds)
-    print(
-        "| detector | recall | "
-        + " | ".join(f"{k} ({kinds[k]})" for k in kind_names)
-        + " | false boxes, labelled frames | false boxes, all clip frames | CPU ms 640x360, median (fastest)"
-        + " | CPU ms 1280x720, median (fastest) |"
-    )
-    print("| --- | ---: | " + " | ".join("---:" for _ in kind_names) + " | ---: | ---: | ---: | ---: |")
+    if args.timing_only:
+        print("| detector | CPU ms 640x360, median (fastest) | CPU ms 1280x720, median (fastest) |")
+        print("| --- | ---: | ---: |")
+    else:
+        print_header(kinds)
     misses: dict[str, list[str]] = {}
     falses: dict[str, list[str]] = {}
     for label, detector in detectors().items():
         if args.only.lower() not in label.lower():
+            continue
+        if args.timing_only:
+            times = [scan_ms(detector, img, args.repeat) for img in sizes.values()]
+            print(f"| {label} | {times[0]} | {times[1]} |")
             continue
         on_images = [detector.detect(image) for _, image, _, _ in images]
         on_clips = {
