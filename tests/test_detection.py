@@ -17,6 +17,7 @@ from worker.detection import (
     MODELS_DIR,
     YUNET_MODELS,
     FaceBoxes,
+    ScanSchedule,
     YuNetDetector,
     iou_matrix,
     make_detector,
@@ -180,3 +181,46 @@ def test_every_labelled_face_in_the_shared_photos_is_found(detector, name, faces
     assert np.all(found.xyxy[:, [1, 3]] <= height)
     best = iou_matrix(np.asarray(faces), found.xyxy).max(axis=1, initial=0.0)
     assert np.all(best >= 0.4), f"faces missed in {name}: {np.asarray(faces)[best < 0.4].tolist()}"
+
+
+class WidthsAsked:
+    """The real detector, noting the width of each image it is asked to scan."""
+
+    def __init__(self) -> None:
+        self.inner = make_detector(WorkerSettings())
+        self.widths: list[int] = []
+
+    def detect(self, image_bgr):
+        self.widths.append(image_bgr.shape[1])
+        return self.inner.detect(image_bgr)
+
+
+def face_frame(face_side: int) -> tuple[np.ndarray, np.ndarray]:
+    """A 640x360 detection copy with the astronaut's head, its face `face_side` px high, and where it is."""
+    scale = face_side / (ASTRONAUT_FACE[3] - ASTRONAUT_FACE[1])
+    head = np.ascontiguousarray(astronaut()[20:260, 130:330, ::-1])  # the face with a margin around it
+    head = cv2.resize(head, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    frame = np.full((360, 640, 3), 90, np.uint8)
+    x, y = 320 - head.shape[1] // 2, 180 - head.shape[0] // 2
+    frame[y : y + head.shape[0], x : x + head.shape[1]] = head
+    return frame, (np.array(ASTRONAUT_FACE) - [130, 20, 130, 20]) * scale + [x, y, x, y]
+
+
+def test_scans_between_full_ones_are_half_width_while_every_face_is_large():
+    spy = WidthsAsked()
+    schedule = ScanSchedule(spy, full_every=3, large=60)
+    frame, expected = face_frame(150)
+    found = [schedule.scan(frame, n) for n in range(5, 12)]
+    assert spy.widths == [640, 640, 320, 320, 640, 320, 320]  # the first scan (5), then 6 and 9: full
+    for scan in found:  # half-width boxes and landmarks come back in the copy's pixels
+        assert len(scan) == 1 and iou_matrix(scan.xyxy, [expected])[0, 0] > 0.5
+        assert np.all((scan.landmarks[0] > expected[:2]) & (scan.landmarks[0] < expected[2:]))
+
+
+def test_small_faces_keep_every_scan_full():
+    spy = WidthsAsked()
+    schedule = ScanSchedule(spy, full_every=3, large=60)
+    frame, expected = face_frame(40)
+    found = [schedule.scan(frame, n) for n in range(1, 6)]
+    assert spy.widths == [640] * 5
+    assert all(len(f) == 1 and iou_matrix(f.xyxy, [expected])[0, 0] > 0.4 for f in found)

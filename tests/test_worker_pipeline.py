@@ -311,8 +311,9 @@ class Flicker(SquareDetector):
     def detect(self, image_bgr):
         self.seen += 1
         found = super().detect(image_bgr)
-        if self.seen == 30:
-            return FaceBoxes(np.concatenate([found.xyxy, [[250, 180, 300, 230]]]), [0.9, self.stray_score])
+        if self.seen == 30:  # far from the square, wherever the scan's scale
+            stray = np.array([[250, 180, 300, 230]]) * image_bgr.shape[1] / 320
+            return FaceBoxes(np.concatenate([found.xyxy, stray]), [0.9, self.stray_score])
         return found
 
 

@@ -9,7 +9,8 @@ runs in the background, batched), smooth, draw and encode, with a short look-ahe
   `detect_every` > 1) gets boxes interpolated across the gap, with the emotion of the nearer scan (only
   scanned faces are classified), and a one-frame false detection is recognised (its track never reaches
   `track_min_detections`, nor scores `track_sure_score`) before anything is drawn for it.
-- Detection scans the same frames of the video whichever batch they fall in.
+- Detection scans the same frames of the video whichever batch they fall in, at half width between full
+  scans while every face is large (worker.detection.ScanSchedule); the pre-roll warms that up too.
 - Everything is causal otherwise, so the result of a batch depends only on its frames and pre-roll: not on
   which worker ran it, nor on how many took part.
 """
@@ -33,7 +34,7 @@ from common.classes import EMOTIONS
 from common.face_crop import crop_faces
 from common.storage import LocalStorage
 from worker.classifier import BackgroundClassifier, EmotionClassifier, Slot, model_version
-from worker.detection import FaceDetector
+from worker.detection import FaceDetector, ScanSchedule
 from worker.overlay import EmojiOverlay
 from worker.plan import Plan
 from worker.records import BatchRecord, FaceRecord, FrameRecord, write_atomically
@@ -91,7 +92,7 @@ class BatchPass:
         settings: WorkerSettings,
     ) -> None:
         self.plan, self.settings, self.overlay = plan, settings, overlay
-        self.detector = detector
+        self.scanner = ScanSchedule(detector)
         self.window = plan.window(batch_index, settings.preroll_ms)
         self.batch_index = batch_index
         self.width, self.height = plan.output_size
@@ -148,7 +149,7 @@ class BatchPass:
             return
         small = self.detection_image(frame)
         self.clock.lap("convert")
-        found = self.detector.detect(small).scaled(self.to_display)
+        found = self.scanner.scan(small, pending.index // every).scaled(self.to_display)
         boxes = np.asarray(found.xyxy, np.float64).reshape(-1, 4)
         self.clock.lap("detect")
         ids = self.tracker.update(boxes, pending.t_ms)
