@@ -325,6 +325,32 @@ def test_a_faint_one_frame_detection_is_neither_drawn_nor_in_the_timeline(video,
     assert len(timeline["people"]) == 1
 
 
+class Blinking(SquareDetector):
+    """The square, plus a faint box far from it on the scans numbered in `scans` (counted from 1)."""
+
+    def __init__(self, scans: set[int]):
+        super().__init__()
+        self.seen = 0
+        self.scans = scans
+
+    def detect(self, image_bgr):
+        self.seen += 1
+        found = super().detect(image_bgr)
+        if self.seen in self.scans:
+            stray = np.array([[250, 180, 300, 230]]) * image_bgr.shape[1] / 320
+            return FaceBoxes(np.concatenate([found.xyxy, stray]), [0.9, 0.7])
+        return found
+
+
+@pytest.mark.parametrize(("scans", "drawn"), [({30, 32, 34, 36}, False), ({30, 31}, True)])
+def test_a_faint_box_must_be_found_on_scans_in_a_row_to_be_drawn(video, storage, settings, scans, drawn):
+    # A poster or the back of a head comes and goes between scans; a face is found scan after scan.
+    job = new_job(storage, video)
+    confirm = settings.model_copy(update={"track_min_detections": 2, "track_sure_score": 0.85})
+    _, timeline, _ = run_all(storage, job, confirm, detector=Blinking(scans))
+    assert (len(timeline["people"]) == 2) is drawn
+
+
 def test_a_face_found_once_with_a_sure_score_is_drawn_at_once(video, storage, settings):
     job = new_job(storage, video)
     confirm = settings.model_copy(update={"track_min_detections": 2, "track_sure_score": 0.85})

@@ -111,7 +111,10 @@ class BatchPass:
         wait_ms = max(settings.lookahead_ms / 2, settings.lookahead_ms - CLASSIFY_SLACK_MS)
         self.background = BackgroundClassifier(classifier, settings.predict_batch, wait_ms)
         self.classifier = classifier
+        # Per track: its longest run of scans in a row that found it, the run now and its last scan's number,
+        # and its best score.
         self.hits: dict[int, int] = {}
+        self.streak: dict[int, tuple[int, int]] = {}
         self.best_score: dict[int, float] = {}
         self.last_seen: dict[int, tuple[int, np.ndarray, float, Slot]] = {}
         self.buffer: deque[PendingFrame] = deque()
@@ -156,12 +159,20 @@ class BatchPass:
         self.clock.lap("track")
         slots = self.submit_crops(pending.luma, boxes, found.eyes, pending.t_ms)
         for track, box, score, slot in zip(ids, boxes, found.scores, slots, strict=True):
-            self.hits[track] = self.hits.get(track, 0) + 1
-            self.best_score[track] = max(self.best_score.get(track, 0.0), float(score))
+            self.count_hit(track, pending.index // every, float(score))
             pending.faces.append(PendingFace(track, box, float(score), True, slot))
             self.fill_gap(track, pending.index, box, float(score), slot)
             self.last_seen[track] = (pending.index, box, float(score), slot)
         self.clock.lap("crop")
+
+    def count_hit(self, track: int, scan: int, score: float) -> None:
+        """Note that scan number `scan` found the track (the window's last frame shares its scan number with
+        the scan before it: the same scan, as far as runs go)."""
+        last, run = self.streak.get(track, (scan - 2, 0))
+        run = run + (scan - last == 1) if scan - last <= 1 else 1
+        self.streak[track] = (scan, run)
+        self.hits[track] = max(self.hits.get(track, 0), run)
+        self.best_score[track] = max(self.best_score.get(track, 0.0), score)
 
     def fill_gap(self, track: int, index: int, box: np.ndarray, score: float, slot: Slot) -> None:
         """Boxes for the frames since this person was last found, if those frames are still buffered. They
@@ -191,8 +202,9 @@ class BatchPass:
 
     # --- finishing a frame ------------------------------------------------------------------------------
     def confirmed(self, track: int) -> bool:
-        """A face found once with a high score is drawn at once; a faint one only once found again (a track
-        the detector confirmed too rarely is most likely a false detection)."""
+        """A face found once with a high score is drawn at once; a faint one only once found on
+        `track_min_detections` scans in a row. A false box comes and goes (a poster, the back of a head found
+        on every other scan), a real face is found scan after scan (docs/benchmarks.md)."""
         settings = self.settings
         return (
             self.hits[track] >= settings.track_min_detections

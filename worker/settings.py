@@ -41,7 +41,8 @@ class WorkerSettings(CommonSettings):
     # Tracking: a person keeps their id through this long without a matching face.
     track_max_miss_ms: float = Field(1000.0, ge=0)
     track_min_iou: float = Field(0.2, ge=0, le=1)
-    # A track with fewer detector hits than this is dropped as a false detection, unless one of its hits
+    # A track not found on this many scans in a row is dropped as a false detection (a poster or the back
+    # of a head comes and goes between scans; a face is found scan after scan), unless one of its hits
     # scored at least track_sure_score: such a face is drawn from the first frame it is found on.
     track_min_detections: int = Field(2, ge=1)
     track_sure_score: float = Field(0.85, gt=0, le=1)
