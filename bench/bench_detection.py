@@ -286,6 +286,8 @@ def main() -> None:
                 + f" | {ms[0]} | {ms[1]} |",
                 flush=True,
             )
+    if args.timing_only:
+        return
     print(
         "\nFalse boxes (labelled images: each box matching no label; clips: the weakest beyond the count):\n"
     )
