@@ -1,11 +1,12 @@
 """The one face crop shared by serving (worker) and training evaluation: box -> 48x48 grayscale.
 
-FER2013 faces are framed a little wider than a detector's box (forehead to chin, some cheek), so the
-box is grown by FACE_MARGIN on every side and squared around its centre before resizing. Calibrated for
-BlazeFace by bench/bench_face_crop.py: on FER2013 val faces pasted into larger frames, its box is 0.85 of
-the FER2013 frame wide (a margin of 0.09 restores the frame) and centred 0.03 of it low; a margin of 0.09
-without shift also classified best (69.4% vs 70.9% on the original images; 0.12 gave 68.0%, shifts up
-or down no better), see docs/benchmarks.md.
+FER2013 faces are framed forehead to chin, some cheek either side. The crop is the square around the
+detector's box on its longer side, grown by FACE_MARGIN of it on every side, before resizing. Calibrated for
+YuNet by bench/bench_face_crop.py: on FER2013 val faces pasted into larger frames, its box is 0.82 of the
+FER2013 frame wide and about as tall as it is (forehead to chin), so the square on its height is the FER2013
+frame: a margin of 0 classified best (66.8% against 70.4% on the original images; 0.06 gave 63.2%, the
+BlazeFace-era 0.09 60.7%), and levelling the eyes by the detector's landmarks did not help (64.0% at
+margin 0): see docs/benchmarks.md. `crop_face` can still level (`eyes`) for the benchmark to compare.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import cv2
 import numpy as np
 
 FACE_SIZE = 48
-FACE_MARGIN = 0.09
+FACE_MARGIN = 0.0
 FACE_SHIFT = 0.0
 # A face whose eyes are nearly level is cropped straight: turning it would only blur it.
 LEVEL_MIN_DEGREES = 1.0
@@ -94,12 +95,10 @@ def crop_face(
 
 
 def crop_faces(
-    image: np.ndarray, boxes_xyxy, margin: float = FACE_MARGIN, shift: float = FACE_SHIFT, eyes=None
+    image: np.ndarray, boxes_xyxy, margin: float = FACE_MARGIN, shift: float = FACE_SHIFT
 ) -> np.ndarray:
-    """All faces of one image as a uint8 batch [N, 48, 48, 1] (N may be 0); `eyes` [N, 2, 2] or None."""
-    if eyes is None:
-        eyes = [None] * len(boxes_xyxy)
-    faces = [crop_face(image, box, margin, shift, e) for box, e in zip(boxes_xyxy, eyes, strict=True)]
+    """All faces of one image as a uint8 batch [N, 48, 48, 1] (N may be 0)."""
+    faces = [crop_face(image, box, margin, shift) for box in boxes_xyxy]
     if not faces:
         return np.zeros((0, FACE_SIZE, FACE_SIZE, 1), np.uint8)
     return np.stack(faces)

@@ -137,8 +137,8 @@ class BatchPass:
         cv2.resize(v, (w // 2, h // 2), dst=chroma[1], interpolation=cv2.INTER_LINEAR)
         return cv2.cvtColor(small, cv2.COLOR_YUV2BGR_I420)
 
-    def submit_crops(self, luma: np.ndarray, boxes: np.ndarray, eyes, t_ms: float) -> list[Slot]:
-        crops = crop_faces(luma, boxes, eyes=eyes)
+    def submit_crops(self, luma: np.ndarray, boxes: np.ndarray, t_ms: float) -> list[Slot]:
+        crops = crop_faces(luma, boxes)
         if self.expand is not None and len(crops):
             crops = self.expand[crops]
         self.crops += len(crops)
@@ -157,7 +157,7 @@ class BatchPass:
         self.clock.lap("detect")
         ids = self.tracker.update(boxes, pending.t_ms)
         self.clock.lap("track")
-        slots = self.submit_crops(pending.luma, boxes, found.eyes, pending.t_ms)
+        slots = self.submit_crops(pending.luma, boxes, pending.t_ms)
         for track, box, score, slot in zip(ids, boxes, found.scores, slots, strict=True):
             self.count_hit(track, pending.index // every, float(score))
             pending.faces.append(PendingFace(track, box, float(score), True, slot))

@@ -74,9 +74,7 @@ def process_frame(
     # A whole-frame scan on every frame costs a few ms: no need to follow faces between scans.
     found = detector.detect(image)
     t2 = time.perf_counter()
-    probabilities = classify(
-        classifier, crop_faces(image, found.xyxy, eyes=found.eyes), settings.predict_batch
-    )
+    probabilities = classify(classifier, crop_faces(image, found.xyxy), settings.predict_batch)
     t3 = time.perf_counter()
     ids = tracker.update(found.xyxy, now_ms)
     faces = []
