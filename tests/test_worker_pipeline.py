@@ -300,46 +300,30 @@ def test_only_scanned_faces_are_classified_and_frames_between_take_the_nearer_sc
         assert f.faces[0].probabilities == answers[nearer]
 
 
-class Flicker(SquareDetector):
-    """The square, plus one stray box far from it on the 30th scan, with the given score."""
-
-    def __init__(self, stray_score: float):
-        super().__init__()
-        self.seen = 0
-        self.stray_score = stray_score
-
-    def detect(self, image_bgr):
-        self.seen += 1
-        found = super().detect(image_bgr)
-        if self.seen == 30:  # far from the square, wherever the scan's scale
-            stray = np.array([[250, 180, 300, 230]]) * image_bgr.shape[1] / 320
-            return FaceBoxes(np.concatenate([found.xyxy, stray]), [0.9, self.stray_score])
-        return found
-
-
-def test_a_faint_one_frame_detection_is_neither_drawn_nor_in_the_timeline(video, storage, settings):
-    job = new_job(storage, video)
-    confirm = settings.model_copy(update={"track_min_detections": 2, "track_sure_score": 0.85})
-    _, timeline, _ = run_all(storage, job, confirm, detector=Flicker(stray_score=0.7))
-    assert all(len(f["faces"]) == 1 for f in timeline["frames"])
-    assert len(timeline["people"]) == 1
-
-
 class Blinking(SquareDetector):
-    """The square, plus a faint box far from it on the scans numbered in `scans` (counted from 1)."""
+    """The square, plus a stray box far from it (wherever the scan's scale) with `score` on the scans
+    numbered in `scans` (counted from 1)."""
 
-    def __init__(self, scans: set[int]):
+    def __init__(self, scans: set[int], score: float):
         super().__init__()
         self.seen = 0
-        self.scans = scans
+        self.scans, self.score = scans, score
 
     def detect(self, image_bgr):
         self.seen += 1
         found = super().detect(image_bgr)
         if self.seen in self.scans:
             stray = np.array([[250, 180, 300, 230]]) * image_bgr.shape[1] / 320
-            return FaceBoxes(np.concatenate([found.xyxy, stray]), [0.9, 0.7])
+            return FaceBoxes(np.concatenate([found.xyxy, stray]), [0.9, self.score])
         return found
+
+
+def test_a_faint_one_frame_detection_is_neither_drawn_nor_in_the_timeline(video, storage, settings):
+    job = new_job(storage, video)
+    confirm = settings.model_copy(update={"track_min_detections": 2, "track_sure_score": 0.85})
+    _, timeline, _ = run_all(storage, job, confirm, detector=Blinking({30}, 0.7))
+    assert all(len(f["faces"]) == 1 for f in timeline["frames"])
+    assert len(timeline["people"]) == 1
 
 
 @pytest.mark.parametrize(("scans", "drawn"), [({30, 32, 34, 36}, False), ({30, 31}, True)])
@@ -347,14 +331,14 @@ def test_a_faint_box_must_be_found_on_scans_in_a_row_to_be_drawn(video, storage,
     # A poster or the back of a head comes and goes between scans; a face is found scan after scan.
     job = new_job(storage, video)
     confirm = settings.model_copy(update={"track_min_detections": 2, "track_sure_score": 0.85})
-    _, timeline, _ = run_all(storage, job, confirm, detector=Blinking(scans))
+    _, timeline, _ = run_all(storage, job, confirm, detector=Blinking(scans, 0.7))
     assert (len(timeline["people"]) == 2) is drawn
 
 
 def test_a_face_found_once_with_a_sure_score_is_drawn_at_once(video, storage, settings):
     job = new_job(storage, video)
     confirm = settings.model_copy(update={"track_min_detections": 2, "track_sure_score": 0.85})
-    _, timeline, _ = run_all(storage, job, confirm, detector=Flicker(stray_score=0.95))
+    _, timeline, _ = run_all(storage, job, confirm, detector=Blinking({30}, 0.95))
     assert sorted({len(f["faces"]) for f in timeline["frames"]}) == [1, 2]
     assert len(timeline["people"]) == 2
 
