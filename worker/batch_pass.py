@@ -111,9 +111,9 @@ class BatchPass:
         wait_ms = max(settings.lookahead_ms / 2, settings.lookahead_ms - CLASSIFY_SLACK_MS)
         self.background = BackgroundClassifier(classifier, settings.predict_batch, wait_ms)
         self.classifier = classifier
-        # Per track: its longest run of scans in a row that found it, the run now and its last scan's number,
-        # and its best score.
-        self.hits: dict[int, int] = {}
+        # Per track: its longest run of scans in a row that found it, (its last scan's number, the run up to
+        # it), and its best score.
+        self.longest_run: dict[int, int] = {}
         self.streak: dict[int, tuple[int, int]] = {}
         self.best_score: dict[int, float] = {}
         self.last_seen: dict[int, tuple[int, np.ndarray, float, Slot]] = {}
@@ -171,7 +171,7 @@ class BatchPass:
         last, run = self.streak.get(track, (scan - 2, 0))
         run = run + (scan - last == 1) if scan - last <= 1 else 1
         self.streak[track] = (scan, run)
-        self.hits[track] = max(self.hits.get(track, 0), run)
+        self.longest_run[track] = max(self.longest_run.get(track, 0), run)
         self.best_score[track] = max(self.best_score.get(track, 0.0), score)
 
     def fill_gap(self, track: int, index: int, box: np.ndarray, score: float, slot: Slot) -> None:
@@ -207,7 +207,7 @@ class BatchPass:
         on every other scan), a real face is found scan after scan (docs/benchmarks.md)."""
         settings = self.settings
         return (
-            self.hits[track] >= settings.track_min_detections
+            self.longest_run[track] >= settings.track_min_detections
             or self.best_score[track] >= settings.track_sure_score
         )
 
