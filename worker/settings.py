@@ -17,14 +17,14 @@ class WorkerSettings(CommonSettings):
     # enter it warm (see worker.batch_pass).
     preroll_ms: float = Field(1000.0, ge=0)
     # A frame is drawn once this much video after it is analysed: detector gaps shorter than this are
-    # bridged, one-frame false detections dropped. 450 ms holds 3-4 scans at `detect_every` 3, so a faint
-    # face the detector finds on every other scan is still confirmed (a crowd's far faces).
+    # bridged, one-frame false detections dropped. 450 ms holds 3-4 scans at `detect_every` 4, so a faint
+    # face has time to be found on the scans in a row that confirm it (track_min_detections).
     lookahead_ms: float = Field(450.0, ge=0)
     # Scan for faces on every k-th frame and interpolate boxes in between (1 = every frame); the frames
-    # between take the nearer scan's emotion. The detector is the biggest cost after encoding: every 3rd
-    # frame (10 scans a second at 30 fps) tracks and smooths as well as every other, at two thirds of the
-    # cost (docs/benchmarks.md).
-    detect_every: int = Field(3, ge=1)
+    # between take the nearer scan's emotion. The detector is the biggest cost after encoding: with YuNet
+    # every 4th frame (7.5 scans a second at 30 fps) gives the crowd clip as many faces with an emoji and
+    # person ids as every 3rd, at three quarters of the cost; every 6th splits more ids (docs/benchmarks.md).
+    detect_every: int = Field(4, ge=1)
     # The detector (YuNet, worker/detection.py) scans the whole frame shrunk to this width (never upscaled);
     # the worker makes that copy straight from the decoded planes. 640 finds 95% of the labelled faces in
     # one pass; smaller faces need more pixels, at a cost growing with the area (docs/benchmarks.md).
