@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -21,6 +23,7 @@ from worker.detection import (
     YuNetDetector,
     iou_matrix,
     make_detector,
+    shipped_model_file,
 )
 from worker.settings import WorkerSettings
 
@@ -127,8 +130,24 @@ def test_bad_input_is_refused_with_a_clear_message(detector, image, message):
 
 
 def test_the_shipped_model_file_is_the_one_measured():
-    assert (MODELS_DIR / YUNET_MODELS[DETECTOR_MODEL].filename).is_file()
-    assert YuNetDetector(DETECTOR_MODEL).path.parent == MODELS_DIR
+    assert shipped_model_file() == MODELS_DIR / YUNET_MODELS[DETECTOR_MODEL].filename
+    assert YuNetDetector(DETECTOR_MODEL).path == shipped_model_file()
+
+
+def test_the_worker_refuses_to_start_with_a_damaged_model_file(tmp_path):
+    """The check runs when worker.tasks is imported (Celery imports it as the worker starts)."""
+    models = tmp_path / "worker" / "models"
+    shutil.copytree(MODELS_DIR, models)
+    damaged = models / YUNET_MODELS[DETECTOR_MODEL].filename
+    data = bytearray(damaged.read_bytes())
+    data[100] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    code = f"import worker.detection as d; d.MODELS_DIR = d.Path({str(models)!r}); import worker.tasks"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode != 0
+    assert "sha256" in result.stderr and "git checkout worker/models" in result.stderr
 
 
 def test_a_wrong_model_file_is_refused_at_start_up_with_what_to_do(tmp_path):

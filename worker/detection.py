@@ -136,6 +136,13 @@ def checked_model_file(path: Path, sha256: str) -> Path:
     return path
 
 
+def shipped_model_file() -> Path:
+    """The worker's model file, checked (the worker calls this when it starts, so a damaged or swapped file
+    stops it there with what to do, not at its first job)."""
+    spec = YUNET_MODELS[DETECTOR_MODEL]
+    return checked_model_file(MODELS_DIR / spec.filename, spec.sha256)
+
+
 class YuNetDetector:
     """YuNet through cv2.FaceDetectorYN on the whole image, shrunk to at most `width` pixels wide: boxes,
     scores and five landmarks per face. The network is fully convolutional: it runs at the image's own size,

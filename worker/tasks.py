@@ -46,6 +46,7 @@ from common.queue import TASK_LIVE_FRAME, TASK_START_JOB, VIDEO_QUEUE
 from worker import metrics, scratch, steps
 from worker.app import app
 from worker.batch_lock import BatchLock, LockLost
+from worker.detection import shipped_model_file
 
 # Imported before Celery forks its pool: the client's protos import TensorFlow (seconds, ~600 MB), paid once
 # and shared by the pool's processes; each process opens its own gRPC channel on first use.
@@ -82,6 +83,10 @@ def storage() -> storages.LocalStorage | storages.S3Storage:
 @lru_cache(maxsize=1)
 def store() -> JobStore:
     return JobStore.from_url(settings().redis_url, settings().job_ttl_s)
+
+
+# A damaged or swapped face-detector file stops the worker as it starts, with what to do.
+shipped_model_file()
 
 
 @lru_cache(maxsize=1)
