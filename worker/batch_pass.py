@@ -8,9 +8,9 @@ runs in the background, batched), smooth, draw and encode, with a short look-ahe
   analysed. In that window a person missed by the detector for a few frames (or between detections, with
   `detect_every` > 1) gets boxes interpolated across the gap, with the emotion of the nearer scan (only
   scanned faces are classified), and a one-frame false detection is recognised (its track never reaches
-  `track_min_detections`) before anything is drawn for it.
-- Detection scans the same frames of the video whichever batch they fall in, and spends the detector's tiles
-  where small faces were lately (worker.detection.TileScan); the pre-roll warms that up too.
+  `track_min_detections`, nor scores `track_sure_score`) before anything is drawn for it.
+- Detection scans the same frames of the video whichever batch they fall in, at half width between full
+  scans while every face is large (worker.detection.ScanSchedule); the pre-roll warms that up too.
 - Everything is causal otherwise, so the result of a batch depends only on its frames and pre-roll: not on
   which worker ran it, nor on how many took part.
 """
@@ -34,7 +34,7 @@ from common.classes import EMOTIONS
 from common.face_crop import crop_faces
 from common.storage import LocalStorage
 from worker.classifier import BackgroundClassifier, EmotionClassifier, Slot, model_version
-from worker.detection import FaceDetector, TileScan
+from worker.detection import FaceDetector, ScanSchedule
 from worker.overlay import EmojiOverlay
 from worker.plan import Plan
 from worker.records import BatchRecord, FaceRecord, FrameRecord, write_atomically
@@ -75,11 +75,11 @@ def detection_size(width: int, height: int, detect_width: int) -> tuple[int, int
 
 
 def scan_faces(
-    scanner: TileScan, small_bgr: np.ndarray, number: int, to_display: float
+    scanner: ScanSchedule, small_bgr: np.ndarray, number: int, to_display: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """Faces in the detector's copy of a frame: boxes [N, 4] xyxy in the displayed frame's pixels, scores."""
-    found = scanner.scan(small_bgr, number)
-    return np.asarray(found.xyxy, np.float64).reshape(-1, 4) * to_display, found.scores
+    found = scanner.scan(small_bgr, number).scaled(to_display)
+    return np.asarray(found.xyxy, np.float64).reshape(-1, 4), found.scores
 
 
 def face_record(
@@ -128,7 +128,7 @@ class BatchPass:
         settings: WorkerSettings,
     ) -> None:
         self.plan, self.settings, self.overlay = plan, settings, overlay
-        self.scanner = TileScan(detector)
+        self.scanner = ScanSchedule(detector)
         self.window = plan.window(batch_index, settings.preroll_ms)
         self.batch_index = batch_index
         self.width, self.height = plan.output_size
@@ -146,7 +146,11 @@ class BatchPass:
         wait_ms = max(settings.lookahead_ms / 2, settings.lookahead_ms - CLASSIFY_SLACK_MS)
         self.background = BackgroundClassifier(classifier, settings.predict_batch, wait_ms)
         self.classifier = classifier
-        self.hits: dict[int, int] = {}
+        # Per track: its longest run of scans in a row that found it, (its last scan's number, the run up to
+        # it), and its best score.
+        self.longest_run: dict[int, int] = {}
+        self.streak: dict[int, tuple[int, int]] = {}
+        self.best_score: dict[int, float] = {}
         self.last_seen: dict[int, tuple[int, np.ndarray, float, Slot]] = {}
         # A cover also spans the unscanned frames beside a person's first and last detection (hold_edges).
         self.hold = overlay.mode == "cover"
@@ -194,7 +198,7 @@ class BatchPass:
         if self.hold:
             self.hold_edges(pending.index, ids, boxes, scores, slots)
         for track, box, score, slot in zip(ids, boxes, scores, slots, strict=True):
-            self.hits[track] = self.hits.get(track, 0) + 1
+            self.count_hit(track, pending.index // every, float(score))
             pending.faces.append(PendingFace(track, box, float(score), True, slot))
             self.fill_gap(track, pending.index, box, float(score), slot)
             self.last_seen[track] = (pending.index, box, float(score), slot)
@@ -221,6 +225,15 @@ class BatchPass:
         for pending in self.buffer:
             if after < pending.index < before and all(face.track != track for face in pending.faces):
                 pending.faces.append(PendingFace(track, box, score, False, slot))
+
+    def count_hit(self, track: int, scan: int, score: float) -> None:
+        """Note that scan number `scan` found the track (the window's last frame shares its scan number with
+        the scan before it: the same scan, as far as runs go)."""
+        last, run = self.streak.get(track, (scan - 2, 0))
+        run = run + (scan - last == 1) if scan - last <= 1 else 1
+        self.streak[track] = (scan, run)
+        self.longest_run[track] = max(self.longest_run.get(track, 0), run)
+        self.best_score[track] = max(self.best_score.get(track, 0.0), score)
 
     def fill_gap(self, track: int, index: int, box: np.ndarray, score: float, slot: Slot) -> None:
         """Boxes for the frames since this person was last found, if those frames are still buffered. They
@@ -250,14 +263,24 @@ class BatchPass:
                 )
 
     # --- finishing a frame ------------------------------------------------------------------------------
+    def confirmed(self, track: int) -> bool:
+        """A face found once with a high score is drawn at once; a faint one only once found on
+        `track_min_detections` scans in a row. A false box comes and goes (a poster, the back of a head found
+        on every other scan), a real face is found scan after scan (docs/benchmarks.md)."""
+        settings = self.settings
+        return (
+            self.longest_run[track] >= settings.track_min_detections
+            or self.best_score[track] >= settings.track_sure_score
+        )
+
     def finish(self, pending: PendingFrame) -> None:
         if any(face.slot.future is None for face in pending.faces):
             self.background.flush()
         self.clock.lap("crop")
         faces = []
         for face in sorted(pending.faces, key=lambda f: f.track):
-            if self.hits[face.track] < self.settings.track_min_detections:
-                continue  # a track the detector confirmed too rarely is most likely a false detection
+            if not self.confirmed(face.track):
+                continue  # found too rarely and too faintly: most likely a false detection (confirmed)
             faces.append(
                 face_record(
                     face.track, face.box, face.score, face.detected, face.slot.result(), self.smoother,

@@ -28,7 +28,7 @@ from common.media import VideoInfo
 from common.storage import LocalStorage
 from worker.batch_pass import StageClock, detection_size, emoji_faces, face_record, scan_faces
 from worker.classifier import EmotionClassifier, classify, model_version
-from worker.detection import FaceDetector, TileScan
+from worker.detection import FaceDetector, ScanSchedule
 from worker.overlay import EmojiOverlay, sprite
 from worker.plan import Plan
 from worker.records import BatchRecord, FrameRecord, write_atomically
@@ -71,7 +71,7 @@ def analyse_photo(
     height, width = bgr.shape[:2]
     size = detection_size(width, height, settings.detect_width)
     small = cv2.resize(bgr, size, interpolation=DETECT_SHRINK)
-    boxes, scores = scan_faces(TileScan(detector), small, 0, width / size[0])
+    boxes, scores = scan_faces(ScanSchedule(detector), small, 0, width / size[0])
     # Person ids left to right, as people read a group photo.
     order = np.argsort((boxes[:, 0] + boxes[:, 2]) / 2, kind="stable")
     boxes, scores = boxes[order], np.asarray(scores)[order]

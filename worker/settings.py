@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -17,27 +16,20 @@ class WorkerSettings(CommonSettings):
     # enter it warm (see worker.batch_pass).
     preroll_ms: float = Field(1000.0, ge=0)
     # A frame is drawn once this much video after it is analysed: detector gaps shorter than this are
-    # bridged, one-frame false detections dropped. 450 ms holds 3-4 scans at `detect_every` 3, so a faint
-    # face the detector finds on every other scan is still confirmed (a crowd's far faces).
+    # bridged, one-frame false detections dropped. 450 ms holds 3-4 scans at `detect_every` 4, so a faint
+    # face has time to be found on the scans in a row that confirm it (track_min_detections).
     lookahead_ms: float = Field(450.0, ge=0)
     # Scan for faces on every k-th frame and interpolate boxes in between (1 = every frame); the frames
-    # between take the nearer scan's emotion. The detector is the biggest cost after encoding: every 3rd
-    # frame (10 scans a second at 30 fps) tracks and smooths as well as every other, at two thirds of the
-    # cost (docs/benchmarks.md).
-    detect_every: int = Field(3, ge=1)
-    # The detector gets a BGR copy of the frame this wide (never upscaled), made by a bilinear resize of the
-    # planes. BlazeFace looks at 192 px squares; 512 keeps a 16:9 tile's side at 288 px, so the detector's
-    # own area resize to 192 smooths away the bilinear shrink's aliasing (at 384, small crowd faces got lost).
-    detect_width: int = Field(512, ge=64)
-    # BlazeFace variant (worker/detection.py): "full_range" finds faces near and far, "short_range" (4x
-    # cheaper) only faces close to the camera.
-    detect_model: Literal["full_range", "short_range"] = "full_range"
-    # Lowest face score kept (MediaPipe's own threshold).
-    detect_min_score: float = Field(0.5, gt=0, lt=1)
-    # Besides the whole frame, scan overlapping squares, this many across the frame's short side (0 = none):
-    # finds faces too small for one whole-frame pass (a crowd). 1 = three squares on a 16:9 frame. A video's
-    # scan looks only at the squares that held a small face lately plus one more in turn (TileScan).
-    detect_tile_rows: int = Field(1, ge=0)
+    # between take the nearer scan's emotion. The detector is the biggest cost after encoding: with YuNet
+    # every 4th frame (7.5 scans a second at 30 fps) gives the crowd clip as many faces with an emoji and
+    # person ids as every 3rd, at three quarters of the cost; every 6th splits more ids (docs/benchmarks.md).
+    detect_every: int = Field(4, ge=1)
+    # The detector (YuNet, worker/detection.py) scans the whole frame shrunk to this width (never upscaled);
+    # the worker makes that copy straight from the decoded planes. 640 finds 95% of the labelled faces in
+    # one pass; smaller faces need more pixels, at a cost growing with the area (docs/benchmarks.md).
+    detect_width: int = Field(640, ge=64)
+    # Lowest face score kept: below it YuNet's boxes are mostly patterns (docs/benchmarks.md).
+    detect_min_score: float = Field(0.6, gt=0, lt=1)
     # Decoder and encoder threads per batch (0 = the library's choice). A worker runs one batch per process
     # and as many processes as cores, so one thread each wastes the least CPU on threading.
     decode_threads: int = Field(1, ge=0)
@@ -48,8 +40,11 @@ class WorkerSettings(CommonSettings):
     # Tracking: a person keeps their id through this long without a matching face.
     track_max_miss_ms: float = Field(1000.0, ge=0)
     track_min_iou: float = Field(0.2, ge=0, le=1)
-    # A track with fewer detector hits than this is dropped as a false detection.
+    # A track not found on this many scans in a row is dropped as a false detection (a poster or the back
+    # of a head comes and goes between scans; a face is found scan after scan), unless one of its hits
+    # scored at least track_sure_score: such a face is drawn from the first frame it is found on.
     track_min_detections: int = Field(2, ge=1)
+    track_sure_score: float = Field(0.85, gt=0, le=1)
 
     # Smoothing: time constant of the per-person exponential average of the probabilities.
     smoothing_ms: float = Field(500.0, ge=0)
@@ -94,9 +89,9 @@ class WorkerSettings(CommonSettings):
     # Live webcam frames: per-client tracking state lives in Redis this long after the last frame.
     live_state_ttl_s: int = Field(60, ge=1)
     live_max_jpeg_bytes: int = Field(2 * 1024 * 1024, ge=1024)
-    # Live frames are scanned whole, without tiles (detect_tile_rows) by default: faces in front of a webcam
-    # are large, and each row of tiles would cost 2-3 more network runs against the 100 ms budget.
-    live_detect_tile_rows: int = Field(0, ge=0)
+    # Live frames are scanned this wide: faces in front of a webcam are large (a face 60 px high in a
+    # 640x480 frame is still 30 px at 320, which YuNet finds), and the scan's cost grows with the area.
+    live_detect_width: int = Field(320, ge=64)
 
     # The main process touches this file every health_interval_s while Redis answers (container health
     # checks look at its age); empty: no file.

@@ -73,8 +73,7 @@ class ProcessingReport:
 TIMELINE_SETTINGS = (
     "detect_every",
     "detect_width",
-    "detect_model",
-    "detect_tile_rows",
+    "detect_min_score",
     "preroll_ms",
     "lookahead_ms",
     "smoothing_ms",
@@ -82,6 +81,7 @@ TIMELINE_SETTINGS = (
     "hysteresis_hold_ms",
     "track_max_miss_ms",
     "track_min_detections",
+    "track_sure_score",
 )
 
 

@@ -54,6 +54,7 @@ from common.render_options import RenderOptions
 from worker import metrics, scratch, steps
 from worker.app import app
 from worker.batch_lock import BatchLock, LockLost
+from worker.detection import shipped_model_file
 
 # Imported before Celery forks its pool: the client's protos import TensorFlow (seconds, ~600 MB), paid once
 # and shared by the pool's processes; each process opens its own gRPC channel on first use.
@@ -94,6 +95,10 @@ def store() -> JobStore:
     return JobStore.from_url(settings().redis_url, settings().job_ttl_s)
 
 
+# A damaged or swapped face-detector file stops the worker as it starts, with what to do.
+shipped_model_file()
+
+
 @lru_cache(maxsize=1)
 def detector():
     from worker.detection import make_detector
@@ -105,7 +110,7 @@ def detector():
 def live_detector():
     from worker.detection import make_detector
 
-    return make_detector(settings(), tile_rows=settings().live_detect_tile_rows)
+    return make_detector(settings(), width=settings().live_detect_width)
 
 
 @lru_cache(maxsize=1)
