@@ -92,6 +92,12 @@ def _parser() -> argparse.ArgumentParser:
         help="for .keras checkpoints: measure BatchNorm statistics afresh on <data>/train, as export does",
     )
     evaluate.add_argument("--no-throughput", action="store_true", help="skip the faces/s measurement")
+    evaluate.add_argument(
+        "--ferplus",
+        type=Path,
+        default=DEFAULT_FERPLUS_ROOT,
+        help="folder of the FER+ CSVs: agreement with their plurality is the figure of record",
+    )
 
     export = commands.add_parser("export", help="write model_server/models/emotion/<version>/ (SavedModel)")
     export.add_argument(
@@ -171,6 +177,7 @@ def main(argv: list[str] | None = None) -> None:
             flip_average=args.flip_average,
             throughput=not args.no_throughput,
             recalibrate_bn=args.recalibrate_bn,
+            ferplus=args.ferplus,
         )
     elif args.command == "export":
         from training.checkpoints import last_snapshots, load_checkpoints

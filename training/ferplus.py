@@ -131,13 +131,14 @@ class FerPlusSplit:
 
     def scored(self) -> FerPlusSplit:
         """Only the images that have a plurality (the ones evaluation scores)."""
-        keep = self.split.labels != NO_PLURALITY
-        return _subset(self, np.flatnonzero(keep))
+        return self.select(np.flatnonzero(self.split.labels != NO_PLURALITY))
 
-
-def _subset(data: FerPlusSplit, keep: np.ndarray) -> FerPlusSplit:
-    split = Split(tuple(data.split.paths[i] for i in keep), data.split.labels[keep], data.split.targets[keep])
-    return FerPlusSplit(split, data.fer2013_labels[keep], data.votes[keep])
+    def select(self, rows: np.ndarray) -> FerPlusSplit:
+        """The images at the given row indices."""
+        split = Split(
+            tuple(self.split.paths[i] for i in rows), self.split.labels[rows], self.split.targets[rows]
+        )
+        return FerPlusSplit(split, self.fer2013_labels[rows], self.votes[rows])
 
 
 def load_ferplus_split(
@@ -168,5 +169,5 @@ def load_ferplus_split(
         Split(paths, plurality(votes), vote_targets(votes)), rows.fer2013_labels[keep], votes
     )
     if limit is not None and limit < len(result):
-        result = _subset(result, _stratified_subset(result.split.labels, limit, seed))
+        result = result.select(_stratified_subset(result.split.labels, limit, seed))
     return result
