@@ -52,8 +52,8 @@ def luma_frames(path: Path, wanted: set[int]) -> dict[int, np.ndarray]:
     return frames
 
 
-def labelled_crops(media: Path) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """(uint8 faces [N, 48, 48, 1], hand labels, mask of the faces on the one-second grid)."""
+def labelled_crops(media: Path) -> tuple[np.ndarray, list[str], np.ndarray, list[str]]:
+    """(uint8 faces [N, 48, 48, 1], hand labels, mask of the faces on the one-second grid, files)."""
     items = json.loads(LABELS.read_text())["faces"]
     wanted: dict[str, set[int]] = {}
     for item in items:
@@ -72,7 +72,7 @@ def labelled_crops(media: Path) -> tuple[np.ndarray, list[str], np.ndarray]:
         for item in items
     ]
     grid = np.asarray([item.get("one_second_grid", True) for item in items], bool)
-    return np.stack(faces), [item["label"] for item in items], grid
+    return np.stack(faces), [item["label"] for item in items], grid, [item["file"] for item in items]
 
 
 def committed_version(version: int, into: Path) -> Path:
@@ -138,7 +138,7 @@ def main() -> None:
     args = parser.parse_args()
     if not args.media.is_dir():
         raise SystemExit(f"no media folder {args.media} (the shared data); nothing to score")
-    faces, labels, grid = labelled_crops(args.media)
+    faces, labels, grid, files = labelled_crops(args.media)
     with tempfile.TemporaryDirectory() as tmp:
         models = {f"version {n} (git)": committed_version(n, Path(tmp)) for n in args.git_version}
         if not args.model:
@@ -174,6 +174,19 @@ def main() -> None:
             for c, v in second["classes"].items()
         )
         print(f"- {name}: {called}")
+
+    print("\nEmoji per file, every labelled face (unclear ones too), by model:\n")
+    print("| file | hand labels | " + " | ".join(results) + " |")
+    print("| --- | --- |" + " --- |" * len(results))
+    for file in sorted(set(files)):
+        members = [i for i, f in enumerate(files) if f == file]
+        cells = [_tally(labels[i] for i in members)]
+        cells += [_tally(EMOTIONS[p] for p in predictions[members]) for predictions in results.values()]
+        print(f"| {file} | " + " | ".join(cells) + " |")
+
+
+def _tally(names) -> str:
+    return ", ".join(f"{name} {count}" for name, count in Counter(names).most_common())
 
 
 if __name__ == "__main__":
