@@ -28,5 +28,6 @@ echo "## tracking and smoothing"; $PY -m bench.bench_tracking
 echo "## faces left uncovered by style=cover"; $PY -m bench.bench_cover
 echo "## face detection"; $PY -m bench.bench_detection
 echo "## face crop calibration"; $PY -m bench.bench_face_crop
+echo "## emotion model on hand-labelled real faces"; $PY -m bench.bench_real_faces --git-version 3
 echo "## object storage"; $PY -m bench.bench_storage
 echo "## owners: key checks and quotas"; $PY -m bench.bench_auth --url "$URL" --redis-url "${EMOJI_REDIS_URL:-redis://127.0.0.1:6379/0}"

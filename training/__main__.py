@@ -11,8 +11,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up 
 
 from training.data import DEFAULT_DATA_ROOT  # noqa: E402
 from training.export import DEFAULT_MODEL_BASE  # noqa: E402
+from training.ferplus import DEFAULT_FERPLUS_ROOT  # noqa: E402
 from training.models import ARCHITECTURES  # noqa: E402
-from training.train import BEST_CHECKPOINT, TrainConfig  # noqa: E402
+from training.train import BEST_CHECKPOINT, LABEL_SOURCES, TrainConfig  # noqa: E402
 
 DEFAULT_RUN = "var/training/run"
 
@@ -24,6 +25,13 @@ def _parser() -> argparse.ArgumentParser:
     defaults = TrainConfig()
     train = commands.add_parser("train", help="train a model on <data>/train, validating on <data>/val")
     train.add_argument("--data", type=Path, default=DEFAULT_DATA_ROOT, help="root of <split>/<class>/*.jpg")
+    train.add_argument(
+        "--labels",
+        choices=LABEL_SOURCES,
+        default=defaults.labels,
+        help="fer2013: the class folders; ferplus: the FER+ vote shares, val scored against their plurality",
+    )
+    train.add_argument("--ferplus", type=Path, default=DEFAULT_FERPLUS_ROOT, help="folder of the FER+ CSVs")
     train.add_argument("--out", type=Path, default=Path(DEFAULT_RUN), help="checkpoints, state and CSV log")
     train.add_argument("--arch", choices=sorted(ARCHITECTURES), default=defaults.arch)
     train.add_argument("--epochs", type=int, default=defaults.epochs)
@@ -84,6 +92,12 @@ def _parser() -> argparse.ArgumentParser:
         help="for .keras checkpoints: measure BatchNorm statistics afresh on <data>/train, as export does",
     )
     evaluate.add_argument("--no-throughput", action="store_true", help="skip the faces/s measurement")
+    evaluate.add_argument(
+        "--ferplus",
+        type=Path,
+        default=DEFAULT_FERPLUS_ROOT,
+        help="folder of the FER+ CSVs: agreement with their plurality is the figure of record",
+    )
 
     export = commands.add_parser("export", help="write model_server/models/emotion/<version>/ (SavedModel)")
     export.add_argument(
@@ -129,6 +143,8 @@ def main(argv: list[str] | None = None) -> None:
 
         config = TrainConfig(
             data=str(args.data),
+            labels=args.labels,
+            ferplus=str(args.ferplus),
             out=str(args.out),
             arch=args.arch,
             epochs=args.epochs,
@@ -161,6 +177,7 @@ def main(argv: list[str] | None = None) -> None:
             flip_average=args.flip_average,
             throughput=not args.no_throughput,
             recalibrate_bn=args.recalibrate_bn,
+            ferplus=args.ferplus,
         )
     elif args.command == "export":
         from training.checkpoints import last_snapshots, load_checkpoints

@@ -23,10 +23,14 @@ DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "dat
 
 @dataclass(frozen=True)
 class Split:
-    """The image files of one split and their labels in the project's class order."""
+    """The image files of one split and their labels in the project's class order.
+
+    `targets`, when given, are what training learns instead of the one-hot labels: a distribution over the
+    classes per image (the FER+ vote shares, `training/ferplus.py`)."""
 
     paths: tuple[str, ...]
     labels: np.ndarray
+    targets: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -98,11 +102,15 @@ def make_dataset(
     seed: int = 0,
     augment_config: AugmentConfig | None = None,
 ) -> tf.data.Dataset:
-    """Batches of (float32 pixels 0..255 [B, 48, 48, 1], one-hot labels [B, 7]), augmented when training."""
-    dataset = tf.data.Dataset.from_tensor_slices((list(split.paths), split.labels))
+    """Batches of (float32 pixels 0..255 [B, 48, 48, 1], targets [B, 7]), augmented when training; the
+    targets are the split's own distributions if it has them, else its labels one-hot."""
+    if split.targets is not None:
+        targets = np.asarray(split.targets, np.float32)
+    else:
+        targets = np.eye(NUM_CLASSES, dtype=np.float32)[split.labels]
+    dataset = tf.data.Dataset.from_tensor_slices((list(split.paths), targets))
     dataset = dataset.map(
-        lambda path, label: (decode_image(path), tf.one_hot(label, NUM_CLASSES)),
-        num_parallel_calls=tf.data.AUTOTUNE,
+        lambda path, target: (decode_image(path), target), num_parallel_calls=tf.data.AUTOTUNE
     ).cache()
     if training:
         dataset = dataset.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)

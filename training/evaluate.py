@@ -1,4 +1,5 @@
-"""Evaluation: accuracy, macro-F1, per-class precision and recall, confusion matrix, duplicates removed."""
+"""Evaluation against the FER+ plurality (the figure of record) and FER2013's own labels: agreement, per-class
+recall, confusion matrix, the probability given to the annotators' votes, calibration; duplicates removed."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from common.classes import EMOTION_INDEX, EMOTIONS, NUM_CLASSES
 from training.checkpoints import load_checkpoints
 from training.data import DEFAULT_DATA_ROOT, IMAGE_SUFFIXES, list_split, load_images, pixel_hashes
 from training.export import DEFAULT_MODEL_BASE, INPUT_KEY, OUTPUT_KEY, SIGNATURE_NAME, serving_function
+from training.ferplus import DEFAULT_FERPLUS_ROOT, NO_PLURALITY, FerPlusSplit, load_ferplus_split
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +92,73 @@ def metrics(labels: np.ndarray, predictions: np.ndarray) -> dict:
         },
         "confusion_matrix": {"classes": list(EMOTIONS), "rows_true_cols_predicted": matrix.tolist()},
     }
+
+
+def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
+    """How far the top probability is from the share of answers that are right, averaged over equal-width
+    confidence bins weighted by how many answers fall in each (0: perfectly calibrated)."""
+    if len(labels) == 0:
+        return 0.0
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == labels
+    # Bin i holds confidences in (i/bins, (i+1)/bins]; a confidence of exactly 0 cannot happen with 7 classes.
+    which = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
+    gap = 0.0
+    for i in range(bins):
+        members = which == i
+        if members.any():
+            gap += members.sum() * abs(correct[members].mean() - confidence[members].mean())
+    return float(gap / len(labels))
+
+
+def mean_vote_probability(probabilities: np.ndarray, targets: np.ndarray) -> float:
+    """The probability the model gives, on average, to the class an annotator voted for (vote shares as
+    weights): 1 only for a model that is sure of each image's one unanimous class."""
+    return float(np.mean(np.sum(probabilities * targets, axis=1))) if len(targets) else 0.0
+
+
+def ferplus_metrics(probabilities: np.ndarray, votes: FerPlusSplit, duplicate: np.ndarray | None) -> dict:
+    """Agreement with the FER+ plurality (images that have one), per class and confusion matrix; the mean
+    probability of the votes (all usable images); ECE; and FER2013's labels on the same scored images."""
+    scored = votes.split.labels != NO_PLURALITY
+    labels = votes.split.labels[scored]
+    predictions = probabilities.argmax(axis=1)
+    report = {
+        "usable_images": int(len(votes)),
+        "agreement": metrics(labels, predictions[scored]),
+        "mean_vote_probability": round(mean_vote_probability(probabilities, votes.split.targets), 4),
+        "expected_calibration_error": round(expected_calibration_error(probabilities[scored], labels), 4),
+        "fer2013_accuracy_same_images": round(
+            float(np.mean(votes.fer2013_labels[scored] == predictions[scored])), 4
+        ),
+    }
+    if duplicate is not None:
+        keep = scored & ~duplicate
+        report["agreement_without_train_duplicates"] = {
+            "count": int(keep.sum()),
+            "accuracy": round(float(np.mean(votes.split.labels[keep] == predictions[keep])), 4),
+        }
+    return report
+
+
+def _ferplus_report(
+    data: Path,
+    split: str,
+    ferplus: Path,
+    paths: Sequence[str],
+    probabilities: np.ndarray,
+    duplicate: np.ndarray | None,
+) -> dict:
+    """`ferplus_metrics` for the evaluated images (`paths`, with their `probabilities`) that FER+ keeps."""
+    split_dir = Path(data) / split
+    row_of = {Path(path).relative_to(split_dir).as_posix(): i for i, path in enumerate(paths)}
+    votes = load_ferplus_split(data, split, ferplus)
+    keys = [Path(path).relative_to(split_dir).as_posix() for path in votes.split.paths]
+    kept = np.asarray([i for i, key in enumerate(keys) if key in row_of], int)
+    rows = np.asarray([row_of[keys[i]] for i in kept], int)
+    return ferplus_metrics(
+        probabilities[rows], votes.select(kept), None if duplicate is None else duplicate[rows]
+    )
 
 
 def train_duplicates(data: Path, images: np.ndarray) -> np.ndarray:
@@ -180,14 +249,17 @@ def evaluate(
     flip_average: bool = False,
     throughput: bool = True,
     recalibrate_bn: bool = False,
+    ferplus: Path | None = DEFAULT_FERPLUS_ROOT,
 ) -> dict:
-    """Evaluate a model on `<data>/<split>`; writes report.json, confusion.json and confusion.png to `out`."""
+    """Evaluate a model on `<data>/<split>` against the FER+ plurality (when `<ferplus>/<split>.csv` exists)
+    and FER2013's labels; writes report.json, confusion.json and confusion.png to `out`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     predict = load_predictor(model_paths, flip_average, data if recalibrate_bn else None)
     split_files = list_split(data, split, limit)
     images = load_images(split_files)
-    predictions = predict(images).argmax(axis=1)
+    probabilities = predict(images)
+    predictions = probabilities.argmax(axis=1)
     models = [str(p) for p in model_paths] or [str(shipped_model_dir())]
     report: dict = {
         "models": models,
@@ -196,9 +268,11 @@ def evaluate(
         "data": str(data),
         "split": split,
     }
+    duplicate = train_duplicates(data, images) if dedup else None
+    if ferplus and (Path(ferplus) / f"{split}.csv").is_file():
+        report["ferplus"] = _ferplus_report(data, split, ferplus, split_files.paths, probabilities, duplicate)
     report["as_is"] = metrics(split_files.labels, predictions)
-    if dedup:
-        duplicate = train_duplicates(data, images)
+    if duplicate is not None:
         report["duplicates_of_train"] = int(duplicate.sum())
         report["deduplicated"] = metrics(split_files.labels[~duplicate], predictions[~duplicate])
     if frames:
@@ -206,20 +280,61 @@ def evaluate(
         report["frames"] = metrics(frame_labels, predict(frame_faces).argmax(axis=1))
     if throughput:
         report["faces_per_second_batch64"] = round(faces_per_second(predict), 1)
+    _write_reports(report, out, split)
+    _log_report(report, split, out)
+    return report
 
-    matrix = np.asarray(report["as_is"]["confusion_matrix"]["rows_true_cols_predicted"])
+
+def _write_reports(report: dict, out: Path, split: str) -> None:
+    """report.json; the confusion matrix of the figure of record (FER+ if scored, else FER2013) as JSON and
+    PNG, and FER2013's beside it."""
     (out / "report.json").write_text(json.dumps(report, indent=2))
-    (out / "confusion.json").write_text(json.dumps(report["as_is"]["confusion_matrix"], indent=2))
-    title = f"{split}: accuracy {report['as_is']['accuracy']:.1%}, macro-F1 {report['as_is']['macro_f1']:.3f}"
-    save_confusion_png(matrix, out / "confusion.png", title)
+    sections = [("fer2013", report["as_is"], "FER2013 labels")]
+    if "ferplus" in report:
+        sections.insert(0, ("ferplus", report["ferplus"]["agreement"], "FER+ plurality"))
+    for i, (name, section, what) in enumerate(sections):
+        suffix = "" if i == 0 else f"_{name}"
+        matrix = np.asarray(section["confusion_matrix"]["rows_true_cols_predicted"])
+        (out / f"confusion{suffix}.json").write_text(json.dumps(section["confusion_matrix"], indent=2))
+        title = f"{split} vs {what}: {section['accuracy']:.1%}, macro-F1 {section['macro_f1']:.3f}"
+        save_confusion_png(matrix, out / f"confusion{suffix}.png", title)
+
+
+def _log_report(report: dict, split: str, out: Path) -> None:
+    if "ferplus" in report:
+        fp = report["ferplus"]
+        log.info(
+            "%s agreement with the FER+ plurality %.4f (%d images), macro-F1 %.4f; mean probability of the "
+            "votes %.4f; ECE %.4f; FER2013 labels on the same images %.4f",
+            split,
+            fp["agreement"]["accuracy"],
+            fp["agreement"]["count"],
+            fp["agreement"]["macro_f1"],
+            fp["mean_vote_probability"],
+            fp["expected_calibration_error"],
+            fp["fer2013_accuracy_same_images"],
+        )
+        if "agreement_without_train_duplicates" in fp:
+            dedup = fp["agreement_without_train_duplicates"]
+            log.info(
+                "  without exact duplicates of train images: %.4f (%d)", dedup["accuracy"], dedup["count"]
+            )
+        for name, row in fp["agreement"]["per_class"].items():
+            log.info(
+                "  %-8s FER+ recall %.3f precision %.3f (n=%d)",
+                name,
+                row["recall"],
+                row["precision"],
+                row["support"],
+            )
     log.info(
-        "%s accuracy %.4f, macro-F1 %.4f (%d images)",
+        "%s accuracy against FER2013's labels %.4f, macro-F1 %.4f (%d images)",
         split,
         report["as_is"]["accuracy"],
         report["as_is"]["macro_f1"],
         report["as_is"]["count"],
     )
-    if dedup:
+    if "deduplicated" in report:
         log.info(
             "without the %d exact duplicates of train images: accuracy %.4f, macro-F1 %.4f",
             report["duplicates_of_train"],
@@ -230,7 +345,6 @@ def evaluate(
         log.info(
             "  %-8s precision %.3f recall %.3f (n=%d)", name, row["precision"], row["recall"], row["support"]
         )
-    if throughput:
+    if "faces_per_second_batch64" in report:
         log.info("throughput: %.0f faces/s at batch 64 (in process)", report["faces_per_second_batch64"])
     log.info("reports in %s", out)
-    return report

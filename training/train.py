@@ -12,11 +12,13 @@ from pathlib import Path
 import keras
 
 from training.checkpoints import SNAPSHOT_DIR, SNAPSHOT_PATTERN, prune_snapshots
-from training.data import DEFAULT_DATA_ROOT, AugmentConfig, list_split, make_dataset
+from training.data import DEFAULT_DATA_ROOT, AugmentConfig, Split, list_split, make_dataset
+from training.ferplus import DEFAULT_FERPLUS_ROOT, load_ferplus_split
 from training.models import build_model
 
 log = logging.getLogger(__name__)
 
+LABEL_SOURCES = ("fer2013", "ferplus")
 LAST_CHECKPOINT = "last.keras"
 BEST_CHECKPOINT = "best.keras"
 STATE_FILE = "state.json"
@@ -28,6 +30,9 @@ class TrainConfig:
     """Everything a run depends on; written next to the checkpoints so a resume uses the same values."""
 
     data: str = str(DEFAULT_DATA_ROOT)
+    # "fer2013": the class folders; "ferplus": the FER+ vote shares (val scored against their plurality).
+    labels: str = "fer2013"
+    ferplus: str = str(DEFAULT_FERPLUS_ROOT)
     out: str = "var/training/run"
     arch: str = "emonet"
     epochs: int = 60
@@ -141,10 +146,32 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     return out
 
 
+def _splits(config: TrainConfig) -> tuple[Split, Split]:
+    """Train and val; with FER+ labels, train learns the vote shares and val keeps the images that have a
+    plurality, one-hot, so that val accuracy (early stopping, best checkpoint) is agreement with it."""
+    data = Path(config.data)
+    if config.labels == "fer2013":
+        return (
+            list_split(data, "train", config.limit, config.seed),
+            list_split(data, "val", config.val_limit, config.seed),
+        )
+    if config.labels != "ferplus":
+        raise ValueError(f"unknown label source {config.labels!r}; expected one of {LABEL_SOURCES}")
+    ferplus = Path(config.ferplus)
+    train_split = load_ferplus_split(data, "train", ferplus, config.limit, config.seed).split
+    val = load_ferplus_split(data, "val", ferplus, config.val_limit, config.seed).scored().split
+    return train_split, Split(val.paths, val.labels)
+
+
 def _fit(config: TrainConfig, out: Path, resume: bool, state_path: Path, previous_epochs: int | None) -> None:
-    train_split = list_split(Path(config.data), "train", config.limit, config.seed)
-    val_split = list_split(Path(config.data), "val", config.val_limit, config.seed)
-    log.info("train %d images, val %d images, from %s", len(train_split), len(val_split), config.data)
+    train_split, val_split = _splits(config)
+    log.info(
+        "train %d images, val %d images, from %s (%s labels)",
+        len(train_split),
+        len(val_split),
+        config.data,
+        config.labels,
+    )
     augment = AugmentConfig(mixup_alpha=config.mixup_alpha)
     train_data = make_dataset(
         train_split, config.batch_size, training=True, seed=config.seed, augment_config=augment
