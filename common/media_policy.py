@@ -48,6 +48,14 @@ def video_streams(data: dict) -> list[dict]:
 def check_media(data: dict, limits: MediaLimits) -> None:
     """Raise MediaRefused for the first limit ffprobe's `data` (-show_format -show_streams
     -count_packets) is over; cheap checks on the header first."""
+    video = _check_tracks(data, limits)
+    _check_dimensions(video, limits)
+    _check_formats(data, video, limits)
+    _check_length(data, video, limits)
+
+
+def _check_tracks(data: dict, limits: MediaLimits) -> dict:
+    """The one video stream; refuses too many streams or other than one video track."""
     streams = data.get("streams", [])
     if len(streams) > limits.max_streams:
         raise MediaRefused(
@@ -61,7 +69,11 @@ def check_media(data: dict, limits: MediaLimits) -> None:
             "video_track_count",
             f"the file has {len(videos)} video tracks; exactly one is needed. Keep one and upload it again",
         )
-    video = videos[0]
+    return videos[0]
+
+
+def _check_dimensions(video: dict, limits: MediaLimits) -> None:
+    """The frame size: usable, within the limits either way round, not too many pixels."""
     width, height = int(video.get("width") or 0), int(video.get("height") or 0)
     if width <= 0 or height <= 0:
         raise MediaRefused(
@@ -84,6 +96,10 @@ def check_media(data: dict, limits: MediaLimits) -> None:
             f"the video's frames have {width * height:,} pixels ({width}x{height}); the limit is "
             f"{limits.max_frame_pixels:,} (EMOJI_MAX_FRAME_PIXELS). Scale it down and upload it again",
         )
+
+
+def _check_formats(data: dict, video: dict, limits: MediaLimits) -> None:
+    """The container and the video codec against their allow-lists."""
     formats = set(data.get("format", {}).get("format_name", "").split(","))
     if limits.allowed_containers and not formats & set(limits.allowed_containers):
         raise MediaRefused(
@@ -98,6 +114,10 @@ def check_media(data: dict, limits: MediaLimits) -> None:
             f"the video codec {codec!r} is not accepted (EMOJI_ALLOWED_VIDEO_CODECS: "
             f"{', '.join(limits.allowed_video_codecs)}); convert it to H.264 MP4",
         )
+
+
+def _check_length(data: dict, video: dict, limits: MediaLimits) -> None:
+    """The frame count and the duration (the longer of the stream's and the container's)."""
     frames = int(video.get("nb_read_packets") or video.get("nb_frames") or 0)
     if frames > limits.max_frames:
         raise MediaRefused(

@@ -64,27 +64,52 @@ DOCS_HTML = """<!doctype html>
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     """Build the app with its Redis, storage and Celery clients (all connect lazily)."""
     settings = settings or GatewaySettings()
+    _configure_logging(settings)
+    # docs_url=None: /docs is served below from vendored Swagger UI files, so it works offline too.
+    app = FastAPI(
+        title="Emoji video", version="1.0", description=DESCRIPTION, lifespan=_lifespan, docs_url=None
+    )
+    app.state.settings = settings
+    _attach_clients(app, settings)
+    _install_routes(app, settings)
+    return app
+
+
+def _configure_logging(settings: GatewaySettings) -> None:
     # Under `uvicorn gateway.app:app` nothing configures the root logger; without this our lines vanish.
     if settings.log_format == "json" or not logging.getLogger().handlers:
         logs.configure(settings.log_format, "WARNING")
     logging.getLogger("gateway").setLevel(settings.log_level.upper())
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        logger.info(
-            "gateway up: redis %s, storage %s, max upload %d bytes",
-            settings.redis_url,
-            settings.storage_url or settings.storage_dir,
-            settings.max_upload_bytes,
-        )
-        if not app.state.storage.local:
-            try:  # say it at start, not at the first upload; the gateway still starts (the store may come up)
-                await asyncio.to_thread(app.state.storage.check)
-            except Exception as exc:
-                logger.error("object store not usable: %s", exc)
-        sweeper = None
-        if settings.storage_sweep_interval_s > 0:
-            sweeper = asyncio.create_task(
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Check the object store, run the background loops while the app serves, then stop them."""
+    settings: GatewaySettings = app.state.settings
+    logger.info(
+        "gateway up: redis %s, storage %s, max upload %d bytes",
+        settings.redis_url,
+        settings.storage_url or settings.storage_dir,
+        settings.max_upload_bytes,
+    )
+    if not app.state.storage.local:
+        try:  # say it at start, not at the first upload; the gateway still starts (the store may come up)
+            await asyncio.to_thread(app.state.storage.check)
+        except Exception as exc:
+            logger.error("object store not usable: %s", exc)
+    background = _start_background_loops(app, settings)
+    yield
+    for task in background:
+        task.cancel()
+    await app.state.live_hub.close()
+
+
+def _start_background_loops(app: FastAPI, settings: GatewaySettings) -> list[asyncio.Task[None]]:
+    """The storage sweeper and the job reconciler, each only where its interval is above zero."""
+    loops = []
+    if settings.storage_sweep_interval_s > 0:
+        loops.append(
+            asyncio.create_task(
                 sweep_forever(
                     app.state.storage,
                     app.state.store,
@@ -92,9 +117,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                     settings.orphan_grace_s,
                 )
             )
-        reconciler = None
-        if settings.reconcile_interval_s > 0:
-            reconciler = asyncio.create_task(
+        )
+    if settings.reconcile_interval_s > 0:
+        loops.append(
+            asyncio.create_task(
                 reconcile_forever(
                     app.state.store,
                     app.state.celery,
@@ -103,17 +129,12 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                     settings.reconcile_max_requeues,
                 )
             )
-        yield
-        for task in (sweeper, reconciler):
-            if task:
-                task.cancel()
-        await app.state.live_hub.close()
+        )
+    return loops
 
-    # docs_url=None: /docs is served below from vendored Swagger UI files, so it works offline too.
-    app = FastAPI(
-        title="Emoji video", version="1.0", description=DESCRIPTION, lifespan=lifespan, docs_url=None
-    )
-    app.state.settings = settings
+
+def _attach_clients(app: FastAPI, settings: GatewaySettings) -> None:
+    """Put the Redis, storage, auth, quota and Celery clients on app.state (none connects yet)."""
     app.state.store = JobStore.from_url(settings.redis_url, ttl_s=settings.job_ttl_s)
     app.state.storage = storages.from_settings(settings)
     app.state.keys = KeyStore(app.state.store.redis)
@@ -143,6 +164,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         settings.live_timeout_s,
     )
 
+
+def _install_routes(app: FastAPI, settings: GatewaySettings) -> None:
+    """Error handlers, middleware (in this order), routers, /docs and the static mounts."""
     install_error_handlers(app)
     app.add_exception_handler(SignInNeeded, redirect_to_sign_in)
     app.add_middleware(
@@ -163,7 +187,6 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     # The worker draws the same PNGs; check_dir=False so the gateway starts even before they exist.
     app.mount("/emojis", StaticFiles(directory=settings.emojis_dir, check_dir=False), name="emojis")
-    return app
 
 
 app = create_app()

@@ -242,41 +242,72 @@ async def stream_upload(
     limits = limits or BodyLimits()
     writer = _FileFieldWriter(max_bytes, limits)
     parser = make_parser(content_type, writer.callbacks())
-    # The whole body: the file, the other parts (each bounded above) and the framing.
-    per_part = limits.max_field_bytes + limits.max_header_bytes
-    max_body = max_bytes + MULTIPART_OVERHEAD_BYTES + limits.max_parts * per_part
-    received = 0
-    # Writes run in a thread so a slow disk or object store never stalls the event loop (other requests).
+    max_body = _max_body_bytes(max_bytes, limits)
     try:
-        async for chunk in _until_disconnect(chunks):
-            received += len(chunk)
-            if received > max_body:
-                raise too_large(max_bytes)
-            try:
-                parser.write(chunk)
-            except MultipartParseError as exc:
-                raise BadUpload(
-                    f"the upload is not a well-formed multipart form ({exc}); {HOW_TO_SEND}"
-                ) from exc
-            if writer.over_limit:
-                raise too_large(max_bytes)
-            if writer.pending_bytes >= flush_bytes:
-                await write_chunk(out, writer.take())
-        try:
-            parser.finalize()
-        except MultipartParseError as exc:
-            raise BadUpload(f"the upload ended early or is malformed ({exc}); {HOW_TO_SEND}") from exc
-        if writer.pending_bytes:
-            await write_chunk(out, writer.take())
+        await _parse_body(chunks, parser, writer, out, max_bytes, max_body, flush_bytes)
     except BaseException:
         out.abort()  # directly: an await here would not run in a cancelled request
         raise
+    _require_a_file(writer, out)
+    await _close_or_storage_full(out)
+    logger.info(
+        "received upload %r (%d bytes) in %.2f s", writer.filename, writer.size, time.perf_counter() - started
+    )
+    return UploadResult(filename=writer.filename or "upload", size=writer.size)
+
+
+def _max_body_bytes(max_bytes: int, limits: BodyLimits) -> int:
+    # The whole body: the file, the other parts (each bounded above) and the framing.
+    per_part = limits.max_field_bytes + limits.max_header_bytes
+    return max_bytes + MULTIPART_OVERHEAD_BYTES + limits.max_parts * per_part
+
+
+async def _parse_body(
+    chunks: AsyncIterator[bytes],
+    parser: MultipartParser,
+    writer: _FileFieldWriter,
+    out: Writer,
+    max_bytes: int,
+    max_body: int,
+    flush_bytes: int,
+) -> None:
+    """Feed the body to the parser, flushing the file's bytes to `out`; raise UploadTooLarge or BadUpload."""
+    received = 0
+    # Writes run in a thread so a slow disk or object store never stalls the event loop (other requests).
+    async for chunk in _until_disconnect(chunks):
+        received += len(chunk)
+        if received > max_body:
+            raise too_large(max_bytes)
+        try:
+            parser.write(chunk)
+        except MultipartParseError as exc:
+            raise BadUpload(
+                f"the upload is not a well-formed multipart form ({exc}); {HOW_TO_SEND}"
+            ) from exc
+        if writer.over_limit:
+            raise too_large(max_bytes)
+        if writer.pending_bytes >= flush_bytes:
+            await write_chunk(out, writer.take())
+    try:
+        parser.finalize()
+    except MultipartParseError as exc:
+        raise BadUpload(f"the upload ended early or is malformed ({exc}); {HOW_TO_SEND}") from exc
+    if writer.pending_bytes:
+        await write_chunk(out, writer.take())
+
+
+def _require_a_file(writer: _FileFieldWriter, out: Writer) -> None:
+    """Abort `out` and raise BadUpload where the form had no `file` field or an empty one."""
     if not writer.found:
         out.abort()
         raise BadUpload(f"the form has no field named 'file'; {HOW_TO_SEND}")
     if writer.size == 0:
         out.abort()
         raise BadUpload("the uploaded file is empty; pick a video file and upload it again")
+
+
+async def _close_or_storage_full(out: Writer) -> None:
+    """Complete the file; a full disk aborts it and raises StorageFull."""
     try:
         await asyncio.to_thread(out.close)
     except BaseException as exc:
@@ -286,7 +317,3 @@ async def stream_upload(
                 f"the server's disk is full ({exc.strerror}); nothing was kept, try again later"
             ) from exc
         raise
-    logger.info(
-        "received upload %r (%d bytes) in %.2f s", writer.filename, writer.size, time.perf_counter() - started
-    )
-    return UploadResult(filename=writer.filename or "upload", size=writer.size)

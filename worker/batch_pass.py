@@ -315,30 +315,49 @@ class BatchPass:
     def run(self, storage: LocalStorage, job_id: str, fence=None) -> BatchRecord:
         """Process the batch; `fence` (a fencing check) runs before each output is put in place and may
         raise to stop that."""
-        settings, plan, window = self.settings, self.plan, self.window
         started, usage = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+        written = self.write_piece(storage, job_id, fence)
+        self.clock.lap("encode")
+        now = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = dict(self.clock.cpu_s)
+        cpu["classify_calls"] = self.background.cpu_s
+        cpu["total"] = now.ru_utime + now.ru_stime - usage.ru_utime - usage.ru_stime
+        record = self.batch_record(written, cpu, started, now)
+        if fence is not None:
+            fence()
+        write_atomically(
+            storage.path(job_id, job_files.batch_record(self.batch_index)), record.model_dump_json()
+        )
+        logger.info(
+            "job %s: batch %d (frames %d-%d, %d pre-roll, %d crops) in %.2f s wall, %.2f s CPU: %s",
+            job_id,
+            self.batch_index,
+            self.window.start,
+            self.window.start + written - 1,
+            len(self.preroll),
+            self.crops,
+            record.wall_s,
+            cpu["total"],
+            ", ".join(f"{k} {v:.2f}" for k, v in record.cpu_s.items()),
+        )
+        return record
+
+    def write_piece(self, storage: LocalStorage, job_id: str, fence) -> int:
+        """Decode the window, analyse and draw each frame, encode the piece; the frames written."""
+        settings, plan = self.settings, self.plan
         display = DisplayFrames(plan.info.rotation, plan.output_size)
         try:
             frames = decode_frames(
                 storage.path(job_id, job_files.INPUT),
                 plan.info.format_name,
                 plan.timestamps_ms,
-                window,
+                self.window,
                 settings.decode_threads,
             )
             for index, raw in frames:
                 self.clock.lap("decode")
                 if self.writer is None:
-                    self.writer = PieceWriter(
-                        storage.path(job_id, job_files.piece(self.batch_index)),
-                        self.width,
-                        self.height,
-                        plan.info.fps,
-                        Fraction(raw.time_base) if raw.time_base else Fraction(1, 90000),
-                        settings.x264_preset,
-                        settings.x264_crf,
-                        settings.encode_threads,
-                    )
+                    self.writer = self.open_writer(storage, job_id, raw)
                 frame = display(raw)
                 pending = PendingFrame(index, plan.timestamps_ms[index], frame, plane_array(frame, 0))
                 self.clock.lap("convert")
@@ -351,22 +370,34 @@ class BatchPass:
             while self.buffer:
                 self.finish(self.buffer.popleft())
             # No frame decoded (a damaged stretch): no piece; the task counts the frames as lost.
-            written = self.writer.close(before_replace=fence) if self.writer is not None else 0
+            return self.writer.close(before_replace=fence) if self.writer is not None else 0
         except BaseException:
             if self.writer is not None:
                 self.writer.abort()
             raise
         finally:
             self.background.close()
-        self.clock.lap("encode")
-        now = resource.getrusage(resource.RUSAGE_SELF)
-        cpu = dict(self.clock.cpu_s)
-        cpu["classify_calls"] = self.background.cpu_s
-        cpu["total"] = now.ru_utime + now.ru_stime - usage.ru_utime - usage.ru_stime
-        record = BatchRecord(
+
+    def open_writer(self, storage: LocalStorage, job_id: str, first) -> PieceWriter:
+        """The piece's encoder, in the time base of the first decoded frame."""
+        settings = self.settings
+        return PieceWriter(
+            storage.path(job_id, job_files.piece(self.batch_index)),
+            self.width,
+            self.height,
+            self.plan.info.fps,
+            Fraction(first.time_base) if first.time_base else Fraction(1, 90000),
+            settings.x264_preset,
+            settings.x264_crf,
+            settings.encode_threads,
+        )
+
+    def batch_record(self, written: int, cpu: dict, started: float, now) -> BatchRecord:
+        """What this pass did: its frames, faces, timings and where it ran."""
+        return BatchRecord(
             batch_index=self.batch_index,
-            start=window.start,
-            end=window.start + written,
+            start=self.window.start,
+            end=self.window.start + written,
             preroll=self.preroll,
             frames=self.frames,
             model_version=model_version(self.classifier) if self.crops else None,
@@ -376,24 +407,6 @@ class BatchPass:
             peak_rss_mib=round(now.ru_maxrss / 1024, 1),
             worker=f"{socket.gethostname()}:{os.getpid()}",
         )
-        if fence is not None:
-            fence()
-        write_atomically(
-            storage.path(job_id, job_files.batch_record(self.batch_index)), record.model_dump_json()
-        )
-        logger.info(
-            "job %s: batch %d (frames %d-%d, %d pre-roll, %d crops) in %.2f s wall, %.2f s CPU: %s",
-            job_id,
-            self.batch_index,
-            window.start,
-            window.start + written - 1,
-            len(self.preroll),
-            self.crops,
-            record.wall_s,
-            cpu["total"],
-            ", ".join(f"{k} {v:.2f}" for k, v in record.cpu_s.items()),
-        )
-        return record
 
 
 def run_batch(

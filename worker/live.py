@@ -70,15 +70,7 @@ def process_frame(
     t1 = time.perf_counter()
     now_ms = time.time() * 1000.0 if now_ms is None else now_ms
     key = STATE_PREFIX + client_id
-    tracker = IouTracker(min_iou=settings.track_min_iou, max_miss_ms=settings.track_max_miss_ms)
-    smoother = EmotionSmoother(settings.smoothing_ms, settings.hysteresis_margin, settings.hysteresis_hold_ms)
-    count = 0
-    raw_state = client.get(key)
-    if raw_state:
-        state = json.loads(raw_state)
-        tracker.load_state(state.get("tracker", {}))
-        smoother.load_state(state.get("smoother", {}))
-        count = int(state.get("count", 0))
+    tracker, smoother, count = _load_client_state(client, key, settings)
     t1b = time.perf_counter()
     # A whole-frame scan on every frame costs a few ms: no need to follow faces between scans.
     found = detector.detect(image)
@@ -86,19 +78,10 @@ def process_frame(
     probabilities = classify(classifier, crop_faces(image, found.xyxy), settings.predict_batch)
     t3 = time.perf_counter()
     ids = tracker.update(found.xyxy, now_ms)
-    faces = []
-    for person_id, box, score, probs in zip(ids, found.xyxy, found.scores, probabilities, strict=False):
-        _, shown = smoother.update(person_id, probs, now_ms)
-        faces.append(
-            {
-                "person_id": int(person_id),
-                "box_xyxy": [round(float(v), 1) for v in box],
-                "score": round(float(score), 4),
-                "emotion": EMOTIONS[int(np.argmax(probs))],
-                "probabilities": {e: round(float(p), 4) for e, p in zip(EMOTIONS, probs, strict=False)},
-                "shown_emotion": EMOTIONS[shown],
-            }
-        )
+    faces = [
+        _face_entry(person_id, box, score, probs, smoother.update(person_id, probs, now_ms)[1])
+        for person_id, box, score, probs in zip(ids, found.xyxy, found.scores, probabilities, strict=False)
+    ]
     smoother.forget_older_than(now_ms - settings.track_max_miss_ms)
     client.set(
         key,
@@ -116,4 +99,32 @@ def process_frame(
             "classify": round((t3 - t2) * 1000, 2),
             "total": round((t4 - t0) * 1000, 2),
         },
+    }
+
+
+def _load_client_state(
+    client: redis.Redis, key: str, settings: WorkerSettings
+) -> tuple[IouTracker, EmotionSmoother, int]:
+    """This client's tracker, smoother and frame count from Redis (fresh ones for a new client)."""
+    tracker = IouTracker(min_iou=settings.track_min_iou, max_miss_ms=settings.track_max_miss_ms)
+    smoother = EmotionSmoother(settings.smoothing_ms, settings.hysteresis_margin, settings.hysteresis_hold_ms)
+    count = 0
+    raw_state = client.get(key)
+    if raw_state:
+        state = json.loads(raw_state)
+        tracker.load_state(state.get("tracker", {}))
+        smoother.load_state(state.get("smoother", {}))
+        count = int(state.get("count", 0))
+    return tracker, smoother, count
+
+
+def _face_entry(person_id: int, box: np.ndarray, score: float, probs: np.ndarray, shown: int) -> dict:
+    """One face of the result: its person id, box, score, raw and shown emotion, probabilities."""
+    return {
+        "person_id": int(person_id),
+        "box_xyxy": [round(float(v), 1) for v in box],
+        "score": round(float(score), 4),
+        "emotion": EMOTIONS[int(np.argmax(probs))],
+        "probabilities": {e: round(float(p), 4) for e, p in zip(EMOTIONS, probs, strict=False)},
+        "shown_emotion": EMOTIONS[shown],
     }

@@ -160,26 +160,10 @@ def _decode(path, input_format, times_ms, keyframe, first, end, threads):
                 continue
             for frame in frames:
                 t_ms = float((frame.pts - origin) * base) * 1000 if frame.pts is not None else None
-                if index is None and first == 0 and keyframe == 0 and not damaged:
-                    index = 0  # from the start: the first frame is frame 0, whatever its time says
-                elif index is None:
-                    t_ms = wanted_ms if t_ms is None else t_ms
-                    if t_ms < wanted_ms - TIME_TOLERANCE_MS:
-                        continue
-                    if t_ms > wanted_ms + TIME_TOLERANCE_MS:
-                        if keyframe > 0 and not damaged:
-                            raise _Overshot()
-                        # The wanted frames were damaged: go on from the first one that decoded.
-                        located = _planned_index(times_ms, t_ms)
-                        if located is None:
-                            return
-                        index = located
-                    else:
-                        index = first
-                else:
-                    # After a damaged stretch the frame's own time says which it is.
-                    located = _planned_index(times_ms, t_ms) if damaged and t_ms is not None else None
-                    index = located if located is not None and located > index else index + 1
+                located = _frame_index(t_ms, index, times_ms, keyframe, first, end, damaged)
+                if located is None:
+                    continue
+                index = located
                 if index >= end:
                     return
                 produced += 1
@@ -190,6 +174,29 @@ def _decode(path, input_format, times_ms, keyframe, first, end, threads):
         container.close()
     if produced < end - first:
         logger.warning("decoder gave %d of %d frames of %s", produced, end - first, path)
+
+
+def _frame_index(t_ms, index, times_ms, keyframe, first, end, damaged) -> int | None:
+    """The plan's index of a decoded frame shown at `t_ms` (None if it has no time), `index` being the
+    previous one's (None before the first wanted frame): None to skip it (before `first`), `end` or more to
+    stop; raises _Overshot where the seek landed past `first`."""
+    if index is None and first == 0 and keyframe == 0 and not damaged:
+        return 0  # from the start: the first frame is frame 0, whatever its time says
+    if index is not None:
+        # After a damaged stretch the frame's own time says which it is.
+        located = _planned_index(times_ms, t_ms) if damaged and t_ms is not None else None
+        return located if located is not None and located > index else index + 1
+    wanted_ms = times_ms[first]
+    t_ms = wanted_ms if t_ms is None else t_ms
+    if t_ms < wanted_ms - TIME_TOLERANCE_MS:
+        return None
+    if t_ms <= wanted_ms + TIME_TOLERANCE_MS:
+        return first
+    if keyframe > 0 and not damaged:
+        raise _Overshot()
+    # The wanted frames were damaged: go on from the first one that decoded; none planned there: stop.
+    located = _planned_index(times_ms, t_ms)
+    return end if located is None else located
 
 
 class DisplayFrames:
