@@ -128,9 +128,16 @@ def still_clip(source: Path, path: Path, seconds: float = 2.0) -> Path:
     return path
 
 
-def same_emoji(photo_faces: list[dict], video_faces: list[dict]) -> list[tuple[dict, dict | None, bool]]:
+# The video is a lossy H.264 re-encoding of the photo: its faces' boxes move by under a pixel and their
+# crops by a few grey levels, which can flip a face whose two likeliest emotions are this close. A second
+# code path (another crop, detector or classifier) would disagree on clear faces too.
+NEAR_TIE = 0.1
+
+
+def same_emoji(photo_faces: list[dict], video_faces: list[dict]) -> list[tuple[dict, dict | None, str]]:
     """Each face of a video frame with the photo's face at the same place (IoU over 0.5, else None) and
-    whether the two show the same emoji; faces as in the timeline."""
+    whether the two show the same emoji: "same", "near tie" (the video's emoji is within NEAR_TIE of the
+    photo's likeliest emotion, in the photo's own probabilities) or "different"; faces as in the timeline."""
     from worker.detection import iou_matrix
 
     boxes = np.asarray([f["box_xyxy"] for f in photo_faces], np.float32).reshape(-1, 4)
@@ -139,7 +146,15 @@ def same_emoji(photo_faces: list[dict], video_faces: list[dict]) -> list[tuple[d
         overlaps = iou_matrix(np.asarray([face["box_xyxy"]], np.float32), boxes)[0]
         best = int(np.argmax(overlaps)) if len(overlaps) else -1
         match = photo_faces[best] if best >= 0 and overlaps[best] > 0.5 else None
-        pairs.append((face, match, match is not None and match["shown_emotion"] == face["shown_emotion"]))
+        if match is None:
+            verdict = "different"
+        elif match["shown_emotion"] == face["shown_emotion"]:
+            verdict = "same"
+        else:
+            odds = match["smoothed_probabilities"]
+            close = odds[face["shown_emotion"]] >= odds[match["shown_emotion"]] - NEAR_TIE
+            verdict = "near tie" if close else "different"
+        pairs.append((face, match, verdict))
     return pairs
 
 

@@ -184,9 +184,9 @@ def test_a_photo_made_into_a_video_gets_the_same_emoji_on_every_face(gateway, sh
     video = httpx.get(f"{gateway}{API}/{reply.json()['id']}/timeline", timeout=30).json()
     last = video["frames"][-1]["faces"]
     assert last, "the video found no face"
-    for face, match, same in photo_files.same_emoji(photo["frames"][0]["faces"], last):
+    for face, match, verdict in photo_files.same_emoji(photo["frames"][0]["faces"], last):
         assert match is not None, f"the photo job has no face where the video has {face['box_xyxy']}"
-        assert same, (match, face)
+        assert verdict in ("same", "near tie"), (match, face)
 
 
 # The object-store stack of test_s3_system.py (two workers, no shared disk), shared rather than copied.
