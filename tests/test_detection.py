@@ -166,10 +166,14 @@ def test_a_wrong_model_file_is_refused_at_start_up_with_what_to_do(tmp_path):
 
 
 def test_make_detector_follows_the_settings():
-    detector = make_detector(WorkerSettings(detect_width=320, detect_min_score=0.75))
-    assert detector.width == 320 and detector.min_score == 0.75
+    # The detector never shrinks what the schedule hands it: it takes the widest scan the settings allow.
+    detector = make_detector(WorkerSettings(detect_width=320, detect_fine_width=480, detect_min_score=0.75))
+    assert detector.width == 480 and detector.min_score == 0.75
     assert cv2.getNumThreads() == WorkerSettings().opencv_threads
     assert make_detector(WorkerSettings(), width=320).width == 320
+    # Photos and live frames have no later scan to confirm a faint face: they keep the stricter score.
+    assert make_detector(WorkerSettings(detect_min_score=0.5), confirmed=False).min_score == 0.6
+    assert make_detector(WorkerSettings(detect_min_score=0.7), confirmed=False).min_score == 0.7
 
 
 def test_face_boxes_check_the_landmarks_shape():
@@ -215,31 +219,89 @@ class WidthsAsked:
 
 
 def face_frame(face_side: int) -> tuple[np.ndarray, np.ndarray]:
-    """A 640x360 detection copy with the astronaut's head, its face `face_side` px high, and where it is."""
+    """A 1280x720 frame with the astronaut's head, its face `face_side` px high, and where it is."""
     scale = face_side / (ASTRONAUT_FACE[3] - ASTRONAUT_FACE[1])
     head = np.ascontiguousarray(astronaut()[20:260, 130:330, ::-1])  # the face with a margin around it
     head = cv2.resize(head, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-    frame = np.full((360, 640, 3), 90, np.uint8)
-    x, y = 320 - head.shape[1] // 2, 180 - head.shape[0] // 2
+    frame = np.full((720, 1280, 3), 90, np.uint8)
+    x, y = 640 - head.shape[1] // 2, 360 - head.shape[0] // 2
     frame[y : y + head.shape[0], x : x + head.shape[1]] = head
     return frame, (np.array(ASTRONAUT_FACE) - [130, 20, 130, 20]) * scale + [x, y, x, y]
 
 
-def test_scans_between_full_ones_are_half_width_while_every_face_is_large():
+def scan_frames(schedule: ScanSchedule, frame: np.ndarray, numbers) -> list[FaceBoxes]:
+    """Scan `frame` as the worker does, at the width the schedule asks; boxes back in the frame's pixels."""
+    found = []
+    for number in numbers:
+        width = schedule.width_for(number, frame.shape[1])
+        height = round(frame.shape[0] * width / frame.shape[1])
+        copy = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
+        found.append(schedule.scan(copy).scaled(frame.shape[1] / width))
+    return found
+
+
+def test_a_close_up_is_scanned_at_a_quarter_width_between_full_scans():
     spy = WidthsAsked()
-    schedule = ScanSchedule(spy, full_every=3, large=60)
-    frame, expected = face_frame(150)
-    found = [schedule.scan(frame, n) for n in range(5, 12)]
-    assert spy.widths == [640, 640, 320, 320, 640, 320, 320]  # the first scan (5), then 6 and 9: full
-    for scan in found:  # half-width boxes and landmarks come back in the copy's pixels
+    schedule = ScanSchedule(spy, width=640, fine_width=960, full_every=5, min_side=30)
+    frame, expected = face_frame(300)  # 150 px in a 640 px copy: 37 px at 160 px
+    found = scan_frames(schedule, frame, range(3, 12))
+    # The first scan (3) at the fine width; 5 and 10 at the full width, to find new small faces; the rest
+    # at a quarter of it.
+    assert spy.widths == [960, 160, 640, 160, 160, 160, 160, 640, 160]
+    for scan in found:  # boxes and landmarks from every width come back in the frame's pixels
         assert len(scan) == 1 and iou_matrix(scan.xyxy, [expected])[0, 0] > 0.5
         assert np.all((scan.landmarks[0] > expected[:2]) & (scan.landmarks[0] < expected[2:]))
 
 
-def test_small_faces_keep_every_scan_full():
+def test_a_middling_face_is_scanned_at_half_width():
     spy = WidthsAsked()
-    schedule = ScanSchedule(spy, full_every=3, large=60)
-    frame, expected = face_frame(40)
-    found = [schedule.scan(frame, n) for n in range(1, 6)]
-    assert spy.widths == [640] * 5
+    schedule = ScanSchedule(spy, width=640, fine_width=960, full_every=5, min_side=30)
+    frame, expected = face_frame(160)  # 80 px in a 640 px copy: 20 px at 160 (too small), 40 px at 320
+    found = scan_frames(schedule, frame, range(1, 5))
+    assert spy.widths == [960, 320, 320, 320]
+    assert all(len(f) == 1 and iou_matrix(f.xyxy, [expected])[0, 0] > 0.5 for f in found)
+
+
+def test_faces_too_small_for_the_full_width_keep_every_scan_fine():
+    spy = WidthsAsked()
+    schedule = ScanSchedule(spy, width=640, fine_width=960, full_every=5, min_side=30)
+    frame, expected = face_frame(44)  # 22 px in a 640 px copy, 33 px in a 960 px one
+    found = scan_frames(schedule, frame, range(1, 7))
+    assert spy.widths == [960] * 6
     assert all(len(f) == 1 and iou_matrix(f.xyxy, [expected])[0, 0] > 0.4 for f in found)
+
+
+def test_after_a_scan_that_found_nothing_the_next_is_half_width():
+    spy = WidthsAsked()
+    schedule = ScanSchedule(spy, width=640, fine_width=960, full_every=5, min_side=30)
+    empty = np.full((720, 1280, 3), 90, np.uint8)
+    assert [len(f) for f in scan_frames(schedule, empty, range(1, 6))] == [0] * 5
+    assert spy.widths == [960, 320, 320, 320, 640]
+
+
+def test_a_frame_narrower_than_the_widths_is_never_upscaled():
+    schedule = ScanSchedule(WidthsAsked(), width=640, fine_width=960)
+    assert schedule.width_for(0, 480) == 480
+
+
+class FixedFaces:
+    """A stand-in detector (the unit under test is the photo's score rule): two faces, one faint."""
+
+    def detect(self, image_bgr):
+        return FaceBoxes([[10, 10, 60, 60], [100, 10, 150, 60]], [0.55, 0.9])
+
+
+class Uniform:
+    model_version = "test"
+
+    def predict(self, faces):
+        return np.full((len(faces), 7), 1 / 7, np.float32)
+
+
+def test_a_photo_keeps_only_faces_sure_enough_without_a_second_scan():
+    from worker.photo import analyse_photo
+
+    photo = np.full((200, 300, 3), 90, np.uint8)
+    record = analyse_photo(photo, FixedFaces(), Uniform(), WorkerSettings(detect_min_score=0.5))
+    assert [face.score for face in record.faces] == [pytest.approx(0.9)]
+    assert record.faces[0].box_xyxy == pytest.approx((100, 10, 150, 60))

@@ -74,11 +74,17 @@ def detection_size(width: int, height: int, detect_width: int) -> tuple[int, int
     return detect_w, even(round(height * detect_w / width))
 
 
+def scan_schedule(detector: FaceDetector, settings: WorkerSettings) -> ScanSchedule:
+    """The worker's schedule of scan widths for one video (or photo), from its settings."""
+    fine_width = max(settings.detect_width, settings.detect_fine_width)
+    return ScanSchedule(detector, settings.detect_width, fine_width)
+
+
 def scan_faces(
-    scanner: ScanSchedule, small_bgr: np.ndarray, number: int, to_display: float
+    scanner: ScanSchedule, small_bgr: np.ndarray, display_width: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Faces in the detector's copy of a frame: boxes [N, 4] xyxy in the displayed frame's pixels, scores."""
-    found = scanner.scan(small_bgr, number).scaled(to_display)
+    found = scanner.scan(small_bgr).scaled(display_width / small_bgr.shape[1])
     return np.asarray(found.xyxy, np.float64).reshape(-1, 4), found.scores
 
 
@@ -128,12 +134,10 @@ class BatchPass:
         settings: WorkerSettings,
     ) -> None:
         self.plan, self.settings, self.overlay = plan, settings, overlay
-        self.scanner = ScanSchedule(detector)
+        self.scanner = scan_schedule(detector, settings)
         self.window = plan.window(batch_index, settings.preroll_ms)
         self.batch_index = batch_index
         self.width, self.height = plan.output_size
-        self.detect_size = detection_size(self.width, self.height, settings.detect_width)
-        self.to_display = self.width / self.detect_size[0]
         self.matrix = "bt709" if self.height >= 720 else "bt601"
         self.expand = None if plan.full_range else FULL_RANGE_LUT
         self.tracker = IouTracker(min_iou=settings.track_min_iou, max_miss_ms=settings.track_max_miss_ms)
@@ -163,10 +167,10 @@ class BatchPass:
         self.crops = 0
 
     # --- analysis of one frame -------------------------------------------------------------------------
-    def detection_image(self, frame) -> np.ndarray:
-        """A small BGR copy for the detector, converted from the planes at the small size only. Bilinear:
-        the detector shrinks it again to its own input; area averaging here cost 2 ms a frame."""
-        w, h = self.detect_size
+    def detection_image(self, frame, width: int) -> np.ndarray:
+        """A BGR copy `width` wide for the detector, converted from the planes at that size only. Bilinear:
+        area averaging cost 2 ms a frame."""
+        w, h = detection_size(self.width, self.height, width)
         luma, u, v = (plane_array(frame, i) for i in range(3))
         small = np.empty((h * 3 // 2, w), np.uint8)
         cv2.resize(luma, (w, h), dst=small[:h], interpolation=cv2.INTER_LINEAR)
@@ -188,9 +192,10 @@ class BatchPass:
         every = self.settings.detect_every
         if pending.index % every and pending.index != self.window.end - 1:
             return
-        small = self.detection_image(frame)
+        number = pending.index // every
+        small = self.detection_image(frame, self.scanner.width_for(number, self.width))
         self.clock.lap("convert")
-        boxes, scores = scan_faces(self.scanner, small, pending.index // every, self.to_display)
+        boxes, scores = scan_faces(self.scanner, small, self.width)
         self.clock.lap("detect")
         ids = self.tracker.update(boxes, pending.t_ms)
         self.clock.lap("track")

@@ -193,44 +193,81 @@ class YuNetDetector:
         return FaceBoxes(xyxy[inside], rows[inside, 14], landmarks)
 
 
-def make_detector(settings, width: int | None = None) -> FaceDetector:
+# Where no tracker confirms a faint face over several scans (a photo, a live frame answered at once), a face
+# must score this much. Between the videos' detect_min_score (0.5) and this, YuNet's boxes on the labelled
+# set were faint far faces and small patterns in about equal numbers (docs/benchmarks.md).
+UNCONFIRMED_MIN_SCORE = 0.6
+
+
+def unconfirmed_min_score(settings) -> float:
+    return max(settings.detect_min_score, UNCONFIRMED_MIN_SCORE)
+
+
+def make_detector(settings, width: int | None = None, confirmed: bool = True) -> FaceDetector:
     """The configured face detector, on as many OpenCV threads as the settings say (one per worker process:
-    the pool's processes already share the cores); `width` overrides the settings' scan width (the live
-    path scans webcam frames, whose faces are large, smaller)."""
+    the pool's processes already share the cores). It never shrinks what the worker's `ScanSchedule` hands
+    it (at most `detect_fine_width` wide); `width` caps it lower (the live path scans webcam frames, whose
+    faces are large, smaller). Without a tracker to confirm them (`confirmed` False) faint faces are left out.
+    """
     cv2.setNumThreads(settings.opencv_threads)
-    width = settings.detect_width if width is None else width
-    return YuNetDetector(DETECTOR_MODEL, settings.detect_min_score, width=width)
+    width = max(settings.detect_width, settings.detect_fine_width) if width is None else width
+    min_score = settings.detect_min_score if confirmed else unconfirmed_min_score(settings)
+    return YuNetDetector(DETECTOR_MODEL, min_score, width=width)
+
+
+# Scans narrower than this are not worth making: YuNet's priors and the resize cost more than they save.
+MIN_SCAN_WIDTH = 128
 
 
 class ScanSchedule:
-    """Scans the frames of one video in order, at the detection copy's full width or at half of it.
+    """Chooses how wide each scan of one video's frames is, and runs it.
 
-    A half-width scan costs a quarter of a full one and still finds every face `large` pixels high or more
-    (in the full copy's pixels: 30 px at half width, which YuNet finds). So a scan is full on every
-    `full_every`-th scan number (a new small face is found within that many scans), on the first scan of
-    the run, and after any scan that saw a face smaller than `large` (small faces are followed at full
-    width); the others are half. On a close-up video most scans cost a quarter; in a crowd every scan is
-    full. The turn follows the scan's number, not a count kept here, so every batch scans the same frames
-    the same way once its pre-roll has warmed it up.
+    YuNet's cost grows with the pixels scanned, and it finds a face `min_side` pixels high about as surely
+    as a larger one. So each scan is the narrowest of a quarter, half, all of `width`, or `fine_width`, at
+    which the smallest face of the scan before would still be `min_side` pixels high: a close-up is scanned
+    at a quarter of the pixels or less, a crowd whose faces are too small for `width` at `fine_width`. A
+    scan that found nothing is at half width. Every `full_every`-th scan number is at least `width`, so a
+    new face smaller than those in view is found within that many scans, and the first scan of a run is at
+    `fine_width` (faces from the first frame). The turn follows the scan's number, not a count kept here, so
+    every batch scans the same frames the same way once its pre-roll has warmed it up.
+
+    The caller asks `width_for` first and makes its copy of the frame at that width itself (the worker
+    converts the decoded planes straight to it), then hands that copy to `scan`.
     """
 
-    def __init__(self, detector: FaceDetector, full_every: int = 3, large: float = 60.0) -> None:
+    def __init__(
+        self,
+        detector: FaceDetector,
+        width: int = 640,
+        fine_width: int = 960,
+        full_every: int = 5,
+        min_side: float = 30.0,
+    ) -> None:
         if full_every < 1:
             raise ValueError(f"full_every must be 1 or more, got {full_every}")
-        self.detector, self.full_every, self.large = detector, full_every, large
-        self.small_seen = True  # nothing seen yet: the first scan is full
+        if not MIN_SCAN_WIDTH <= width <= fine_width:
+            raise ValueError(f"expected {MIN_SCAN_WIDTH} <= width <= fine_width, got {width}, {fine_width}")
+        self.detector, self.full_every, self.min_side = detector, full_every, min_side
+        self.width, self.fine_width = width, fine_width
+        self.first = True
+        # The smallest face of the last scan, its side as a fraction of the frame's width (None: no face).
+        self.smallest: float | None = None
 
-    def scan(self, image_bgr: np.ndarray, number: int) -> FaceBoxes:
-        height, width = image_bgr.shape[:2]
-        if self.small_seen or number % self.full_every == 0 or min(height, width) < 4 * self.large:
-            found = self.detector.detect(image_bgr)
-        else:
-            half = cv2.resize(image_bgr, (width // 2, height // 2), interpolation=cv2.INTER_AREA)
-            found = self.detector.detect(half).scaled(2.0)
-            xyxy = np.clip(found.xyxy, 0, np.array([width, height, width, height], np.float32))
-            inside = np.all(xyxy[:, 2:] - xyxy[:, :2] >= 1, axis=1)
-            landmarks = None if found.landmarks is None else found.landmarks[inside]
-            found = FaceBoxes(xyxy[inside], found.scores[inside], landmarks)
+    def width_for(self, number: int, frame_width: int) -> int:
+        """The width to scan scan number `number` at, for frames `frame_width` pixels wide (never wider)."""
+        fine, base = min(frame_width, self.fine_width), min(frame_width, self.width)
+        if self.first:
+            return fine
+        ladder = [w for w in (base // 4, base // 2) if w >= MIN_SCAN_WIDTH] + [base, fine]
+        needed = base // 2 if self.smallest is None else self.min_side / self.smallest
+        if number % self.full_every == 0:
+            needed = max(needed, base)
+        return next((w for w in ladder if w >= needed), fine)
+
+    def scan(self, image_bgr: np.ndarray) -> FaceBoxes:
+        """The faces in `image_bgr`, a copy of the frame made `width_for` wide; boxes in its pixels."""
+        found = self.detector.detect(image_bgr)
         sides = np.minimum(found.xyxy[:, 2] - found.xyxy[:, 0], found.xyxy[:, 3] - found.xyxy[:, 1])
-        self.small_seen = bool(np.any(sides < self.large))
+        self.first = False
+        self.smallest = float(sides.min()) / image_bgr.shape[1] if len(sides) else None
         return found

@@ -1,9 +1,11 @@
 """A photo job: the upload checked again and decoded upright, then analysed and drawn as one video frame is
-(worker.batch_pass's detection copy size, tile scan, face crop, classifier, smoother and overlay), and
-written back in its own format with the same timeline document as a video's, holding one frame.
+(worker.batch_pass's detection copy size, scan schedule (its first scan: the fine width), face crop,
+classifier, smoother and overlay), and written back in its own format with the same timeline document as a
+video's, holding one frame.
 
 Two things differ from a video frame, on purpose. A photo has no second frame, so no face waits for the
-tracker's confirmation (`track_min_detections`): every face found gets its emoji. And the detector's copy is
+tracker's confirmation (`track_min_detections`): every face found gets its emoji, and so a face must score
+what an unconfirmed one needs (worker.detection.UNCONFIRMED_MIN_SCORE). And the detector's copy is
 shrunk with area averaging: a photo is often 4000 px wide, and bilinear shrinking (cheap enough for video,
 where it runs on every frame) would skip most of its pixels.
 """
@@ -26,9 +28,9 @@ from common.face_crop import crop_faces
 from common.images import IMAGE_FORMATS, ImageInfo, ImageLimits, probe_image
 from common.media import VideoInfo
 from common.storage import LocalStorage
-from worker.batch_pass import StageClock, detection_size, emoji_faces, face_record, scan_faces
+from worker.batch_pass import StageClock, detection_size, emoji_faces, face_record, scan_faces, scan_schedule
 from worker.classifier import EmotionClassifier, classify, model_version
-from worker.detection import FaceDetector, ScanSchedule
+from worker.detection import FaceDetector, unconfirmed_min_score
 from worker.overlay import EmojiOverlay, sprite
 from worker.plan import Plan
 from worker.records import BatchRecord, FrameRecord, write_atomically
@@ -69,12 +71,14 @@ def analyse_photo(
 ) -> FrameRecord:
     """The photo's faces, emotions and emoji, found as a video's first frame would be (see the module)."""
     height, width = bgr.shape[:2]
-    size = detection_size(width, height, settings.detect_width)
+    scanner = scan_schedule(detector, settings)
+    size = detection_size(width, height, scanner.width_for(0, width))
     small = cv2.resize(bgr, size, interpolation=DETECT_SHRINK)
-    boxes, scores = scan_faces(ScanSchedule(detector), small, 0, width / size[0])
+    boxes, scores = scan_faces(scanner, small, width)
+    sure = scores >= unconfirmed_min_score(settings)
     # Person ids left to right, as people read a group photo.
-    order = np.argsort((boxes[:, 0] + boxes[:, 2]) / 2, kind="stable")
-    boxes, scores = boxes[order], np.asarray(scores)[order]
+    order = np.argsort((boxes[sure, 0] + boxes[sure, 2]) / 2, kind="stable")
+    boxes, scores = boxes[sure][order], np.asarray(scores)[sure][order]
     probabilities = classify(classifier, crop_faces(bgr, boxes), settings.predict_batch)
     smoother = EmotionSmoother(settings.smoothing_ms, settings.hysteresis_margin, settings.hysteresis_hold_ms)
     faces = [

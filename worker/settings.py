@@ -27,9 +27,15 @@ class WorkerSettings(CommonSettings):
     # The detector (YuNet, worker/detection.py) scans the whole frame shrunk to this width (never upscaled);
     # the worker makes that copy straight from the decoded planes. 640 finds 95% of the labelled faces in
     # one pass; smaller faces need more pixels, at a cost growing with the area (docs/benchmarks.md).
-    detect_width: int = Field(640, ge=64)
-    # Lowest face score kept: below it YuNet's boxes are mostly patterns (docs/benchmarks.md).
-    detect_min_score: float = Field(0.6, gt=0, lt=1)
+    detect_width: int = Field(640, ge=128)
+    # Scans while a face is too small for detect_width (under 30 px there) are this wide: a crowd's far
+    # faces; close-ups are scanned at a half or a quarter of detect_width (worker.detection.ScanSchedule).
+    detect_fine_width: int = Field(960, ge=128)
+    # Lowest face score kept: below it YuNet's boxes are mostly patterns (docs/benchmarks.md). Between 0.5
+    # and 0.6 are faint far faces and some patterns: the tracker draws a face that faint only once it is
+    # found on track_min_detections scans in a row (photos and live frames, which nothing confirms, keep
+    # 0.6: worker.detection.UNCONFIRMED_MIN_SCORE).
+    detect_min_score: float = Field(0.5, gt=0, lt=1)
     # Decoder and encoder threads per batch (0 = the library's choice). A worker runs one batch per process
     # and as many processes as cores, so one thread each wastes the least CPU on threading.
     decode_threads: int = Field(1, ge=0)

@@ -110,7 +110,8 @@ def detector():
 def live_detector():
     from worker.detection import make_detector
 
-    return make_detector(settings(), width=settings().live_detect_width)
+    # A live frame is answered at once: no later scan confirms a faint face.
+    return make_detector(settings(), width=settings().live_detect_width, confirmed=False)
 
 
 @lru_cache(maxsize=1)
