@@ -25,7 +25,16 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from common.media import frame_index, probe  # noqa: E402
-from worker.detection import MODELS_DIR, YUNET_MODELS, FaceBoxes, YuNetDetector, iou_matrix  # noqa: E402
+from worker.batch_pass import detection_size, scan_schedule  # noqa: E402
+from worker.detection import (  # noqa: E402
+    MODELS_DIR,
+    YUNET_MODELS,
+    FaceBoxes,
+    YuNetDetector,
+    iou_matrix,
+    make_detector,
+)
+from worker.settings import WorkerSettings  # noqa: E402
 from worker.video_io import DecodeWindow, DisplayFrames, decode_frames, even  # noqa: E402
 
 LABELS = REPO / "bench" / "detection_labels.json"
@@ -96,8 +105,32 @@ class Mtcnn:
         return FaceBoxes(xyxy[keep], np.asarray([f["confidence"] for f in found], np.float32)[keep])
 
 
+class WorkerFirstScan:
+    """What the worker finds on a video's first frame, or on a crowd's frames (faces under 30 px at 640 px):
+    its ScanSchedule's first scan, at `detect_fine_width`, with its settings' detector. `confirmed` False: a
+    photo's (or a live frame's) stricter score."""
+
+    def __init__(self, confirmed: bool = True) -> None:
+        self.settings = WorkerSettings()
+        self.detector = make_detector(self.settings, confirmed=confirmed)
+
+    def detect(self, image_bgr: np.ndarray) -> FaceBoxes:
+        height, width = image_bgr.shape[:2]
+        scanner = scan_schedule(self.detector, self.settings)
+        size = detection_size(width, height, scanner.width_for(0, width))
+        small = cv2.resize(image_bgr, size, interpolation=cv2.INTER_AREA)
+        found = scanner.scan(small).scaled(width / size[0])
+        xyxy = np.clip(found.xyxy, 0, [width, height, width, height])
+        keep = np.all(xyxy[:, 2:] - xyxy[:, :2] >= 1, axis=1)
+        return FaceBoxes(xyxy[keep], found.scores[keep])
+
+
 def detectors() -> dict[str, object]:
-    found: dict[str, object] = {"Haar (the worker's before BlazeFace)": HaarBaseline()}
+    found: dict[str, object] = {
+        "the worker's first or crowd scan (ScanSchedule, WorkerSettings)": WorkerFirstScan(),
+        "the worker on a photo (ScanSchedule, unconfirmed score)": WorkerFirstScan(confirmed=False),
+        "Haar (the worker's before BlazeFace)": HaarBaseline(),
+    }
     for model in YUNET_MODELS:
         for width in (512, 640, 960):
             found[f"YuNet {model[-1]}, whole frame {width} px wide"] = YuNetDetector(
