@@ -18,6 +18,7 @@ from functools import cache
 from pathlib import Path
 
 from common.errors import MediaRefused, VideoError
+from common.jpeg import JpegHeaderError, JpegTruncated, frame_size, is_frame_header, jpeg_segments
 
 
 @cache
@@ -217,38 +218,27 @@ def check_structure(handle, kind: str) -> tuple[int, int] | None:
         return walk(data, size)
 
 
-# Start-of-frame markers (baseline, progressive, lossless, arithmetic): they carry the picture's size.
-_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-
-
 def _jpeg_walk(data, size: int) -> tuple[int, int]:
     """Segments up to the first scan, then an end-of-image marker after it (scan data never holds FF D9:
     a literal FF is stuffed as FF 00). Data after the end (a phone's motion photo) is allowed."""
-    at, declared = 2, None
-    while True:
-        while at + 1 < size and data[at] == 0xFF and data[at + 1] == 0xFF:
-            at += 1  # fill bytes
-        if at + 4 > size:
-            raise _truncated()
-        if data[at] != 0xFF:
-            raise VideoError("the JPEG's structure is damaged; upload another copy")
-        marker = data[at + 1]
-        if 0xD0 <= marker <= 0xD7 or marker == 0x01:
-            at += 2
-            continue
-        length = int.from_bytes(data[at + 2 : at + 4], "big")
-        if marker in _JPEG_SOF and at + 9 <= size:
-            height, width = struct.unpack(">HH", data[at + 5 : at + 9])
-            declared = declared or (width, height)
-        if marker == 0xDA:  # start of scan
-            if declared is None:
-                raise VideoError("the JPEG has no picture header; upload another copy")
-            if data.find(b"\xff\xd9", at + 2 + length) < 0:
-                raise _truncated()
-            return declared
-        if marker == 0xD9:
-            raise VideoError("the JPEG ends before its picture starts; upload another copy")
-        at += 2 + length
+    declared = None
+    try:
+        for marker, at, length in jpeg_segments(data, size):
+            if is_frame_header(marker):
+                declared = declared or frame_size(data, at, size)
+            if marker == 0xDA:  # start of scan
+                if declared is None:
+                    raise VideoError("the JPEG has no picture header; upload another copy")
+                if data.find(b"\xff\xd9", at + 2 + length) < 0:
+                    raise _truncated()
+                return declared
+            if marker == 0xD9:
+                raise VideoError("the JPEG ends before its picture starts; upload another copy")
+    except JpegTruncated:
+        raise _truncated() from None
+    except JpegHeaderError:
+        raise VideoError("the JPEG's structure is damaged; upload another copy") from None
+    raise _truncated()
 
 
 def _png_walk(data, size: int) -> tuple[int, int]:

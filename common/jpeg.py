@@ -19,35 +19,63 @@ class JpegHeaderError(ValueError):
     """The bytes are not a JPEG whose frame size can be read before its image data."""
 
 
-def jpeg_size(data: bytes) -> tuple[int, int]:
-    """(width, height) as the JPEG's frame header declares them; JpegHeaderError if there is none."""
-    if not data.startswith(SOI):
+class JpegTruncated(JpegHeaderError):
+    """The bytes end inside the JPEG's headers."""
+
+
+def jpeg_segments(data, size: int | None = None):
+    """(marker, position, length) of each marker segment after SOI, up to and including the first scan
+    (SOS) or end of image (EOI), where the walk stops; fill bytes and markers without a length are stepped
+    over. `data` is anything sliceable (bytes, an mmap), `size` its length. Never reads image data.
+    JpegTruncated if the headers end early, JpegHeaderError if they are damaged."""
+    end = len(data) if size is None else size
+    if bytes(data[:2]) != SOI:
         raise JpegHeaderError("not a JPEG (it does not start with the JPEG start-of-image marker)")
-    pos, end = 2, len(data)
-    while pos + 4 <= end:
+    pos = 2
+    while True:
+        while pos + 1 < end and data[pos] == 0xFF and data[pos + 1] == 0xFF:
+            pos += 1  # fill bytes before a marker
+        if pos + 4 > end:
+            raise JpegTruncated("the JPEG ends before its image data")
         if data[pos] != 0xFF:
             raise JpegHeaderError(f"damaged JPEG: expected a marker at byte {pos}")
         marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte before a marker
-            pos += 1
-            continue
         if marker in _STANDALONE:
             pos += 2
             continue
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if length < 2 and marker != _EOI:
+            raise JpegHeaderError(f"damaged JPEG: a segment of length {length} at byte {pos}")
+        yield marker, pos, length
+        if marker in (_SOS, _EOI):
+            return
+        pos += 2 + length
+
+
+def frame_size(data, pos: int, end: int) -> tuple[int, int] | None:
+    """(width, height) from the SOF segment at `pos`, or None if the bytes end inside it."""
+    if pos + 9 > end:
+        return None
+    return int.from_bytes(data[pos + 7 : pos + 9], "big"), int.from_bytes(data[pos + 5 : pos + 7], "big")
+
+
+def is_frame_header(marker: int) -> bool:
+    return marker in _SOF
+
+
+def jpeg_size(data: bytes) -> tuple[int, int]:
+    """(width, height) as the JPEG's frame header declares them; JpegHeaderError if there is none."""
+    for marker, pos, _ in jpeg_segments(data):
         if marker in (_SOS, _EOI):
             break
-        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
-        if length < 2:
-            raise JpegHeaderError(f"damaged JPEG: a segment of length {length} at byte {pos}")
         if marker in _SOF:
-            if pos + 9 > end:
+            declared = frame_size(data, pos, len(data))
+            if declared is None:
                 break
-            height = int.from_bytes(data[pos + 5 : pos + 7], "big")
-            width = int.from_bytes(data[pos + 7 : pos + 9], "big")
+            width, height = declared
             if not width or not height:
                 raise JpegHeaderError("the JPEG does not declare its width and height in its frame header")
             return width, height
-        pos += 2 + length
     raise JpegHeaderError("the JPEG has no frame header (SOF) before its image data")
 
 
