@@ -211,6 +211,10 @@ def test_export_follows_the_serving_contract(trained_run, tmp_path, flip_average
     probabilities = signature(**{INPUT_KEY: tf.constant(faces)})[OUTPUT_KEY].numpy()
     assert probabilities.shape == (5, NUM_CLASSES) and probabilities.dtype == np.float32
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    expected = model.predict(faces.astype(np.float32), verbose=0)
+    if flip_average:  # the mean of the face's and its mirror image's answers
+        expected = (expected + model.predict(faces[:, :, ::-1].astype(np.float32), verbose=0)) / 2
+    np.testing.assert_allclose(probabilities, expected, atol=1e-5)
     # A second export replaces the first: exactly one version is served.
     assert export_model(model, model_base=tmp_path).name == "2"
     assert [p.name for p in tmp_path.iterdir() if p.name.isdigit()] == ["2"]
