@@ -264,6 +264,11 @@ class ScanSchedule:
             needed = max(needed, base)
         return next((w for w in ladder if w >= needed), fine)
 
+    def continue_from(self, smallest: float | None) -> None:
+        """Take up a run whose last scan's smallest face was `smallest` high, as a fraction of the frame's
+        width (None: it found none); the live path does so with a client's faces of its last frame."""
+        self.first, self.smallest = False, smallest
+
     def scan(self, image_bgr: np.ndarray) -> FaceBoxes:
         """The faces in `image_bgr`, a copy of the frame made `width_for` wide; boxes in its pixels."""
         found = self.detector.detect(image_bgr)
