@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from common.media import frame_index, probe  # noqa: E402
-from worker.batch_pass import detection_size, scan_schedule  # noqa: E402
+from worker.batch_pass import scan_schedule  # noqa: E402
 from worker.detection import (  # noqa: E402
     MODELS_DIR,
     YUNET_MODELS,
@@ -115,14 +115,7 @@ class WorkerFirstScan:
         self.detector = make_detector(self.settings, confirmed=confirmed)
 
     def detect(self, image_bgr: np.ndarray) -> FaceBoxes:
-        height, width = image_bgr.shape[:2]
-        scanner = scan_schedule(self.detector, self.settings)
-        size = detection_size(width, height, scanner.width_for(0, width))
-        small = cv2.resize(image_bgr, size, interpolation=cv2.INTER_AREA)
-        found = scanner.scan(small).scaled(width / size[0])
-        xyxy = np.clip(found.xyxy, 0, [width, height, width, height])
-        keep = np.all(xyxy[:, 2:] - xyxy[:, :2] >= 1, axis=1)
-        return FaceBoxes(xyxy[keep], found.scores[keep])
+        return scan_schedule(self.detector, self.settings).scan_frame(image_bgr, 0)
 
 
 def detectors() -> dict[str, object]:

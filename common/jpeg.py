@@ -65,9 +65,7 @@ def is_frame_header(marker: int) -> bool:
 
 def jpeg_size(data: bytes) -> tuple[int, int]:
     """(width, height) as the JPEG's frame header declares them; JpegHeaderError if there is none."""
-    for marker, pos, _ in jpeg_segments(data):
-        if marker in (_SOS, _EOI):
-            break
+    for marker, pos, _ in jpeg_segments(data):  # stops after the first scan's or the image's end marker
         if marker in _SOF:
             declared = frame_size(data, pos, len(data))
             if declared is None:

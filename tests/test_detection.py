@@ -231,13 +231,7 @@ def face_frame(face_side: int) -> tuple[np.ndarray, np.ndarray]:
 
 def scan_frames(schedule: ScanSchedule, frame: np.ndarray, numbers) -> list[FaceBoxes]:
     """Scan `frame` as the worker does, at the width the schedule asks; boxes back in the frame's pixels."""
-    found = []
-    for number in numbers:
-        width = schedule.width_for(number, frame.shape[1])
-        height = round(frame.shape[0] * width / frame.shape[1])
-        copy = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
-        found.append(schedule.scan(copy).scaled(frame.shape[1] / width))
-    return found
+    return [schedule.scan_frame(frame, number) for number in numbers]
 
 
 def test_a_close_up_is_scanned_at_a_quarter_width_between_full_scans():
@@ -305,3 +299,15 @@ def test_a_photo_keeps_only_faces_sure_enough_without_a_second_scan():
     record = analyse_photo(photo, FixedFaces(), Uniform(), WorkerSettings(detect_min_score=0.5))
     assert [face.score for face in record.faces] == [pytest.approx(0.9)]
     assert record.faces[0].box_xyxy == pytest.approx((100, 10, 150, 60))
+
+
+def test_boxes_scaled_up_from_a_small_copy_are_clipped_to_the_frame():
+    # A box from a copy whose height was rounded up overshoots the frame once scaled back; one that lies
+    # wholly outside goes, and the landmarks go with their box.
+    boxes = FaceBoxes(
+        [[10, 50, 40, 91], [5, 90.5, 20, 99]], [0.9, 0.7], np.arange(20, dtype=np.float32).reshape(2, 5, 2)
+    )
+    clipped = boxes.clipped(64, 90)
+    assert clipped.xyxy.tolist() == [[10, 50, 40, 90]]
+    assert clipped.scores.tolist() == [pytest.approx(0.9)]
+    assert clipped.landmarks.tolist() == boxes.landmarks[:1].tolist()

@@ -76,16 +76,7 @@ def detection_size(width: int, height: int, detect_width: int) -> tuple[int, int
 
 def scan_schedule(detector: FaceDetector, settings: WorkerSettings) -> ScanSchedule:
     """The worker's schedule of scan widths for one video (or photo), from its settings."""
-    fine_width = max(settings.detect_width, settings.detect_fine_width)
-    return ScanSchedule(detector, settings.detect_width, fine_width)
-
-
-def scan_faces(
-    scanner: ScanSchedule, small_bgr: np.ndarray, display_width: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Faces in the detector's copy of a frame: boxes [N, 4] xyxy in the displayed frame's pixels, scores."""
-    found = scanner.scan(small_bgr).scaled(display_width / small_bgr.shape[1])
-    return np.asarray(found.xyxy, np.float64).reshape(-1, 4), found.scores
+    return ScanSchedule(detector, settings.detect_width, settings.fine_scan_width)
 
 
 def face_record(
@@ -195,7 +186,8 @@ class BatchPass:
         number = pending.index // every
         small = self.detection_image(frame, self.scanner.width_for(number, self.width))
         self.clock.lap("convert")
-        boxes, scores = scan_faces(self.scanner, small, self.width)
+        found = self.scanner.scan(small).scaled(self.width / small.shape[1]).clipped(self.width, self.height)
+        boxes, scores = np.asarray(found.xyxy, np.float64).reshape(-1, 4), found.scores
         self.clock.lap("detect")
         ids = self.tracker.update(boxes, pending.t_ms)
         self.clock.lap("track")

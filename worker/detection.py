@@ -55,6 +55,14 @@ class FaceBoxes:
         landmarks = None if self.landmarks is None else self.landmarks * factor
         return FaceBoxes(self.xyxy * factor, self.scores, landmarks)
 
+    def clipped(self, width: float, height: float) -> FaceBoxes:
+        """The boxes cut to a `width` x `height` image, those left under a pixel wide or high dropped (a box
+        scaled up from a small copy can overshoot the frame by the rounding of the copy's size)."""
+        xyxy = np.clip(self.xyxy, 0, np.array([width, height, width, height], np.float32))
+        inside = np.all(xyxy[:, 2:] - xyxy[:, :2] >= 1, axis=1)
+        landmarks = None if self.landmarks is None else self.landmarks[inside]
+        return FaceBoxes(xyxy[inside], self.scores[inside], landmarks)
+
     @property
     def eyes(self) -> np.ndarray | None:
         """[N, 2, 2]: each face's (right eye, left eye) as (x, y), or None without landmarks."""
@@ -187,10 +195,7 @@ class YuNetDetector:
         rows = np.asarray(rows, np.float32)
         points = rows[:, :14] / scale
         xyxy = np.concatenate([points[:, :2], points[:, :2] + points[:, 2:4]], axis=1)
-        xyxy = np.clip(xyxy, 0, np.array([width, height, width, height], np.float32))
-        inside = np.all(xyxy[:, 2:] - xyxy[:, :2] >= 1, axis=1)
-        landmarks = points[:, 4:14].reshape(-1, 5, 2)[inside]
-        return FaceBoxes(xyxy[inside], rows[inside, 14], landmarks)
+        return FaceBoxes(xyxy, rows[:, 14], points[:, 4:14].reshape(-1, 5, 2)).clipped(width, height)
 
 
 # Where no tracker confirms a faint face over several scans (a photo, a live frame answered at once), a face
@@ -210,7 +215,7 @@ def make_detector(settings, width: int | None = None, confirmed: bool = True) ->
     faces are large, smaller). Without a tracker to confirm them (`confirmed` False) faint faces are left out.
     """
     cv2.setNumThreads(settings.opencv_threads)
-    width = max(settings.detect_width, settings.detect_fine_width) if width is None else width
+    width = settings.fine_scan_width if width is None else width
     min_score = settings.detect_min_score if confirmed else unconfirmed_min_score(settings)
     return YuNetDetector(DETECTOR_MODEL, min_score, width=width)
 
@@ -225,14 +230,15 @@ class ScanSchedule:
     YuNet's cost grows with the pixels scanned, and it finds a face `min_side` pixels high about as surely
     as a larger one. So each scan is the narrowest of a quarter, half, all of `width`, or `fine_width`, at
     which the smallest face of the scan before would still be `min_side` pixels high: a close-up is scanned
-    at a quarter of the pixels or less, a crowd whose faces are too small for `width` at `fine_width`. A
+    at a quarter of the width (a sixteenth of the pixels), a crowd whose faces are too small for `width` at
+    `fine_width`. A
     scan that found nothing is at half width. Every `full_every`-th scan number is at least `width`, so a
     new face smaller than those in view is found within that many scans, and the first scan of a run is at
     `fine_width` (faces from the first frame). The turn follows the scan's number, not a count kept here, so
     every batch scans the same frames the same way once its pre-roll has warmed it up.
 
-    The caller asks `width_for` first and makes its copy of the frame at that width itself (the worker
-    converts the decoded planes straight to it), then hands that copy to `scan`.
+    `scan_frame` does it all for a BGR frame. The video worker instead asks `width_for`, converts the
+    decoded planes straight to that width, and hands the copy to `scan`.
     """
 
     def __init__(
@@ -268,6 +274,17 @@ class ScanSchedule:
         """Take up a run whose last scan's smallest face was `smallest` high, as a fraction of the frame's
         width (None: it found none); the live path does so with a client's faces of its last frame."""
         self.first, self.smallest = False, smallest
+
+    def scan_frame(self, image_bgr: np.ndarray, number: int) -> FaceBoxes:
+        """The faces in a whole BGR frame, scan number `number`, shrunk (area averaging: a photo may be
+        4000 px wide) to the width this scan is due; boxes and landmarks in the frame's pixels."""
+        height, width = image_bgr.shape[:2]
+        scan_width = self.width_for(number, width)
+        copy = image_bgr
+        if scan_width != width:
+            size = (scan_width, max(1, round(height * scan_width / width)))
+            copy = cv2.resize(image_bgr, size, interpolation=cv2.INTER_AREA)
+        return self.scan(copy).scaled(width / scan_width).clipped(width, height)
 
     def scan(self, image_bgr: np.ndarray) -> FaceBoxes:
         """The faces in `image_bgr`, a copy of the frame made `width_for` wide; boxes in its pixels."""

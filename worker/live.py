@@ -72,12 +72,7 @@ def scan_live_frame(
         recent = [track.box for track in tracker.tracks if now_ms - track.last_ms <= RECENT_MS]
         sides = [min(box[2] - box[0], box[3] - box[1]) for box in recent]
         scanner.continue_from(min(sides) / image.shape[1] if sides else None)
-    scan_width = scanner.width_for(count, image.shape[1])
-    height = max(1, round(image.shape[0] * scan_width / image.shape[1]))
-    copy = image
-    if scan_width != image.shape[1]:
-        copy = cv2.resize(image, (scan_width, height), interpolation=cv2.INTER_AREA)
-    return scanner.scan(copy).scaled(image.shape[1] / scan_width)
+    return scanner.scan_frame(image, count)
 
 
 def process_frame(

@@ -6,8 +6,8 @@ video's, holding one frame.
 Two things differ from a video frame, on purpose. A photo has no second frame, so no face waits for the
 tracker's confirmation (`track_min_detections`): every face found gets its emoji, and so a face must score
 what an unconfirmed one needs (worker.detection.UNCONFIRMED_MIN_SCORE). And the detector's copy is
-shrunk with area averaging: a photo is often 4000 px wide, and bilinear shrinking (cheap enough for video,
-where it runs on every frame) would skip most of its pixels.
+shrunk with area averaging (ScanSchedule.scan_frame): a photo is often 4000 px wide, and bilinear shrinking
+(cheap enough for video, where it runs on every frame) would skip most of its pixels.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from common.face_crop import crop_faces
 from common.images import IMAGE_FORMATS, ImageInfo, ImageLimits, probe_image
 from common.media import VideoInfo
 from common.storage import LocalStorage
-from worker.batch_pass import StageClock, detection_size, emoji_faces, face_record, scan_faces, scan_schedule
+from worker.batch_pass import StageClock, emoji_faces, face_record, scan_schedule
 from worker.classifier import EmotionClassifier, classify, model_version
 from worker.detection import FaceDetector, unconfirmed_min_score
 from worker.overlay import EmojiOverlay, sprite
@@ -42,8 +42,6 @@ logger = logging.getLogger(__name__)
 
 JPEG_QUALITY = 92
 WEBP_QUALITY = 90
-# How the detector's copy is shrunk (see the module docstring).
-DETECT_SHRINK = cv2.INTER_AREA
 
 
 def load_photo(path: Path, limits: ImageLimits):
@@ -70,15 +68,12 @@ def analyse_photo(
     bgr: np.ndarray, detector: FaceDetector, classifier: EmotionClassifier, settings: WorkerSettings
 ) -> FrameRecord:
     """The photo's faces, emotions and emoji, found as a video's first frame would be (see the module)."""
-    height, width = bgr.shape[:2]
-    scanner = scan_schedule(detector, settings)
-    size = detection_size(width, height, scanner.width_for(0, width))
-    small = cv2.resize(bgr, size, interpolation=DETECT_SHRINK)
-    boxes, scores = scan_faces(scanner, small, width)
-    sure = scores >= unconfirmed_min_score(settings)
+    found = scan_schedule(detector, settings).scan_frame(bgr, 0)
+    sure = found.scores >= unconfirmed_min_score(settings)
+    boxes, scores = np.asarray(found.xyxy[sure], np.float64), found.scores[sure]
     # Person ids left to right, as people read a group photo.
-    order = np.argsort((boxes[sure, 0] + boxes[sure, 2]) / 2, kind="stable")
-    boxes, scores = boxes[sure][order], np.asarray(scores)[sure][order]
+    order = np.argsort((boxes[:, 0] + boxes[:, 2]) / 2, kind="stable")
+    boxes, scores = boxes[order], scores[order]
     probabilities = classify(classifier, crop_faces(bgr, boxes), settings.predict_batch)
     smoother = EmotionSmoother(settings.smoothing_ms, settings.hysteresis_margin, settings.hysteresis_hold_ms)
     faces = [

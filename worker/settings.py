@@ -24,9 +24,9 @@ class WorkerSettings(CommonSettings):
     # every 4th frame (7.5 scans a second at 30 fps) gives the crowd clip as many faces with an emoji and
     # person ids as every 3rd, at three quarters of the cost; every 6th splits more ids (docs/benchmarks.md).
     detect_every: int = Field(4, ge=1)
-    # The detector (YuNet, worker/detection.py) scans the whole frame shrunk to this width (never upscaled);
-    # the worker makes that copy straight from the decoded planes. 640 finds 95% of the labelled faces in
-    # one pass; smaller faces need more pixels, at a cost growing with the area (docs/benchmarks.md).
+    # The detector (YuNet, worker/detection.py) scans the whole frame, shrunk (never upscaled) to a width
+    # chosen per scan by worker.detection.ScanSchedule: a quarter, half or all of this one while the faces
+    # in view allow it, and all of it at least on every 5th scan (docs/benchmarks.md).
     detect_width: int = Field(640, ge=128)
     # Scans while a face is too small for detect_width (under 30 px there) are this wide: a crowd's far
     # faces; close-ups are scanned at a half or a quarter of detect_width (worker.detection.ScanSchedule).
@@ -103,6 +103,11 @@ class WorkerSettings(CommonSettings):
     # checks look at its age); empty: no file.
     health_file: Path | None = None
     health_interval_s: float = Field(10.0, gt=0)
+
+    @property
+    def fine_scan_width(self) -> int:
+        """The widest scan the worker makes (detect_fine_width, or detect_width if that is set wider)."""
+        return max(self.detect_width, self.detect_fine_width)
 
     @model_validator(mode="after")
     def _ffmpeg_within_task_limit(self) -> WorkerSettings:
