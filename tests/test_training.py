@@ -14,6 +14,7 @@ from training.checkpoints import (
     SNAPSHOT_DIR,
     last_snapshots,
     load_checkpoints,
+    load_exported_weights,
     prune_snapshots,
     recalibrate_batch_norm,
 )
@@ -33,6 +34,7 @@ from training.export import (
     SIGNATURE_NAME,
     check_contract,
     export_model,
+    fold_batch_norm,
     load_member,
 )
 from training.train import BEST_CHECKPOINT, HISTORY_FILE, LAST_CHECKPOINT, STATE_FILE, TrainConfig, train
@@ -218,6 +220,64 @@ def test_export_follows_the_serving_contract(trained_run, tmp_path, flip_average
     # A second export replaces the first: exactly one version is served.
     assert export_model(model, model_base=tmp_path).name == "2"
     assert [p.name for p in tmp_path.iterdir() if p.name.isdigit()] == ["2"]
+
+
+def _with_batch_norm_statistics(model, seed: int = 3):
+    """The model with BatchNorm statistics and scales far from their start (a few training steps leave them
+    near mean 0, variance 1, where folding them in would change next to nothing)."""
+    import keras
+
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            size = layer.gamma.shape[0]
+            layer.set_weights(
+                [
+                    rng.uniform(0.5, 2.0, size),  # gamma
+                    rng.normal(0, 0.5, size),  # beta
+                    rng.normal(0, 0.5, size),  # moving mean
+                    rng.uniform(0.2, 3.0, size),  # moving variance
+                ]
+            )
+    return model
+
+
+def test_batch_norm_is_folded_into_the_convolutions_at_export(trained_run, tmp_path):
+    import keras
+
+    model = _with_batch_norm_statistics(load_checkpoints([trained_run / BEST_CHECKPOINT]))
+    faces = np.random.default_rng(6).integers(0, 256, (5, 48, 48, 1), dtype=np.uint8)
+    expected = model.predict(faces.astype(np.float32), verbose=0)
+    folded = fold_batch_norm(model)
+    assert not [layer for layer in folded.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    np.testing.assert_allclose(folded.predict(faces.astype(np.float32), verbose=0), expected, atol=1e-5)
+
+    target = export_model(model, model_base=tmp_path)
+    signature = tf.saved_model.load(str(target)).signatures[SIGNATURE_NAME]
+    np.testing.assert_allclose(
+        signature(**{INPUT_KEY: tf.constant(faces)})[OUTPUT_KEY].numpy(), expected, atol=1e-5
+    )
+    graph = signature.graph.as_graph_def()
+    op_names = [node.name for function in graph.library.function for node in function.node_def]
+    assert op_names and not [name for name in op_names if "batch_normalization" in name]
+
+
+@pytest.mark.parametrize("flip_average", [False, True])
+def test_a_run_can_start_from_an_exported_models_weights(trained_run, tmp_path, flip_average):
+    from training.models import build_model
+
+    model = _with_batch_norm_statistics(load_checkpoints([trained_run / BEST_CHECKPOINT]))
+    target = export_model(model, model_base=tmp_path, flip_average=flip_average)
+    build_model("vgg16")  # made first, so Keras numbers the next model's layers on from its own
+    fresh = build_model("emonet")
+    load_exported_weights(fresh, target)
+    # The export folded BatchNorm into the convolutions: the weights differ, the function must not.
+    faces = np.random.default_rng(7).integers(0, 256, (5, 48, 48, 1)).astype(np.float32)
+    np.testing.assert_allclose(
+        fresh.predict(faces, verbose=0), model.predict(faces, verbose=0), rtol=1e-5, atol=1e-5
+    )
+    with pytest.raises(ValueError, match="did not reproduce"):
+        load_exported_weights(build_model("emonet_s"), target)
 
 
 def test_export_with_an_ensemble_member_averages_the_probabilities(trained_run, tmp_path):

@@ -60,6 +60,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--seed", type=int, default=defaults.seed)
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
+    train.add_argument(
+        "--init-from",
+        type=Path,
+        metavar="VERSION_DIR",
+        help="start from the weights of an exported model (a version folder) of the same --arch",
+    )
 
     evaluate = commands.add_parser("evaluate", help="metrics, confusion matrix and duplicate-free accuracy")
     evaluate.add_argument("--data", type=Path, default=DEFAULT_DATA_ROOT)
@@ -161,6 +167,7 @@ def main(argv: list[str] | None = None) -> None:
             mixed_precision=args.mixed_precision,
             keep_snapshots=args.keep_snapshots,
             seed=args.seed,
+            init_from=str(args.init_from) if args.init_from else None,
         )
         train(config, resume=args.resume)
     elif args.command == "evaluate":

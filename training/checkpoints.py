@@ -113,3 +113,148 @@ def prune_snapshots(run: Path, keep: int) -> None:
         raise ValueError(f"keep at least one snapshot, got {keep}")
     for old in _snapshots(run)[:-keep]:
         old.unlink()
+
+
+def load_exported_weights(model: keras.Model, saved_model_dir: Path) -> keras.Model:
+    """Set `model`'s weights to those of an exported version folder of the same architecture, so that a run
+    can start from the served model (`train --init-from`) when its checkpoints are gone.
+
+    A SavedModel keeps its variables without their Keras paths; the serving function still reads each one
+    through an op named after its layer ("emonet/conv2d_3/convolution/ReadVariableOp"). Layers of one kind
+    are matched in the order Keras numbered them, and the result is checked: the model must give the served
+    probabilities (with or without flip averaging) or nothing is changed."""
+    import tensorflow as tf
+
+    from training.export import INPUT_KEY, OUTPUT_KEY, SIGNATURE_NAME
+
+    loaded = tf.saved_model.load(str(saved_model_dir))
+    serve = loaded.signatures[SIGNATURE_NAME]
+    exported = _exported_variables(serve)
+    ours: dict[str, list[keras.layers.Layer]] = {}
+    # model.layers is in the graph's order; Keras numbered the names in the order the layers were made.
+    for layer in sorted(model.layers, key=lambda layer: _layer_order(layer.name)):
+        if layer.weights:
+            ours.setdefault(_layer_kind(layer.name), []).append(layer)
+    saved = model.get_weights()
+    faces = np.random.default_rng(0).integers(0, 256, (8, 48, 48, 1), dtype=np.uint8)
+    served = serve(**{INPUT_KEY: tf.constant(faces)})[OUTPUT_KEY].numpy()
+    # The graph's name scopes may carry a suffix of their own ("conv2d_1" for the layer "conv2d", when the
+    # model was called inside a scope that had it): try reading the names both ways, keep what reproduces.
+    for scope_suffix in (True, False):
+        by_kind: dict[str, list[str]] = {}
+        for name in sorted(exported, key=lambda n: _layer_order(_layer_name(n, scope_suffix))):
+            by_kind.setdefault(_layer_kind(_layer_name(name, scope_suffix)), []).append(name)
+        counts = {k: len(v) for k, v in ours.items()}
+        if "batch_normalization" not in by_kind:  # exported with each BatchNorm folded into its convolution
+            counts.pop("batch_normalization", None)
+        if {k: len(v) for k, v in by_kind.items()} != counts:
+            continue
+        try:
+            for kind, names in by_kind.items():
+                for layer, name in zip(ours[kind], names, strict=True):
+                    layer.set_weights([_weight_value(exported[name], w.name) for w in layer.weights])
+            if "batch_normalization" not in by_kind:
+                convs = [exported[name] for name in by_kind.get("conv2d", [])]
+                _unfold_batch_norm(model, ours.get("conv2d", []), convs)
+        except ValueError:  # a weight of another shape: another architecture of as many layers
+            model.set_weights(saved)
+            continue
+        if _reproduces(model, faces, served):
+            break
+        model.set_weights(saved)
+    else:
+        raise ValueError(
+            f"the weights of {saved_model_dir} did not reproduce its probabilities in a {model.name}"
+        )
+    log.info("weights of %s loaded from %s", model.name, saved_model_dir)
+    return model
+
+
+def _unfold_batch_norm(model: keras.Model, convs: list, reads: list[dict[str, np.ndarray]]) -> None:
+    """Each convolution's folded kernel and bias back as the convolution and the BatchNorm after it: the
+    kernel as is, and a BatchNorm that only adds the bias (scale 1, mean 0, variance 1 - epsilon). The
+    same function in inference; in training BatchNorm relearns the scales from the batches."""
+    after = {
+        layer.input._keras_history.operation.name: layer
+        for layer in model.layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+    }
+    for conv, conv_reads in zip(convs, reads, strict=True):
+        conv.set_weights([_weight_value(conv_reads, "kernel")])
+        norm = after[conv.name]
+        bias = _weight_value(conv_reads, "bias")
+        norm.set_weights(
+            [np.ones_like(bias), bias, np.zeros_like(bias), np.full_like(bias, 1 - norm.epsilon)]
+        )
+
+
+# The read op of each weight in the serving graph: BatchNormalization casts its four in this order.
+_BATCH_NORM_READS = {
+    "moving_mean": "Cast/ReadVariableOp",
+    "moving_variance": "Cast_1/ReadVariableOp",
+    "gamma": "Cast_2/ReadVariableOp",
+    "beta": "Cast_3/ReadVariableOp",
+}
+
+
+def _weight_value(reads: dict[str, np.ndarray], weight: str) -> np.ndarray:
+    """One weight of a layer among its read ops: a bias is read by BiasAdd, a kernel by the layer's other
+    read (convolution, MatMul or a cast under a dtype policy)."""
+    if weight in _BATCH_NORM_READS:
+        return reads[_BATCH_NORM_READS[weight]]
+    bias = [op for op in reads if op.startswith("BiasAdd/")]
+    if weight == "bias":
+        return reads[bias[0]]
+    (kernel,) = [op for op in reads if op not in bias]
+    return reads[kernel]
+
+
+def _reproduces(model: keras.Model, faces: np.ndarray, served: np.ndarray) -> bool:
+    """Whether the model gives the served probabilities, alone or averaged with the mirrored faces."""
+    pixels = faces.astype(np.float32)
+    plain = model(pixels, training=False).numpy()
+    mirrored = model(pixels[:, :, ::-1], training=False).numpy()
+    return min(np.abs(served - plain).max(), np.abs(served - (plain + mirrored) / 2).max()) < 1e-4
+
+
+def _layer_name(scope: str, scope_suffix: bool) -> str:
+    """A layer's name from its name scope, with or without the scope's own "_N" suffix."""
+    base, _, number = scope.rpartition("_")
+    return base if scope_suffix and number.isdigit() and base else scope
+
+
+def _layer_kind(name: str) -> str:
+    """ "conv2d_12" -> "conv2d"; the output layer ("probabilities") is the one dense layer."""
+    if name == "probabilities":
+        return "dense"
+    base, _, number = name.rpartition("_")
+    return base if number.isdigit() else name
+
+
+def _layer_order(name: str) -> int:
+    """Keras numbers a kind's layers as it makes them: "conv2d" first, then "conv2d_1", "conv2d_2"..."""
+    _, _, number = name.rpartition("_")
+    return int(number) if number.isdigit() else 0
+
+
+def _exported_variables(serve) -> dict[str, dict[str, np.ndarray]]:
+    """{layer name: {read op name within the layer: value}} from a loaded serving function."""
+    import tensorflow as tf
+
+    graph_def = serve.graph.as_graph_def()
+    library = {function.signature.name: function for function in graph_def.library.function}
+    call = next(node for node in graph_def.node if node.op == "StatefulPartitionedCall")
+    function = library[call.attr["f"].func.name]
+    arguments = [argument.name for argument in function.signature.input_arg]
+    # The call's first input is the faces; the rest are the captured variables, in the argument order.
+    handles = serve.captured_inputs  # resource handles: read them as the graph does
+    read = [tf.raw_ops.ReadVariableOp(resource=handle, dtype=tf.float32).numpy() for handle in handles]
+    values = dict(zip(arguments[1:], read, strict=True))
+    found: dict[str, dict[str, np.ndarray]] = {}
+    for node in function.node_def:
+        if node.op != "ReadVariableOp" or node.input[0] not in values:
+            continue
+        # "<model>/<layer>/<op path>/ReadVariableOp"
+        _, layer, read = node.name.split("/", 2)
+        found.setdefault(layer, {})[read] = values[node.input[0]]
+    return found

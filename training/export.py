@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from common.classes import NUM_CLASSES
@@ -45,6 +46,100 @@ def serving_function(model: keras.Model, flip_average: bool, members: Sequence[k
     return serve
 
 
+def fold_batch_norm(model: keras.Model) -> keras.Model:
+    """The same function with every BatchNormalization that directly follows a convolution folded into it.
+
+    In inference BatchNorm is a per-channel scale and shift, which the convolution before it can apply to
+    its own kernel and bias: the served graph then skips two passes over every activation. TF Serving runs
+    the graph as exported (no Keras, and its optimiser does not fold Keras's BatchNorm ops), so the export
+    does it. Probabilities agree with the unfolded model's to float rounding (tests/test_training.py)."""
+    norms = {}
+    for layer in model.layers:
+        if not isinstance(layer, keras.layers.BatchNormalization):
+            continue
+        source = layer.input._keras_history.operation
+        if isinstance(source, keras.layers.Conv2D) and _only_consumer(model, source, layer):
+            norms[layer.name] = source.name
+    if not norms:
+        return model
+    folded_convs = set(norms.values())
+
+    def clone(layer):
+        if layer.name in norms:
+            return _FoldedAway(name=layer.name)
+        if layer.name in folded_convs:
+            return _ConvWithBias(layer)
+        return layer.__class__.from_config(layer.get_config())
+
+    folded = keras.models.clone_model(model, clone_function=clone)
+    for layer in model.layers:
+        target = folded.get_layer(layer.name)
+        if layer.name in norms or layer.name in folded_convs:
+            continue
+        target.set_weights(layer.get_weights())
+    for norm_name, conv_name in norms.items():
+        norm, conv = model.get_layer(norm_name), model.get_layer(conv_name)
+        scale = norm.gamma.numpy() / np.sqrt(norm.moving_variance.numpy() + norm.epsilon)
+        kernel = conv.kernel.numpy() * scale  # the output channels are the kernel's last axis
+        bias = conv.bias.numpy() if conv.use_bias else np.zeros_like(scale)
+        shift = norm.beta.numpy() + (bias - norm.moving_mean.numpy()) * scale
+        folded.get_layer(conv_name).set_weights([kernel, shift])
+    log.info("folded %d BatchNorm layers into the convolutions before them", len(norms))
+    return folded
+
+
+class _ConvWithBias(keras.layers.Layer):
+    """A folded convolution as the plain TensorFlow ops Conv2D then BiasAdd (Keras adds a bias with AddV2),
+    which TensorFlow's graph optimiser fuses with the ReLU after them into one op on CPU."""
+
+    def __init__(self, conv: keras.layers.Conv2D):
+        super().__init__(name=conv.name)
+        if conv.data_format != "channels_last" or conv.groups != 1 or conv.activation.__name__ != "linear":
+            raise ValueError(f"cannot fold into {conv.name}: only plain channels-last convolutions")
+        self.strides = (1, *conv.strides, 1)
+        self.padding = conv.padding.upper()
+        self.dilations = (1, *conv.dilation_rate, 1)
+        self.kernel_shape = tuple(conv.kernel.shape)
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(shape=self.kernel_shape, name="kernel", initializer="zeros")
+        self.bias = self.add_weight(shape=self.kernel_shape[-1:], name="bias", initializer="zeros")
+
+    def call(self, inputs):
+        convolved = tf.nn.conv2d(inputs, self.kernel, self.strides, self.padding, dilations=self.dilations)
+        return tf.nn.bias_add(convolved, self.bias)
+
+    def compute_output_shape(self, input_shape):
+        return keras.layers.Conv2D(
+            self.kernel_shape[-1],
+            self.kernel_shape[:2],
+            strides=self.strides[1:3],
+            padding=self.padding.lower(),
+        ).compute_output_shape(input_shape)
+
+
+class _FoldedAway(keras.layers.Layer):
+    """Stands where a folded BatchNorm was: passes its input on (taking the calls' BatchNorm arguments)."""
+
+    def call(self, inputs, training=None, mask=None):
+        return inputs
+
+
+def _only_consumer(model: keras.Model, producer: keras.layers.Layer, consumer: keras.layers.Layer) -> bool:
+    """Whether `consumer` is the one layer of `model` reading `producer`'s output."""
+    readers = [
+        layer
+        for layer in model.layers
+        if layer is not producer and any(node_input is producer.output for node_input in _inputs_of(layer))
+    ]
+    return readers == [consumer]
+
+
+def _inputs_of(layer: keras.layers.Layer) -> list:
+    inputs = layer.input
+    return list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+
+
 def load_member(saved_model_dir: Path) -> keras.layers.Layer:
     """An exported model (a version folder) as a layer taking uint8 faces, to be ensembled by an export."""
     check_contract(saved_model_dir)
@@ -78,7 +173,7 @@ def export_model(
     archive = keras.export.ExportArchive()
     archive.add_endpoint(
         name=SIGNATURE_NAME,
-        fn=serving_function(model, flip_average, members),
+        fn=serving_function(fold_batch_norm(model), flip_average, members),
         input_signature=[tf.TensorSpec([None, *FACE_SHAPE], tf.uint8, name=INPUT_KEY)],
     )
     archive.write_out(str(staging), verbose=False)

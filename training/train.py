@@ -11,7 +11,7 @@ from pathlib import Path
 
 import keras
 
-from training.checkpoints import SNAPSHOT_DIR, SNAPSHOT_PATTERN, prune_snapshots
+from training.checkpoints import SNAPSHOT_DIR, SNAPSHOT_PATTERN, load_exported_weights, prune_snapshots
 from training.data import DEFAULT_DATA_ROOT, AugmentConfig, Split, list_split, make_dataset
 from training.ferplus import DEFAULT_FERPLUS_ROOT, load_ferplus_split
 from training.models import build_model
@@ -51,6 +51,9 @@ class TrainConfig:
     # Epoch snapshots kept (the newest), for `export --average-last`.
     keep_snapshots: int = 10
     seed: int = 0
+    # An exported version folder whose weights the run starts from instead of random ones (a second cycle
+    # of the schedule for the served model, when its checkpoints are gone).
+    init_from: str | None = None
 
 
 class _EpochStats(keras.callbacks.Callback):
@@ -198,6 +201,8 @@ def _fit(config: TrainConfig, out: Path, resume: bool, state_path: Path, previou
         if resume:
             log.warning("nothing to resume in %s; starting afresh", out)
         model = build_model(config.arch)
+        if config.init_from:
+            load_exported_weights(model, Path(config.init_from))
         _compile(model, config, steps_per_epoch)
     log.info("model %s: %d parameters", model.name, model.count_params())
     if initial_epoch >= config.epochs:
