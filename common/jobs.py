@@ -11,6 +11,7 @@ running. A job deleted (or finished) meanwhile is never re-created or revived by
 from __future__ import annotations
 
 import json
+import logging
 import time
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -20,6 +21,8 @@ from pydantic import BaseModel
 
 from common.errors import JobNotFound
 from common.render_options import RenderOptions
+
+logger = logging.getLogger(__name__)
 
 # The job's part that counts its finished batches: {batch index: frames decoded}.
 BATCHES = "batch"
@@ -86,6 +89,7 @@ for i = n + 2, #ARGV, 2 do
   if ARGV[i] == 'started_at' then redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1])
   else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 end
+redis.call('PUBLISH', KEYS[1] .. ':changed', '')
 return 1
 """
 
@@ -96,6 +100,7 @@ if status ~= 'queued' and status ~= 'running' then return -1 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3]))
 redis.call('HSET', KEYS[1], 'heartbeat_at', ARGV[4])
+redis.call('PUBLISH', KEYS[1] .. ':changed', '')
 return redis.call('HLEN', KEYS[2])
 """
 
@@ -141,6 +146,12 @@ class JobStore:
     @staticmethod
     def key(job_id: str, part: str = "") -> str:
         return f"{KEY_PREFIX}{job_id}" + (f":{part}" if part else "")
+
+    @classmethod
+    def changes_channel(cls, job_id: str) -> str:
+        """The pub/sub channel told of every change to the job's record (its progress, its end, its
+        deletion), so that a progress stream waits for news instead of reading the job over and over."""
+        return cls.key(job_id, "changed")
 
     def create(self, job_id: str, filename: str, video: dict) -> Job:
         now = _now()
@@ -307,6 +318,7 @@ class JobStore:
         pipe = self.redis.pipeline()
         pipe.delete(*(self.key(job_id, part) for part in PARTS))
         pipe.zrem(JOB_INDEX_KEY, job_id)
+        pipe.publish(self.changes_channel(job_id), "")
         pipe.execute()
 
     # --- owners: who created a job; kept apart from the state changes above ---------------------------------
@@ -345,3 +357,44 @@ class JobStore:
     def forget_owned(self, owner: str, job_id: str) -> None:
         """Drop a deleted job from its owner's index (`delete` drops the record and the global index)."""
         self.redis.zrem(OWNER_INDEX_PREFIX + owner, job_id)
+
+
+class JobChanges:
+    """Notices of one job's changes (`JobStore.changes_channel`), for an asyncio progress stream:
+    `await changes.wait(timeout)` returns when the job changed or the timeout passed. Its own connection,
+    as a subscribed Redis connection can do nothing else; drained notices are merged into one wake-up."""
+
+    def __init__(self, redis_url: str, channel: str) -> None:
+        import redis.asyncio
+
+        self.client = redis.asyncio.Redis.from_url(redis_url)
+        self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        self.channel = channel
+
+    async def __aenter__(self) -> JobChanges:
+        try:
+            await self.pubsub.subscribe(self.channel)
+        except redis.RedisError:
+            logger.warning("no change notices from %s; the stream reads the job on its timer", self.channel)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        try:
+            await self.pubsub.aclose()
+            await self.client.aclose()
+        except redis.RedisError:
+            pass
+
+    async def wait(self, timeout_s: float) -> None:
+        """Until a notice arrives or `timeout_s` passes; then the notices that came meanwhile are dropped."""
+        import asyncio
+
+        if not self.pubsub.subscribed:
+            await asyncio.sleep(timeout_s)
+            return
+        try:
+            if await self.pubsub.get_message(timeout=timeout_s) is not None:
+                while await self.pubsub.get_message(timeout=0) is not None:
+                    pass
+        except redis.RedisError:
+            await asyncio.sleep(timeout_s)

@@ -34,8 +34,9 @@ class GatewaySettings(CommonSettings):
     # The whole fetch, every redirect and every byte, must be done in this many seconds.
     url_fetch_timeout_s: float = Field(default=300.0, gt=0)
     url_fetch_max_redirects: int = Field(default=5, ge=0)
-    # How often the job page's event stream looks at Redis.
-    events_interval_s: float = Field(default=0.5, gt=0)
+    # The job page's event stream reads the job as soon as the store announces a change; it also reads it
+    # this often in case a notice was lost (e.g. Redis restarted between two writes).
+    events_interval_s: float = Field(default=5.0, gt=0)
 
     # One webcam frame, as the browser sends it (a 640x480 JPEG is ~30-60 kB).
     live_max_frame_bytes: int = Field(default=2 * 1024 * 1024, gt=0)

@@ -419,6 +419,56 @@ def test_events_stream_ends_with_the_finished_job(finished_job, gateway):
 
 
 @pytest.mark.e2e
+def test_events_arrive_when_the_job_changes_not_on_the_next_timer(gateway, redis_url):
+    """The stream wakes on the store's change notices: with the timer at its default (5 s), a change and the
+    end each arrive well inside it, and a deletion ends the stream with `gone`."""
+    from gateway.settings import GatewaySettings
+
+    interval = GatewaySettings().events_interval_s
+    store = JobStore.from_url(redis_url)
+    # Records only, no task: the stream is what is under test, and it reads just the record.
+    running, deleted = "c" * 32, "d" * 32
+    for job_id in (running, deleted):
+        store.create(job_id, "notices.mp4", {"frames": 10})
+        store.mark_running(job_id)
+
+    def changes(job_id, steps):
+        time.sleep(1.0)  # the stream has sent the job as it is, and waits
+        for step in steps:
+            step()
+            times.append(time.monotonic())
+            time.sleep(1.0)
+
+    def read(job_id):
+        received = []
+        with httpx.stream("GET", f"{gateway}/api/v1/jobs/{job_id}/events", timeout=30) as reply:
+            for line in reply.iter_lines():
+                if line.startswith("event: "):
+                    received.append((line.removeprefix("event: "), time.monotonic()))
+        return received
+
+    times: list[float] = []
+    writer = threading.Thread(
+        target=changes,
+        args=(running, [lambda: store.mark_batch_done(running, 0, 5), lambda: store.mark_succeeded(running)]),
+    )
+    writer.start()
+    received = read(running)
+    writer.join()
+    assert [event for event, _ in received] == ["job", "job", "job"]  # as it was, a batch done, the end
+    delays = [at - changed for (_, at), changed in zip(received[1:], times, strict=True)]
+    assert max(delays) < interval / 2, delays
+
+    times = []
+    writer = threading.Thread(target=changes, args=(deleted, [lambda: store.delete(deleted)]))
+    writer.start()
+    received = read(deleted)
+    writer.join()
+    assert [event for event, _ in received] == ["job", "gone"]
+    assert received[1][1] - times[0] < interval / 2
+
+
+@pytest.mark.e2e
 def test_recent_jobs_lists_the_job(finished_job, gateway):
     jobs = httpx.get(f"{gateway}/api/v1/jobs", timeout=30).json()["jobs"]
     assert finished_job["job"]["id"] in [j["id"] for j in jobs]

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from pydantic import ValidationError
 from common import job_files
 from common.errors import JobNotFound, MediaRefused, UploadTooLarge, VideoError
 from common.images import IMAGE_FORMATS, ImageLimits, probe_image
-from common.jobs import Job, JobStatus, JobStore
+from common.jobs import Job, JobChanges, JobStatus, JobStore
 from common.media import SNIFF_BYTES, media_kind, probe
 from common.media_policy import MediaLimits
 from common.queue import VIDEO_QUEUE, first_task
@@ -651,6 +652,10 @@ def delete_job(
     return Response(status_code=204)
 
 
+# A silent stream gets a comment line this often: proxies close connections that say nothing.
+KEEP_ALIVE_S = 15.0
+
+
 def _sse(event: str, data: dict | str) -> str:
     payload = data if isinstance(data, str) else json.dumps(data)
     return f"event: {event}\ndata: {payload}\n\n"
@@ -664,29 +669,33 @@ def _sse(event: str, data: dict | str) -> str:
 async def job_events(
     job_id: JobIdDep, request: Request, store: StoreDep, settings: SettingsDep, owner: OwnerDep
 ) -> StreamingResponse:
-    """Server-sent events: a `job` event (the job as JSON) on every change, until it finishes."""
+    """Server-sent events: a `job` event (the job as JSON) on every change, until it finishes.
+
+    The stream reads the job when the store says it changed (the job's pub/sub channel), so progress and
+    the end arrive at once and an idle page costs nothing; it also reads it every `events_interval_s` in
+    case a notice was missed (Redis restarted, a write from outside the store)."""
     await asyncio.to_thread(load_job, store, job_id, owner)  # 404 now rather than an empty stream
 
     async def events() -> AsyncIterator[str]:
         last = None
-        idle = 0.0
-        while not await request.is_disconnected():
-            try:
-                job = await asyncio.to_thread(store.get, job_id)
-            except JobNotFound:
-                yield _sse("gone", {"message": "the job was deleted"})
-                return
-            body = (await asyncio.to_thread(public, store, job)).model_dump_json()
-            if body != last:
-                last, idle = body, 0.0
-                yield _sse("job", body)
-                if job.status in TERMINAL:
+        quiet_since = time.monotonic()
+        async with JobChanges(settings.redis_url, store.changes_channel(job_id)) as changes:
+            while not await request.is_disconnected():
+                try:
+                    job = await asyncio.to_thread(store.get, job_id)
+                except JobNotFound:
+                    yield _sse("gone", {"message": "the job was deleted"})
                     return
-            elif idle >= 15.0:
-                idle = 0.0
-                yield ": keep-alive\n\n"  # proxies close silent connections
-            await asyncio.sleep(settings.events_interval_s)
-            idle += settings.events_interval_s
+                body = (await asyncio.to_thread(public, store, job)).model_dump_json()
+                if body != last:
+                    last, quiet_since = body, time.monotonic()
+                    yield _sse("job", body)
+                    if job.status in TERMINAL:
+                        return
+                elif time.monotonic() - quiet_since >= KEEP_ALIVE_S:
+                    quiet_since = time.monotonic()
+                    yield ": keep-alive\n\n"  # proxies close silent connections
+                await changes.wait(settings.events_interval_s)
 
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
