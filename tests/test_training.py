@@ -262,6 +262,18 @@ def test_batch_norm_is_folded_into_the_convolutions_at_export(trained_run, tmp_p
     assert op_names and not [name for name in op_names if "batch_normalization" in name]
 
 
+def test_export_applies_the_class_bias(trained_run, tmp_path):
+    from training.class_bias import apply_bias, parse_bias
+
+    model = load_checkpoints([trained_run / BEST_CHECKPOINT])
+    bias = parse_bias("fear=0.7,sad=-0.2")
+    target = export_model(model, model_base=tmp_path, class_bias=bias)
+    faces = np.random.default_rng(8).integers(0, 256, (5, 48, 48, 1), dtype=np.uint8)
+    served = tf.saved_model.load(str(target)).signatures[SIGNATURE_NAME](**{INPUT_KEY: tf.constant(faces)})
+    expected = apply_bias(model.predict(faces.astype(np.float32), verbose=0), bias)
+    np.testing.assert_allclose(served[OUTPUT_KEY].numpy(), expected, atol=1e-5)
+
+
 @pytest.mark.parametrize("flip_average", [False, True])
 def test_a_run_can_start_from_an_exported_models_weights(trained_run, tmp_path, flip_average):
     from training.models import build_model

@@ -138,6 +138,19 @@ def _parser() -> argparse.ArgumentParser:
         help="exported models (version folders) averaged in, each weighted as much as the model",
     )
     export.add_argument("--keep-other-versions", action="store_true")
+    export.add_argument(
+        "--class-bias",
+        metavar="CLASS=BIAS,...",
+        help="multiply these classes' probabilities by exp(bias) inside the model (see `class-bias`)",
+    )
+
+    bias = commands.add_parser(
+        "class-bias", help="the per-class bias that lifts every class but disgust to a recall floor on val"
+    )
+    bias.add_argument("--model", type=Path, help="a SavedModel folder (default: the shipped model)")
+    bias.add_argument("--data", type=Path, default=DEFAULT_DATA_ROOT)
+    bias.add_argument("--ferplus", type=Path, default=DEFAULT_FERPLUS_ROOT)
+    bias.add_argument("--floor", type=float, default=0.55, help="the recall each class should reach")
     return parser
 
 
@@ -188,6 +201,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     elif args.command == "export":
         from training.checkpoints import last_snapshots, load_checkpoints
+        from training.class_bias import parse_bias
         from training.data import list_split, load_images
         from training.export import export_model, load_member
 
@@ -203,7 +217,14 @@ def main(argv: list[str] | None = None) -> None:
             flip_average=args.flip_average,
             keep_other_versions=args.keep_other_versions,
             members=members,
+            class_bias=parse_bias(args.class_bias) if args.class_bias else None,
         )
+    elif args.command == "class-bias":
+        import json
+
+        from training.class_bias import report
+
+        print(json.dumps(report(args.model, args.data, args.ferplus, args.floor), indent=2))
 
 
 if __name__ == "__main__":

@@ -23,11 +23,20 @@ OUTPUT_KEY = "probabilities"
 FACE_SHAPE = (48, 48, 1)
 
 
-def serving_function(model: keras.Model, flip_average: bool, members: Sequence[keras.layers.Layer] = ()):
+def serving_function(
+    model: keras.Model,
+    flip_average: bool,
+    members: Sequence[keras.layers.Layer] = (),
+    class_bias: Sequence[float] | None = None,
+):
     """uint8 faces [N, 48, 48, 1] -> {"probabilities": float32 [N, 7]}; scaling and flip averaging inside.
 
     `members` are earlier exported models (see `load_member`) whose probabilities are averaged in, with
-    the same weight as `model`: an ensemble in one SavedModel."""
+    the same weight as `model`: an ensemble in one SavedModel. `class_bias` multiplies each class's
+    probability by exp(bias) and renormalises (`training/class_bias.py`)."""
+    weights = (
+        None if class_bias is None or not np.any(class_bias) else np.exp(np.asarray(class_bias, np.float32))
+    )
 
     def serve(faces: tf.Tensor) -> dict[str, tf.Tensor]:
         pixels = tf.cast(faces, tf.float32)  # the model itself scales 0..255 to its own range
@@ -41,7 +50,11 @@ def serving_function(model: keras.Model, flip_average: bool, members: Sequence[k
             probabilities = model(pixels, training=False)
         answers = [tf.cast(probabilities, tf.float32)]
         answers += [member(faces)[OUTPUT_KEY] for member in members]
-        return {OUTPUT_KEY: tf.add_n(answers) / float(len(answers))}
+        averaged = tf.add_n(answers) / float(len(answers))
+        if weights is not None:
+            weighted = averaged * tf.constant(weights[None, :])
+            averaged = weighted / tf.reduce_sum(weighted, axis=1, keepdims=True)
+        return {OUTPUT_KEY: averaged}
 
     return serve
 
@@ -159,6 +172,7 @@ def export_model(
     flip_average: bool = False,
     keep_other_versions: bool = False,
     members: Sequence[keras.layers.Layer] = (),
+    class_bias: Sequence[float] | None = None,
 ) -> Path:
     """Write `<model_base>/<version>/` (saved_model.pb, variables/); by default the only version left."""
     model_base = Path(model_base)
@@ -173,7 +187,7 @@ def export_model(
     archive = keras.export.ExportArchive()
     archive.add_endpoint(
         name=SIGNATURE_NAME,
-        fn=serving_function(fold_batch_norm(model), flip_average, members),
+        fn=serving_function(fold_batch_norm(model), flip_average, members, class_bias),
         input_signature=[tf.TensorSpec([None, *FACE_SHAPE], tf.uint8, name=INPUT_KEY)],
     )
     archive.write_out(str(staging), verbose=False)
@@ -186,10 +200,11 @@ def export_model(
                 shutil.rmtree(other)
     check_contract(target)
     log.info(
-        "exported %s (flip averaging %s, %d ensemble members) to %s",
+        "exported %s (flip averaging %s, %d ensemble members, class bias %s) to %s",
         model.name,
         "on" if flip_average else "off",
         len(members),
+        "none" if class_bias is None else list(class_bias),
         target,
     )
     return target
