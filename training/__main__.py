@@ -139,6 +139,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--keep-other-versions", action="store_true")
     export.add_argument(
+        "--average-with",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="VERSION_DIR",
+        help="exported models of the same architecture whose weights are averaged in, each as one checkpoint",
+    )
+    export.add_argument(
         "--class-bias",
         metavar="CLASS=BIAS,...",
         help="multiply these classes' probabilities by exp(bias) inside the model (see `class-bias`)",
@@ -200,14 +208,31 @@ def main(argv: list[str] | None = None) -> None:
             ferplus=args.ferplus,
         )
     elif args.command == "export":
-        from training.checkpoints import last_snapshots, load_checkpoints
+        import keras
+
+        from training.checkpoints import (
+            average_weights,
+            last_snapshots,
+            load_checkpoints,
+            load_exported_weights,
+            recalibrate_batch_norm,
+        )
         from training.class_bias import parse_bias
         from training.data import list_split, load_images
         from training.export import export_model, load_member
 
         paths = last_snapshots(args.run, args.average_last) if args.average_last else args.checkpoint
         bn_images = load_images(list_split(args.data, "train")) if args.recalibrate_bn else None
-        model = load_checkpoints(paths, bn_images)
+        if args.average_with:
+            # Exported models of the same architecture (e.g. the run's starting point, `train --init-from`)
+            # averaged in weight by weight, then BatchNorm measured afresh if asked.
+            model = load_checkpoints(paths)
+            others = [load_exported_weights(keras.models.clone_model(model), p) for p in args.average_with]
+            model = average_weights([model, *others], [*map(str, paths), *map(str, args.average_with)])
+            if bn_images is not None:
+                recalibrate_batch_norm(model, bn_images)
+        else:
+            model = load_checkpoints(paths, bn_images)
         # Loaded before the export, which removes the other version folders (the members' among them).
         members = [load_member(path) for path in args.ensemble_with]
         export_model(

@@ -25,19 +25,20 @@ def load_checkpoints(paths: Sequence[Path], bn_images: np.ndarray | None = None)
     if not paths:
         raise ValueError("no checkpoint given")
     models = [_as_float32(keras.models.load_model(path, compile=False)) for path in paths]
-    model = models[0] if len(models) == 1 else _average(models, paths)
+    model = models[0] if len(models) == 1 else average_weights(models, [str(p) for p in paths])
     if bn_images is not None:
         recalibrate_batch_norm(model, bn_images)
     return model
 
 
-def _average(models: list[keras.Model], paths: Sequence[Path]) -> keras.Model:
+def average_weights(models: list[keras.Model], names: Sequence[str]) -> keras.Model:
+    """The first model, its weights set to the mean of all the models' (one architecture)."""
     names = {model.name for model in models}
     if len(names) != 1:
         raise ValueError(f"cannot average checkpoints of different architectures: {sorted(names)}")
     averaged = [np.mean(weights, axis=0) for weights in zip(*(m.get_weights() for m in models), strict=True)]
     models[0].set_weights(averaged)
-    log.info("averaged the weights of %d checkpoints: %s", len(paths), ", ".join(Path(p).name for p in paths))
+    log.info("averaged the weights of %d models: %s", len(names), ", ".join(names))
     return models[0]
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from common.classes import NUM_CLASSES
+from training.class_bias import format_bias
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +205,7 @@ def export_model(
         model.name,
         "on" if flip_average else "off",
         len(members),
-        "none" if class_bias is None else list(class_bias),
+        "none" if class_bias is None else format_bias(np.asarray(class_bias)) or "none",
         target,
     )
     return target
