@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -427,7 +428,8 @@ def test_events_arrive_when_the_job_changes_not_on_the_next_timer(gateway, redis
     interval = GatewaySettings().events_interval_s
     store = JobStore.from_url(redis_url)
     # Records only, no task: the stream is what is under test, and it reads just the record.
-    running, deleted = "c" * 32, "d" * 32
+    # Fresh ids: the session's Redis is shared, and other tests make records of their own fixed ids.
+    running, deleted = uuid.uuid4().hex, uuid.uuid4().hex
     for job_id in (running, deleted):
         store.create(job_id, "notices.mp4", {"frames": 10})
         store.mark_running(job_id)
@@ -464,6 +466,7 @@ def test_events_arrive_when_the_job_changes_not_on_the_next_timer(gateway, redis
     writer.start()
     received = read(deleted)
     writer.join()
+    store.delete(running)
     assert [event for event, _ in received] == ["job", "gone"]
     assert received[1][1] - times[0] < interval / 2
 
