@@ -175,11 +175,9 @@ def _unfold_batch_norm(model: keras.Model, convs: list, reads: list[dict[str, np
     """Each convolution's folded kernel and bias back as the convolution and the BatchNorm after it: the
     kernel as is, and a BatchNorm that only adds the bias (scale 1, mean 0, variance 1 - epsilon). The
     same function in inference; in training BatchNorm relearns the scales from the batches."""
-    after = {
-        layer.input._keras_history.operation.name: layer
-        for layer in model.layers
-        if isinstance(layer, keras.layers.BatchNormalization)
-    }
+    from training.export import conv_batch_norm_pairs
+
+    after = {conv.name: norm for conv, norm in conv_batch_norm_pairs(model)}
     for conv, conv_reads in zip(convs, reads, strict=True):
         conv.set_weights([_weight_value(conv_reads, "kernel")])
         norm = after[conv.name]

@@ -130,7 +130,7 @@ def report(model: Path | None, data: Path, ferplus: Path, floor: float = RECALL_
     scored = votes.split.labels != NO_PLURALITY
     images = load_images(votes.split)[scored]
     labels = votes.split.labels[scored]
-    probabilities = load_predictor([model] if model else []).__call__(images)
+    probabilities = load_predictor([model] if model else [])(images)
     bias = fit_bias(probabilities, labels, floor)
     biased = apply_bias(probabilities, bias)
     result = {

@@ -67,13 +67,11 @@ def fold_batch_norm(model: keras.Model) -> keras.Model:
     its own kernel and bias: the served graph then skips two passes over every activation. TF Serving runs
     the graph as exported (no Keras, and its optimiser does not fold Keras's BatchNorm ops), so the export
     does it. Probabilities agree with the unfolded model's to float rounding (tests/test_training.py)."""
-    norms = {}
-    for layer in model.layers:
-        if not isinstance(layer, keras.layers.BatchNormalization):
-            continue
-        source = layer.input._keras_history.operation
-        if isinstance(source, keras.layers.Conv2D) and _only_consumer(model, source, layer):
-            norms[layer.name] = source.name
+    norms = {
+        norm.name: conv.name
+        for conv, norm in conv_batch_norm_pairs(model)
+        if _plain_convolution(conv) and _only_consumer(model, conv, norm)
+    }
     if not norms:
         return model
     folded_convs = set(norms.values())
@@ -108,8 +106,6 @@ class _ConvWithBias(keras.layers.Layer):
 
     def __init__(self, conv: keras.layers.Conv2D):
         super().__init__(name=conv.name)
-        if conv.data_format != "channels_last" or conv.groups != 1 or conv.activation.__name__ != "linear":
-            raise ValueError(f"cannot fold into {conv.name}: only plain channels-last convolutions")
         self.strides = (1, *conv.strides, 1)
         self.padding = conv.padding.upper()
         self.dilations = (1, *conv.dilation_rate, 1)
@@ -137,6 +133,22 @@ class _FoldedAway(keras.layers.Layer):
 
     def call(self, inputs, training=None, mask=None):
         return inputs
+
+
+def conv_batch_norm_pairs(model: keras.Model) -> list[tuple[keras.layers.Conv2D, keras.layers.Layer]]:
+    """(convolution, the BatchNormalization reading its output) for each BatchNorm right after a conv."""
+    pairs = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            source = layer.input._keras_history.operation
+            if isinstance(source, keras.layers.Conv2D):
+                pairs.append((source, layer))
+    return pairs
+
+
+def _plain_convolution(conv: keras.layers.Conv2D) -> bool:
+    """What `_ConvWithBias` can stand for: channels last, one group, no activation of its own."""
+    return conv.data_format == "channels_last" and conv.groups == 1 and conv.activation.__name__ == "linear"
 
 
 def _only_consumer(model: keras.Model, producer: keras.layers.Layer, consumer: keras.layers.Layer) -> bool:
