@@ -274,12 +274,14 @@ def test_export_applies_the_class_bias(trained_run, tmp_path):
     np.testing.assert_allclose(served[OUTPUT_KEY].numpy(), expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("flip_average", [False, True])
-def test_a_run_can_start_from_an_exported_models_weights(trained_run, tmp_path, flip_average):
+@pytest.mark.parametrize(("flip_average", "class_bias"), [(False, None), (True, None), (True, "fear=0.4")])
+def test_a_run_can_start_from_an_exported_models_weights(trained_run, tmp_path, flip_average, class_bias):
+    from training.class_bias import parse_bias
     from training.models import build_model
 
     model = _with_batch_norm_statistics(load_checkpoints([trained_run / BEST_CHECKPOINT]))
-    target = export_model(model, model_base=tmp_path, flip_average=flip_average)
+    bias = parse_bias(class_bias) if class_bias else None
+    target = export_model(model, model_base=tmp_path, flip_average=flip_average, class_bias=bias)
     build_model("vgg16")  # made first, so Keras numbers the next model's layers on from its own
     fresh = build_model("emonet")
     load_exported_weights(fresh, target)
@@ -310,6 +312,28 @@ def test_export_with_an_ensemble_member_averages_the_probabilities(trained_run, 
     expected = (run(first) + other.predict(faces.astype(np.float32), verbose=0)) / 2
     np.testing.assert_allclose(run(ensemble), expected, atol=1e-5)
     assert not np.allclose(run(first), run(ensemble), atol=1e-4)  # the member really is only half of it
+
+
+def test_export_of_several_nets_averages_them_under_one_flip_and_bias(trained_run, tmp_path):
+    from training.class_bias import apply_bias, parse_bias
+
+    first = load_checkpoints([trained_run / BEST_CHECKPOINT])
+    second = load_checkpoints([trained_run / BEST_CHECKPOINT])
+    head = second.get_layer("probabilities")  # a different head, so the two nets clearly disagree
+    kernel, head_bias = head.get_weights()
+    head.set_weights([np.random.default_rng(6).normal(0, 50, kernel.shape).astype(np.float32), head_bias])
+    bias = parse_bias("fear=0.5")
+    target = export_model([first, second], model_base=tmp_path, flip_average=True, class_bias=bias)
+    faces = np.random.default_rng(3).integers(0, 256, (5, 48, 48, 1), dtype=np.uint8)
+    served = tf.saved_model.load(str(target)).signatures[SIGNATURE_NAME](**{INPUT_KEY: tf.constant(faces)})
+
+    def flip_averaged(net):
+        pixels = faces.astype(np.float32)
+        return (net.predict(pixels, verbose=0) + net.predict(pixels[:, :, ::-1], verbose=0)) / 2
+
+    expected = apply_bias((flip_averaged(first) + flip_averaged(second)) / 2, bias)
+    np.testing.assert_allclose(served[OUTPUT_KEY].numpy(), expected, atol=1e-5)
+    assert not np.allclose(expected, apply_bias(flip_averaged(first), bias), atol=1e-3)
 
 
 SHARED_PHOTO = SHARED_DATA.parent / "media" / "pyfeat_multi_face.jpg"

@@ -137,6 +137,15 @@ def _parser() -> argparse.ArgumentParser:
         metavar="VERSION_DIR",
         help="exported models (version folders) averaged in, each weighted as much as the model",
     )
+    export.add_argument(
+        "--ensemble-weights-from",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="VERSION_DIR",
+        help="exported models of the checkpoint's architecture read back as nets (their own flip averaging "
+        "and class bias left behind) and served beside it, under this export's flip averaging and class bias",
+    )
     export.add_argument("--keep-other-versions", action="store_true")
     export.add_argument(
         "--average-with",
@@ -235,8 +244,11 @@ def main(argv: list[str] | None = None) -> None:
             model = load_checkpoints(paths, bn_images)
         # Loaded before the export, which removes the other version folders (the members' among them).
         members = [load_member(path) for path in args.ensemble_with]
+        nets = [model]
+        for version_dir in args.ensemble_weights_from:
+            nets.append(load_exported_weights(keras.models.clone_model(model), version_dir))
         export_model(
-            model,
+            nets,
             model_base=args.model_base,
             version=args.version,
             flip_average=args.flip_average,

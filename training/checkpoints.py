@@ -9,6 +9,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from training.class_bias import apply_bias
+
 log = logging.getLogger(__name__)
 
 SNAPSHOT_DIR = "snapshots"
@@ -123,7 +125,7 @@ def load_exported_weights(model: keras.Model, saved_model_dir: Path) -> keras.Mo
     A SavedModel keeps its variables without their Keras paths; the serving function still reads each one
     through an op named after its layer ("emonet/conv2d_3/convolution/ReadVariableOp"). Layers of one kind
     are matched in the order Keras numbered them, and the result is checked: the model must give the served
-    probabilities (with or without flip averaging) or nothing is changed."""
+    probabilities (with or without flip averaging and a class bias) or nothing is changed."""
     import tensorflow as tf
 
     from training.export import INPUT_KEY, OUTPUT_KEY, SIGNATURE_NAME
@@ -209,11 +211,23 @@ def _weight_value(reads: dict[str, np.ndarray], weight: str) -> np.ndarray:
 
 
 def _reproduces(model: keras.Model, faces: np.ndarray, served: np.ndarray) -> bool:
-    """Whether the model gives the served probabilities, alone or averaged with the mirrored faces."""
+    """Whether the model gives the served probabilities, alone or averaged with the mirrored faces, and with
+    or without a class bias (`export --class-bias`: each class scaled by one factor, rows renormalised)."""
     pixels = faces.astype(np.float32)
     plain = model(pixels, training=False).numpy()
     mirrored = model(pixels[:, :, ::-1], training=False).numpy()
-    return min(np.abs(served - plain).max(), np.abs(served - (plain + mirrored) / 2).max()) < 1e-4
+    for probabilities in (plain, (plain + mirrored) / 2):
+        for candidate in (probabilities, apply_bias(probabilities, _implied_bias(probabilities, served))):
+            if np.abs(served - candidate).max() < 1e-4:
+                return True
+    return False
+
+
+def _implied_bias(probabilities: np.ndarray, served: np.ndarray) -> np.ndarray:
+    """The per-class bias that best turns `probabilities` into `served`: log served - log p is the bias
+    less each row's log normaliser, so it is read off the rows centred on their mean."""
+    difference = np.log(np.maximum(served, 1e-12)) - np.log(np.maximum(probabilities, 1e-12))
+    return np.mean(difference - difference.mean(axis=1, keepdims=True), axis=0)
 
 
 def _layer_name(scope: str, scope_suffix: bool) -> str:

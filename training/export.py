@@ -25,31 +25,35 @@ FACE_SHAPE = (48, 48, 1)
 
 
 def serving_function(
-    model: keras.Model,
+    model: keras.Model | Sequence[keras.Model],
     flip_average: bool,
     members: Sequence[keras.layers.Layer] = (),
     class_bias: Sequence[float] | None = None,
 ):
     """uint8 faces [N, 48, 48, 1] -> {"probabilities": float32 [N, 7]}; scaling and flip averaging inside.
 
-    `members` are earlier exported models (see `load_member`) whose probabilities are averaged in, with
-    the same weight as `model`: an ensemble in one SavedModel. `class_bias` multiplies each class's
+    Several nets are an ensemble: each runs on the faces (and their mirror images), their probabilities
+    averaged. `members` are earlier exported models (see `load_member`) whose served probabilities are
+    averaged in the same way, each with the weight of one net. `class_bias` multiplies each class's
     probability by exp(bias) and renormalises (`training/class_bias.py`)."""
+    nets = [model] if isinstance(model, keras.Model) else list(model)
     weights = (
         None if class_bias is None or not np.any(class_bias) else np.exp(np.asarray(class_bias, np.float32))
     )
 
     def serve(faces: tf.Tensor) -> dict[str, tf.Tensor]:
         pixels = tf.cast(faces, tf.float32)  # the model itself scales 0..255 to its own range
+        count = tf.shape(pixels)[0]
         if flip_average:
-            # The faces and their mirror images in one run of the net: one face (a live frame) costs one
+            # The faces and their mirror images in one run of each net: one face (a live frame) costs one
             # pass of each layer, not two.
-            count = tf.shape(pixels)[0]
-            both = model(tf.concat([pixels, tf.reverse(pixels, axis=[2])], axis=0), training=False)
-            probabilities = (both[:count] + both[count:]) / 2.0
-        else:
-            probabilities = model(pixels, training=False)
-        answers = [tf.cast(probabilities, tf.float32)]
+            pixels = tf.concat([pixels, tf.reverse(pixels, axis=[2])], axis=0)
+        answers = []
+        for net in nets:
+            probabilities = tf.cast(net(pixels, training=False), tf.float32)
+            if flip_average:
+                probabilities = (probabilities[:count] + probabilities[count:]) / 2.0
+            answers.append(probabilities)
         answers += [member(faces)[OUTPUT_KEY] for member in members]
         averaged = tf.add_n(answers) / float(len(answers))
         if weights is not None:
@@ -179,7 +183,7 @@ def next_version(model_base: Path) -> int:
 
 
 def export_model(
-    model: keras.Model,
+    model: keras.Model | Sequence[keras.Model],
     model_base: Path = DEFAULT_MODEL_BASE,
     version: int | None = None,
     flip_average: bool = False,
@@ -187,7 +191,9 @@ def export_model(
     members: Sequence[keras.layers.Layer] = (),
     class_bias: Sequence[float] | None = None,
 ) -> Path:
-    """Write `<model_base>/<version>/` (saved_model.pb, variables/); by default the only version left."""
+    """Write `<model_base>/<version>/` (saved_model.pb, variables/); by default the only version left.
+    Several models are served as an ensemble (see `serving_function`)."""
+    nets = [model] if isinstance(model, keras.Model) else list(model)
     model_base = Path(model_base)
     version = version or next_version(model_base)
     target = model_base / str(version)
@@ -200,7 +206,7 @@ def export_model(
     archive = keras.export.ExportArchive()
     archive.add_endpoint(
         name=SIGNATURE_NAME,
-        fn=serving_function(fold_batch_norm(model), flip_average, members, class_bias),
+        fn=serving_function([fold_batch_norm(net) for net in nets], flip_average, members, class_bias),
         input_signature=[tf.TensorSpec([None, *FACE_SHAPE], tf.uint8, name=INPUT_KEY)],
     )
     archive.write_out(str(staging), verbose=False)
@@ -214,7 +220,7 @@ def export_model(
     check_contract(target)
     log.info(
         "exported %s (flip averaging %s, %d ensemble members, class bias %s) to %s",
-        model.name,
+        " + ".join(net.name for net in nets),
         "on" if flip_average else "off",
         len(members),
         "none" if class_bias is None else format_bias(np.asarray(class_bias)) or "none",
