@@ -336,6 +336,33 @@ def test_export_of_several_nets_averages_them_under_one_flip_and_bias(trained_ru
     assert not np.allclose(expected, apply_bias(flip_averaged(first), bias), atol=1e-3)
 
 
+def test_export_command_serves_an_exported_models_net_beside_the_checkpoint(trained_run, tmp_path):
+    from training.__main__ import main
+
+    other = _with_batch_norm_statistics(load_checkpoints([trained_run / BEST_CHECKPOINT]))
+    head = other.get_layer("probabilities")  # another net of the same architecture, clearly different
+    kernel, head_bias = head.get_weights()
+    head.set_weights([np.random.default_rng(9).normal(0, 50, kernel.shape).astype(np.float32), head_bias])
+    # Exported with its own flip averaging and bias, which the ensemble must leave behind.
+    member = export_model(
+        other, model_base=tmp_path / "member", flip_average=True, class_bias=[0, 0, 1, 0, 0, 0, 0]
+    )
+    checkpoint = trained_run / BEST_CHECKPOINT
+    main(
+        ["export", "--checkpoint", str(checkpoint), "--ensemble-weights-from", str(member)]
+        + ["--model-base", str(tmp_path / "ensemble"), "--version", "1"]
+    )
+    faces = np.random.default_rng(2).integers(0, 256, (5, 48, 48, 1), dtype=np.uint8)
+    served = tf.saved_model.load(str(tmp_path / "ensemble" / "1")).signatures[SIGNATURE_NAME]
+    pixels = faces.astype(np.float32)
+    own = load_checkpoints([checkpoint]).predict(pixels, verbose=0)
+    expected = (own + other.predict(pixels, verbose=0)) / 2  # no flip, no bias: this export's settings
+    np.testing.assert_allclose(
+        served(**{INPUT_KEY: tf.constant(faces)})[OUTPUT_KEY].numpy(), expected, atol=1e-5
+    )
+    assert not np.allclose(expected, own, atol=1e-3)
+
+
 SHARED_PHOTO = SHARED_DATA.parent / "media" / "pyfeat_multi_face.jpg"
 
 

@@ -42,7 +42,7 @@ def load_predictor(
     path = paths[0]
     if path.suffix == ".keras":
         bn_images = load_images(list_split(bn_data, "train")) if bn_data else None
-        function = tf.function(serving_function(load_checkpoints(paths, bn_images), flip_average))
+        function = tf.function(serving_function([load_checkpoints(paths, bn_images)], flip_average))
     elif flip_average or bn_data:
         raise ValueError(
             f"{path} is an exported model: flip averaging and BatchNorm recalibration are fixed at export; "

@@ -25,18 +25,17 @@ FACE_SHAPE = (48, 48, 1)
 
 
 def serving_function(
-    model: keras.Model | Sequence[keras.Model],
+    nets: Sequence[keras.Model],
     flip_average: bool,
     members: Sequence[keras.layers.Layer] = (),
     class_bias: Sequence[float] | None = None,
 ):
     """uint8 faces [N, 48, 48, 1] -> {"probabilities": float32 [N, 7]}; scaling and flip averaging inside.
 
-    Several nets are an ensemble: each runs on the faces (and their mirror images), their probabilities
+    One net, or several as an ensemble: each runs on the faces (and their mirror images), their probabilities
     averaged. `members` are earlier exported models (see `load_member`) whose served probabilities are
     averaged in the same way, each with the weight of one net. `class_bias` multiplies each class's
     probability by exp(bias) and renormalises (`training/class_bias.py`)."""
-    nets = [model] if isinstance(model, keras.Model) else list(model)
     weights = (
         None if class_bias is None or not np.any(class_bias) else np.exp(np.asarray(class_bias, np.float32))
     )
